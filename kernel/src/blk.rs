@@ -1,0 +1,257 @@
+//! Port 1: a virtio-blk device driven through virtio-drivers' PCI transport and `VirtQueue`, with
+//! up to [`MAX_INFLIGHT`] requests outstanding (virtio 1.2 §5.2, block device).
+//!
+//! virtio-drivers' own `VirtIOBlk` caps its queue at 16 entries, too few for queue depth 32 with
+//! three descriptors per request, so this driver owns a 256-entry queue and one request slot
+//! (header, 4 KiB data page, status byte, all DMA memory) per outstanding request.
+
+use crate::hal::BatonHal;
+use crate::memory::{PAGE_SIZE, alloc_zeroed};
+use virtio_drivers::device::common::Feature;
+use virtio_drivers::queue::VirtQueue;
+use virtio_drivers::transport::pci::PciTransport;
+use virtio_drivers::transport::{DeviceStatus, Transport};
+
+/// Descriptors in the request queue.
+const QUEUE_SIZE: usize = 256;
+/// Requests outstanding at once (three descriptors each).
+pub const MAX_INFLIGHT: usize = 64;
+/// Bytes per request: one 4 KiB block.
+pub const BLOCK_BYTES: usize = 4096;
+/// 512-byte sectors per block.
+pub const SECTORS_PER_BLOCK: u64 = 8;
+
+const REQ_IN: u32 = 0;
+const REQ_OUT: u32 = 1;
+const REQ_FLUSH: u32 = 4;
+
+/// A block request kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Op {
+    /// Device to memory.
+    Read,
+    /// Memory to device.
+    Write,
+    /// Make earlier writes durable.
+    Flush,
+}
+
+/// How a request ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Status {
+    /// Done.
+    Ok,
+    /// VIRTIO_BLK_S_IOERR.
+    IoError,
+    /// VIRTIO_BLK_S_UNSUPP.
+    Unsupported,
+    /// The driver could not complete the request (queue error or unknown status byte).
+    DriverError,
+}
+
+/// Errors of the block port.
+#[derive(Debug)]
+pub enum BlkError {
+    /// The transport could not be set up.
+    Transport(virtio_drivers::transport::pci::VirtioPciError),
+    /// The queue refused the request or the device misbehaved.
+    Virtio(virtio_drivers::Error),
+    /// No DMA memory left for request slots.
+    OutOfMemory,
+    /// The request slot is out of range or busy.
+    BadSlot,
+    /// The LBA is beyond the disk.
+    OutOfRange,
+}
+
+#[repr(C)]
+struct Header {
+    kind: u32,
+    reserved: u32,
+    sector: u64,
+}
+
+/// One request's DMA buffers.
+struct Slot {
+    /// Header (16 bytes) at offset 0, status byte at offset 16, of one DMA page.
+    meta: *mut u8,
+    /// The data page.
+    data: *mut u8,
+    /// Queue token while the request is outstanding.
+    token: Option<u16>,
+    op: Op,
+}
+
+/// A virtio-blk device in use as port 1.
+pub struct BlkDevice {
+    transport: PciTransport,
+    queue: VirtQueue<BatonHal, QUEUE_SIZE>,
+    capacity_sectors: u64,
+    slots: [Slot; MAX_INFLIGHT],
+    /// Queue token → slot index.
+    by_token: [u8; QUEUE_SIZE],
+    inflight: usize,
+}
+
+impl BlkDevice {
+    /// Initialises the device (virtio 1.2 §3.1.1) and allocates the request slots.
+    pub fn new(mut transport: PciTransport) -> Result<Self, BlkError> {
+        transport.begin_init(Feature::VERSION_1);
+        let capacity_sectors = transport
+            .read_consistent(|| {
+                let lo: u32 = transport.read_config_space(0)?;
+                let hi: u32 = transport.read_config_space(4)?;
+                Ok(u64::from(lo) | (u64::from(hi) << 32))
+            })
+            .map_err(BlkError::Virtio)?;
+        let queue = VirtQueue::new(&mut transport, 0, false, false).map_err(BlkError::Virtio)?;
+        transport.finish_init();
+        let mut slots: [Slot; MAX_INFLIGHT] = core::array::from_fn(|_| Slot {
+            meta: core::ptr::null_mut(),
+            data: core::ptr::null_mut(),
+            token: None,
+            op: Op::Read,
+        });
+        for slot in &mut slots {
+            let meta = alloc_zeroed(1).ok_or(BlkError::OutOfMemory)?;
+            let data = alloc_zeroed((BLOCK_BYTES as u64 / PAGE_SIZE) as usize)
+                .ok_or(BlkError::OutOfMemory)?;
+            slot.meta = meta as *mut u8;
+            slot.data = data as *mut u8;
+        }
+        Ok(BlkDevice {
+            transport,
+            queue,
+            capacity_sectors,
+            slots,
+            by_token: [0; QUEUE_SIZE],
+            inflight: 0,
+        })
+    }
+
+    /// Disk size in 4 KiB blocks.
+    pub fn capacity_blocks(&self) -> u64 {
+        self.capacity_sectors / SECTORS_PER_BLOCK
+    }
+
+    /// Requests outstanding.
+    pub fn inflight(&self) -> usize {
+        self.inflight
+    }
+
+    /// The data page of `slot`, for filling a write or reading a completed read. Must not be used
+    /// while the slot's request is outstanding.
+    pub fn data(&mut self, slot: usize) -> &mut [u8; BLOCK_BYTES] {
+        let s = &self.slots[slot];
+        debug_assert!(s.token.is_none());
+        // SAFETY: the data page is a 4 KiB DMA frame owned by this slot; the device does not touch
+        // it while no request is outstanding, and `&mut self` makes this the only reference.
+        unsafe { &mut *(s.data as *mut [u8; BLOCK_BYTES]) }
+    }
+
+    /// Starts `op` on 4 KiB block `lba` using `slot`'s buffers.
+    pub fn submit(&mut self, slot: usize, op: Op, lba: u64) -> Result<(), BlkError> {
+        let s = self.slots.get_mut(slot).ok_or(BlkError::BadSlot)?;
+        if s.token.is_some() {
+            return Err(BlkError::BadSlot);
+        }
+        let sector = lba
+            .checked_mul(SECTORS_PER_BLOCK)
+            .ok_or(BlkError::OutOfRange)?;
+        if op != Op::Flush && sector + SECTORS_PER_BLOCK > self.capacity_sectors {
+            return Err(BlkError::OutOfRange);
+        }
+        let header = Header {
+            kind: match op {
+                Op::Read => REQ_IN,
+                Op::Write => REQ_OUT,
+                Op::Flush => REQ_FLUSH,
+            },
+            reserved: 0,
+            sector: if op == Op::Flush { 0 } else { sector },
+        };
+        // SAFETY: `meta` is this slot's DMA page, not in use by the device (no token).
+        unsafe {
+            (s.meta as *mut Header).write_volatile(header);
+            s.meta.add(16).write_volatile(0xff);
+        }
+        let (hdr, data, status) = slot_buffers(s);
+        // SAFETY: the buffers are this slot's DMA pages; they stay allocated and untouched by the
+        // driver until `poll` pops the token and passes the same buffers back.
+        let token = unsafe {
+            match op {
+                Op::Write => self.queue.add(&[hdr, data], &mut [status]),
+                Op::Read => self.queue.add(&[hdr], &mut [data, status]),
+                Op::Flush => self.queue.add(&[hdr], &mut [status]),
+            }
+        }
+        .map_err(BlkError::Virtio)?;
+        s.token = Some(token);
+        s.op = op;
+        self.by_token[usize::from(token)] = slot as u8;
+        self.inflight += 1;
+        if self.queue.should_notify() {
+            self.transport.notify(0);
+        }
+        Ok(())
+    }
+
+    /// Takes one completed request, if any: `(slot, status)`.
+    pub fn poll(&mut self) -> Option<(usize, Status)> {
+        let token = self.queue.peek_used()?;
+        let slot = usize::from(self.by_token[usize::from(token)]);
+        let s = &mut self.slots[slot];
+        if s.token != Some(token) {
+            // The device returned a token we did not issue: nothing to pair it with.
+            log::error!("virtio-blk: used ring returned unknown token {token}");
+            return None;
+        }
+        let op = s.op;
+        let (hdr, data, status) = slot_buffers(s);
+        // SAFETY: the same buffers that were passed to `add` for this token.
+        let popped = unsafe {
+            match op {
+                Op::Write => self.queue.pop_used(token, &[hdr, data], &mut [status]),
+                Op::Read => self.queue.pop_used(token, &[hdr], &mut [data, status]),
+                Op::Flush => self.queue.pop_used(token, &[hdr], &mut [status]),
+            }
+        };
+        s.token = None;
+        self.inflight -= 1;
+        // SAFETY: the device has finished with the slot; the status byte is at offset 16 of `meta`.
+        let status_byte = unsafe { s.meta.add(16).read_volatile() };
+        let status = match (popped, status_byte) {
+            (Err(e), _) => {
+                log::error!("virtio-blk: pop_used failed: {e:?}");
+                Status::DriverError
+            }
+            (Ok(_), 0) => Status::Ok,
+            (Ok(_), 1) => Status::IoError,
+            (Ok(_), 2) => Status::Unsupported,
+            (Ok(_), _) => Status::DriverError,
+        };
+        Some((slot, status))
+    }
+
+    /// Quiesces the device: a virtio reset, after which it does no more DMA (virtio 1.2 §2.1).
+    /// Only valid with nothing outstanding.
+    pub fn reset(&mut self) {
+        self.transport.set_status(DeviceStatus::empty());
+        while self.transport.get_status() != DeviceStatus::empty() {
+            core::hint::spin_loop();
+        }
+    }
+}
+
+/// The three buffers of a slot as the slices the queue wants.
+fn slot_buffers<'a>(s: &Slot) -> (&'a [u8], &'a mut [u8], &'a mut [u8]) {
+    // SAFETY: `meta` and `data` are DMA pages owned by the slot for the device's lifetime (never
+    // freed); header, status and data do not overlap. The slices are only handed to the queue.
+    unsafe {
+        (
+            core::slice::from_raw_parts(s.meta, 16),
+            core::slice::from_raw_parts_mut(s.data, BLOCK_BYTES),
+            core::slice::from_raw_parts_mut(s.meta.add(16), 1),
+        )
+    }
+}

@@ -1,2 +1,22 @@
 //! Hardware-free logic shared by the baton guest kernel and the hypervisor shim.
+//!
+//! Everything here is plain `no_std` code without allocation, so it builds for the guest
+//! (`x86_64-unknown-none`) and is unit-tested, property-tested and (for the lock-free parts)
+//! model-checked on the host.
+//!
+//! - [`crc32`]: the CRC-32 used by block tags.
+//! - [`tag`]: the self-describing 4 KiB block format the workload writes.
+//! - [`workload`]: the deterministic write schedule.
+//! - [`cmdline`]: the guest kernel command line.
+//! - [`report`]: the guest's `BATON result` line.
 #![cfg_attr(not(test), no_std)]
+#![warn(missing_docs)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod cmdline;
+pub mod crc32;
+pub mod report;
+pub mod tag;
+pub mod text;
+pub mod workload;

@@ -17,6 +17,7 @@
 pub mod cmdline;
 pub mod crc32;
 pub mod report;
+pub mod ring;
 pub mod tag;
 pub mod text;
 pub mod workload;

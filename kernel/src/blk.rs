@@ -3,10 +3,11 @@
 //!
 //! virtio-drivers' own `VirtIOBlk` caps its queue at 16 entries, too few for queue depth 32 with
 //! three descriptors per request, so this driver owns a 256-entry queue and one request slot
-//! (header, 4 KiB data page, status byte, all DMA memory) per outstanding request.
+//! (header and status byte in a DMA page) per outstanding request. Data buffers belong to the
+//! caller (the resource stack), which keeps them alive until the request completes.
 
 use crate::hal::BatonHal;
-use crate::memory::{PAGE_SIZE, alloc_zeroed};
+use crate::memory::alloc_zeroed;
 use virtio_drivers::device::common::Feature;
 use virtio_drivers::queue::VirtQueue;
 use virtio_drivers::transport::pci::PciTransport;
@@ -49,11 +50,10 @@ pub enum Status {
     DriverError,
 }
 
-/// Errors of the block port.
+/// Errors of the block port (reported through `Debug` in panic messages).
 #[derive(Debug)]
+#[allow(dead_code)]
 pub enum BlkError {
-    /// The transport could not be set up.
-    Transport(virtio_drivers::transport::pci::VirtioPciError),
     /// The queue refused the request or the device misbehaved.
     Virtio(virtio_drivers::Error),
     /// No DMA memory left for request slots.
@@ -71,11 +71,11 @@ struct Header {
     sector: u64,
 }
 
-/// One request's DMA buffers.
+/// One outstanding request's bookkeeping.
 struct Slot {
     /// Header (16 bytes) at offset 0, status byte at offset 16, of one DMA page.
     meta: *mut u8,
-    /// The data page.
+    /// The caller's data buffer ([`BLOCK_BYTES`], DMA-able) while a request is outstanding.
     data: *mut u8,
     /// Queue token while the request is outstanding.
     token: Option<u16>,
@@ -113,11 +113,7 @@ impl BlkDevice {
             op: Op::Read,
         });
         for slot in &mut slots {
-            let meta = alloc_zeroed(1).ok_or(BlkError::OutOfMemory)?;
-            let data = alloc_zeroed((BLOCK_BYTES as u64 / PAGE_SIZE) as usize)
-                .ok_or(BlkError::OutOfMemory)?;
-            slot.meta = meta as *mut u8;
-            slot.data = data as *mut u8;
+            slot.meta = alloc_zeroed(1).ok_or(BlkError::OutOfMemory)? as *mut u8;
         }
         Ok(BlkDevice {
             transport,
@@ -139,18 +135,18 @@ impl BlkDevice {
         self.inflight
     }
 
-    /// The data page of `slot`, for filling a write or reading a completed read. Must not be used
-    /// while the slot's request is outstanding.
-    pub fn data(&mut self, slot: usize) -> &mut [u8; BLOCK_BYTES] {
-        let s = &self.slots[slot];
-        debug_assert!(s.token.is_none());
-        // SAFETY: the data page is a 4 KiB DMA frame owned by this slot; the device does not touch
-        // it while no request is outstanding, and `&mut self` makes this the only reference.
-        unsafe { &mut *(s.data as *mut [u8; BLOCK_BYTES]) }
-    }
-
-    /// Starts `op` on 4 KiB block `lba` using `slot`'s buffers.
-    pub fn submit(&mut self, slot: usize, op: Op, lba: u64) -> Result<(), BlkError> {
+    /// Starts `op` on 4 KiB block `lba` in request slot `slot`, with `data` as the block buffer.
+    ///
+    /// # Safety
+    /// `data` must point to [`BLOCK_BYTES`] bytes of identity-mapped memory that stay valid and
+    /// untouched by the caller until [`poll`](Self::poll) returns this slot.
+    pub unsafe fn submit(
+        &mut self,
+        slot: usize,
+        op: Op,
+        lba: u64,
+        data: *mut u8,
+    ) -> Result<(), BlkError> {
         let s = self.slots.get_mut(slot).ok_or(BlkError::BadSlot)?;
         if s.token.is_some() {
             return Err(BlkError::BadSlot);
@@ -170,6 +166,7 @@ impl BlkDevice {
             reserved: 0,
             sector: if op == Op::Flush { 0 } else { sector },
         };
+        s.data = data;
         // SAFETY: `meta` is this slot's DMA page, not in use by the device (no token).
         unsafe {
             (s.meta as *mut Header).write_volatile(header);
@@ -245,8 +242,9 @@ impl BlkDevice {
 
 /// The three buffers of a slot as the slices the queue wants.
 fn slot_buffers<'a>(s: &Slot) -> (&'a [u8], &'a mut [u8], &'a mut [u8]) {
-    // SAFETY: `meta` and `data` are DMA pages owned by the slot for the device's lifetime (never
-    // freed); header, status and data do not overlap. The slices are only handed to the queue.
+    // SAFETY: `meta` is the slot's DMA page for the device's lifetime (never freed); `data` is the
+    // caller's buffer, valid until the request completes (`submit`'s contract); header, status and
+    // data do not overlap. The slices are only handed to the queue.
     unsafe {
         (
             core::slice::from_raw_parts(s.meta, 16),

@@ -161,8 +161,9 @@ pub struct BootInfo {
     pub ram: heapless::Vec<(u64, u64), 32>,
 }
 
-/// Reasons the start-info block cannot be used.
+/// Reasons the start-info block cannot be used (reported through `Debug`).
 #[derive(Debug)]
+#[allow(dead_code)]
 pub enum BootError {
     /// `ebx` did not point at a `hvm_start_info` block.
     BadMagic(u32),

@@ -162,7 +162,9 @@ pub fn init() {
             idt.invalid_opcode.set_handler_addr(addr(baton_exception_6));
             idt.device_not_available
                 .set_handler_addr(addr(baton_exception_7));
-            idt.double_fault.set_handler_addr(addr(baton_exception_8));
+            idt.double_fault
+                .set_handler_addr(addr(baton_exception_8))
+                .set_stack_index(crate::gdt::DOUBLE_FAULT_IST);
             idt.invalid_tss.set_handler_addr(addr(baton_exception_10));
             idt.segment_not_present
                 .set_handler_addr(addr(baton_exception_11));

@@ -54,6 +54,10 @@ global_asm!(
     "baton_stub 19, 0",
     "baton_stub 20, 0",
     "baton_stub 21, 1",
+    // Spurious APIC interrupts need no EOI.
+    ".global baton_spurious_entry",
+    "baton_spurious_entry:",
+    "iretq",
     "baton_exception_common:",
     "mov rdi, rsp",
     "and rsp, -16",
@@ -108,6 +112,7 @@ unsafe extern "C" {
     fn baton_exception_20();
     fn baton_exception_21();
     fn baton_timer_entry();
+    fn baton_spurious_entry();
 }
 
 /// What an exception stub leaves on the stack, lowest address first.
@@ -185,13 +190,32 @@ pub fn init() {
             idt.cp_protection_exception
                 .set_handler_addr(addr(baton_exception_21));
             idt[TIMER_VECTOR].set_handler_addr(addr(baton_timer_entry));
+            idt[0xff].set_handler_addr(addr(baton_spurious_entry));
         }
         idt
     });
     idt.load();
+    init_lapic_virtual_wire();
     init_pic();
     init_pit();
     x86_64::instructions::interrupts::enable();
+}
+
+/// Local APIC MMIO base (the reset value of IA32_APIC_BASE; identity-mapped).
+const LAPIC_BASE: u64 = 0xfee0_0000;
+
+/// Puts the local APIC in virtual-wire mode so that the 8259's output reaches the CPU: software
+/// enable (spurious vector register) and LINT0 as ExtINT, LINT1 as NMI. qboot leaves LINT0 masked,
+/// and QEMU then drops PIC interrupts.
+fn init_lapic_virtual_wire() {
+    let reg = |offset: u64| (LAPIC_BASE + offset) as *mut u32;
+    // SAFETY: the local APIC register page, identity-mapped; 32-bit aligned accesses as the APIC
+    // requires. The kernel owns the APIC.
+    unsafe {
+        reg(0xf0).write_volatile(0x1ff); // SVR: enabled, spurious vector 0xff
+        reg(0x350).write_volatile(0x700); // LVT LINT0: ExtINT, unmasked
+        reg(0x360).write_volatile(0x400); // LVT LINT1: NMI
+    }
 }
 
 fn init_pic() {

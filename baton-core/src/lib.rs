@@ -15,6 +15,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod cmdline;
+pub mod control;
 pub mod crc32;
 pub mod report;
 pub mod ring;

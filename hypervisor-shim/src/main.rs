@@ -1,1 +1,68 @@
-fn main() {}
+//! `hypervisor-shim`: parses the command line and hands over to the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context as _;
+use clap::Parser as _;
+use hypervisor_shim::cli::{CheckArgs, Cli, Cmd, RunArgs};
+use hypervisor_shim::{qemu, run};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Cmd::Run(args) => cmd_run(&args),
+        Cmd::Check(args) => cmd_check(&args),
+    };
+    result.unwrap_or_else(|e| {
+        eprintln!("hypervisor-shim: error: {e:#}");
+        ExitCode::from(2)
+    })
+}
+
+fn cmd_run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    let outcome = run::run(&args.config())?;
+    let report = &outcome.report;
+    if let Some(path) = &args.report {
+        report
+            .write_json(path)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+    }
+    println!("{report}");
+    if !report.ok {
+        let log = std::fs::read_to_string(&report.serial_log).unwrap_or_default();
+        let tail: Vec<&str> = log.lines().rev().take(15).collect();
+        if !tail.is_empty() {
+            eprintln!("last guest serial lines:");
+            for l in tail.iter().rev() {
+                eprintln!("  {l}");
+            }
+        }
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn cmd_check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
+    let qemu_bin = qemu::locate_qemu(&args.qemu)?;
+    println!("qemu     {}", qemu_bin.display());
+    let bios = qemu::locate_bios()?;
+    println!("firmware {}", bios.display());
+    match qemu::kvm_usable() {
+        Ok(()) => println!("kvm      usable (/dev/kvm opens read-write)"),
+        Err(e) => println!("kvm      unusable ({e}); runs fall back to TCG"),
+    }
+    let kernel = match &args.kernel {
+        Some(k) => k.clone(),
+        None => run::default_kernel()?,
+    };
+    anyhow::ensure!(
+        kernel.is_file(),
+        "guest kernel {} not found; build it with `cargo kbuild`",
+        kernel.display()
+    );
+    println!("kernel   {}", kernel.display());
+    Ok(ExitCode::SUCCESS)
+}

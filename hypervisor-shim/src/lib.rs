@@ -1,0 +1,19 @@
+//! Host side of baton: the hypervisor shim.
+//!
+//! baton lets a guest that owns a directly assigned device be saved or migrated, following
+//! US 20070204265A1 (claim 1): the guest's I/O goes through a port redirector whose first port is the
+//! device and whose second port forwards over a shared-memory ring to a peer guest that takes the
+//! device over. The shim starts the QEMU processes, speaks QMP, moves the device, and verifies the
+//! disk afterwards. See docs/guest-interface.md for the guest⇄host contract.
+//!
+//! Modules: [`qemu`] builds every QEMU command line and owns QEMU processes; [`qmp`] is the QMP client;
+//! [`console`] reads the guest's serial console; [`disk`] creates images and verifies them;
+//! [`run`] is the direct-I/O scenario; [`report`] is its JSON report; [`cli`] the command line.
+
+pub mod cli;
+pub mod console;
+pub mod disk;
+pub mod qemu;
+pub mod qmp;
+pub mod report;
+pub mod run;

@@ -103,11 +103,15 @@ pub enum Key {
     Verify,
     /// `panic=`
     Panic,
+    /// `migrate_at=`
+    MigrateAt,
+    /// `fault=`
+    Fault,
 }
 
 impl Key {
     /// Every key, in the order [`GuestConfig`]'s `Display` renders them.
-    pub const ALL: [Key; 10] = [
+    pub const ALL: [Key; 12] = [
         Key::Role,
         Key::Vm,
         Key::Blocks,
@@ -118,6 +122,8 @@ impl Key {
         Key::Disk,
         Key::Verify,
         Key::Panic,
+        Key::MigrateAt,
+        Key::Fault,
     ];
 
     /// The key as written on the command line.
@@ -134,6 +140,8 @@ impl Key {
             Key::Disk => "disk",
             Key::Verify => "verify",
             Key::Panic => "panic",
+            Key::MigrateAt => "migrate_at",
+            Key::Fault => "fault",
         }
     }
 
@@ -202,6 +210,31 @@ pub struct GuestConfig {
     pub verify: bool,
     /// `panic=0|1` test hook: panic right after boot (default 0).
     pub panic: bool,
+    /// `migrate_at=` the owner asks the shim to migrate it once it has submitted this many
+    /// writes (default 0: never asks; the operator directs the handoff).
+    pub migrate_at: u64,
+    /// `fault=none|bad-completion` test hook for the peer (default none).
+    pub fault: Fault,
+}
+
+/// A deliberate misbehaviour of the peer, for tests of the owner's defences.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fault {
+    /// Behave.
+    None,
+    /// After a few good completions, publish a malformed completion entry and stop serving.
+    BadCompletion,
+}
+
+impl Fault {
+    /// The word used on the command line.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Fault::None => "none",
+            Fault::BadCompletion => "bad-completion",
+        }
+    }
 }
 
 impl Default for GuestConfig {
@@ -217,6 +250,8 @@ impl Default for GuestConfig {
             disk: DiskMode::Boot,
             verify: true,
             panic: false,
+            migrate_at: 0,
+            fault: Fault::None,
         }
     }
 }
@@ -264,6 +299,14 @@ impl GuestConfig {
                 }
                 Key::Verify => cfg.verify = parse_flag(value).ok_or(CmdlineError::BadValue(key))?,
                 Key::Panic => cfg.panic = parse_flag(value).ok_or(CmdlineError::BadValue(key))?,
+                Key::MigrateAt => cfg.migrate_at = ranged(key, value, 0, u64::MAX)?,
+                Key::Fault => {
+                    cfg.fault = match value {
+                        "none" => Fault::None,
+                        "bad-completion" => Fault::BadCompletion,
+                        _ => return Err(CmdlineError::BadValue(key)),
+                    }
+                }
             }
         }
         Ok(cfg)
@@ -288,7 +331,8 @@ impl core::fmt::Display for GuestConfig {
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
-            "role={} vm={} blocks={} passes={} qd={} seed={} first_lba={} disk={} verify={} panic={}",
+            "role={} vm={} blocks={} passes={} qd={} seed={} first_lba={} disk={} verify={} panic={} \
+             migrate_at={} fault={}",
             self.role,
             self.vm,
             self.blocks,
@@ -299,6 +343,8 @@ impl core::fmt::Display for GuestConfig {
             self.disk,
             u8::from(self.verify),
             u8::from(self.panic),
+            self.migrate_at,
+            self.fault.as_str(),
         )
     }
 }
@@ -315,7 +361,8 @@ mod tests {
         assert_eq!(GuestConfig::parse("  \t \n"), Ok(GuestConfig::default()));
         assert_eq!(
             GuestConfig::default().to_string(),
-            "role=owner vm=1 blocks=256 passes=4 qd=32 seed=1 first_lba=0 disk=boot verify=1 panic=0"
+            "role=owner vm=1 blocks=256 passes=4 qd=32 seed=1 first_lba=0 disk=boot verify=1 panic=0 \
+             migrate_at=0 fault=none"
         );
     }
 
@@ -339,6 +386,8 @@ mod tests {
                 disk: DiskMode::Hotplug,
                 verify: false,
                 panic: true,
+                migrate_at: 0,
+                fault: Fault::None,
             }
         );
         assert_eq!(c.schedule().total_writes(), 64 << 20);
@@ -393,11 +442,25 @@ mod tests {
             any::<u64>(),
             0..=MAX_FIRST_LBA,
             prop_oneof![Just(DiskMode::Boot), Just(DiskMode::Hotplug)],
-            any::<bool>(),
-            any::<bool>(),
+            (
+                any::<bool>(),
+                any::<bool>(),
+                any::<u64>(),
+                prop_oneof![Just(Fault::None), Just(Fault::BadCompletion)],
+            ),
         )
             .prop_map(
-                |(role, vm, blocks, passes, qd, seed, first_lba, disk, verify, panic)| {
+                |(
+                    role,
+                    vm,
+                    blocks,
+                    passes,
+                    qd,
+                    seed,
+                    first_lba,
+                    disk,
+                    (verify, panic, migrate_at, fault),
+                )| {
                     GuestConfig {
                         role,
                         vm,
@@ -409,6 +472,8 @@ mod tests {
                         disk,
                         verify,
                         panic,
+                        migrate_at,
+                        fault,
                     }
                 },
             )

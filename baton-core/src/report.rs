@@ -55,6 +55,12 @@ pub struct GuestReport {
     pub port1_requests: u64,
     /// Requests that went through port 2 (the ring).
     pub port2_requests: u64,
+    /// Requests held at port 2 while port 1 drained (0 without a handoff).
+    pub held_at_switch: u64,
+    /// Longest gap between two completions the workload saw, in microseconds (the blackout).
+    pub max_gap_us: u64,
+    /// Completions delivered for a request that was not outstanding (must be 0).
+    pub duplicates: u64,
 }
 
 impl GuestReport {
@@ -80,6 +86,9 @@ impl GuestReport {
             iops: 0,
             port1_requests: 0,
             port2_requests: 0,
+            held_at_switch: 0,
+            max_gap_us: 0,
+            duplicates: 0,
         }
     }
 
@@ -122,11 +131,14 @@ pub enum Field {
     Iops,
     Port1Requests,
     Port2Requests,
+    HeldAtSwitch,
+    MaxGapUs,
+    Duplicates,
 }
 
 impl Field {
     /// Every field, in rendering order.
-    pub const ALL: [Field; 17] = [
+    pub const ALL: [Field; 20] = [
         Field::Role,
         Field::Vm,
         Field::Seed,
@@ -144,6 +156,9 @@ impl Field {
         Field::Iops,
         Field::Port1Requests,
         Field::Port2Requests,
+        Field::HeldAtSwitch,
+        Field::MaxGapUs,
+        Field::Duplicates,
     ];
 
     /// The key as written in the line.
@@ -167,6 +182,9 @@ impl Field {
             Field::Iops => "iops",
             Field::Port1Requests => "port1_requests",
             Field::Port2Requests => "port2_requests",
+            Field::HeldAtSwitch => "held_at_switch",
+            Field::MaxGapUs => "max_gap_us",
+            Field::Duplicates => "duplicates",
         }
     }
 
@@ -252,13 +270,16 @@ impl core::fmt::Display for GuestReport {
         write!(
             f,
             " reads_verified={} read_mismatches={} elapsed_us={} iops={} port1_requests={} \
-             port2_requests={}",
+             port2_requests={} held_at_switch={} max_gap_us={} duplicates={}",
             self.reads_verified,
             self.read_mismatches,
             self.elapsed_us,
             self.iops,
             self.port1_requests,
             self.port2_requests,
+            self.held_at_switch,
+            self.max_gap_us,
+            self.duplicates,
         )
     }
 }
@@ -324,6 +345,9 @@ pub fn parse_line(line: &str) -> Result<GuestReport, ReportError> {
             Field::Iops => r.iops = num(field, v)?,
             Field::Port1Requests => r.port1_requests = num(field, v)?,
             Field::Port2Requests => r.port2_requests = num(field, v)?,
+            Field::HeldAtSwitch => r.held_at_switch = num(field, v)?,
+            Field::MaxGapUs => r.max_gap_us = num(field, v)?,
+            Field::Duplicates => r.duplicates = num(field, v)?,
         }
     }
     if let Some(i) = seen.iter().position(|s| !s) {
@@ -352,6 +376,8 @@ mod tests {
         r.iops = 8294;
         r.port1_requests = 600;
         r.port2_requests = 424;
+        r.held_at_switch = 17;
+        r.max_gap_us = 2500;
         r
     }
 
@@ -362,7 +388,8 @@ mod tests {
             "BATON result role=owner vm=1 seed=1 blocks=256 passes=4 qd=32 first_lba=0 \
              writes_submitted=1024 writes_acked=1022 write_errors=2 error_seqs=3,7 \
              reads_verified=256 read_mismatches=0 elapsed_us=123456 iops=8294 \
-             port1_requests=600 port2_requests=424"
+             port1_requests=600 port2_requests=424 held_at_switch=17 max_gap_us=2500 \
+             duplicates=0"
         );
         let none = GuestReport::new(&GuestConfig::default()).to_string();
         assert!(none.contains(" error_seqs=- "));
@@ -457,7 +484,7 @@ mod tests {
             ),
             proptest::collection::vec(any::<u64>(), 0..=MAX_ERROR_SEQS),
             0u64..1000,
-            proptest::array::uniform7(any::<u64>()),
+            proptest::array::uniform10(any::<u64>()),
         )
             .prop_map(
                 |((role, vm, seed, blocks, passes, qd, first_lba, ws, wa), seqs, extra, n)| {
@@ -482,6 +509,9 @@ mod tests {
                         iops: n[3],
                         port1_requests: n[4],
                         port2_requests: n[5],
+                        held_at_switch: n[6],
+                        max_gap_us: n[7],
+                        duplicates: n[8],
                     }
                 },
             )

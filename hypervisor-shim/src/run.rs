@@ -248,6 +248,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, RunError> {
         // null-co reads zeroes: a read-back check there can only fail.
         verify: cfg.backend == BackendKind::File,
         panic: cfg.guest_panic,
+        ..GuestConfig::default()
     };
     // Validate with the guest's own parser, so the guest cannot reject what we send.
     let append = guest.to_string();

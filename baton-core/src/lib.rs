@@ -17,6 +17,8 @@
 pub mod cmdline;
 pub mod control;
 pub mod crc32;
+#[doc(hidden)]
+pub mod fuzz_entry;
 pub mod report;
 pub mod ring;
 pub mod tag;

@@ -1,0 +1,337 @@
+//! Entry points shared by the cargo-fuzz targets (`fuzz/`) and the corpus replay test
+//! (`tests/fuzz_corpus.rs`). Each takes arbitrary bytes, must never panic on them, and asserts the
+//! invariants the parsers promise; a panic here is a bug found.
+//!
+//! Not part of the API.
+
+use core::sync::atomic::AtomicU64;
+
+use crate::control::{self, Decoder, HandoffState, MAX_FRAME_LEN, Role, SeqTracker};
+use crate::ring::{
+    self, MAX_SLOTS, MIN_REGION_LEN, Op, RingClient, RingServer, SECTOR_SIZE, SLOT_SIZE,
+    SharedRegion, Status, Submission,
+};
+
+const WORDS: usize = MIN_REGION_LEN / 8;
+const SLOTS: usize = MAX_SLOTS as usize;
+
+/// Reads fuzz input bytes; yields zeroes once exhausted.
+struct Input<'d> {
+    data: &'d [u8],
+}
+
+impl Input<'_> {
+    fn is_empty(&self) -> bool {
+        self.data.is_empty()
+    }
+
+    fn byte(&mut self) -> u8 {
+        match self.data.split_first() {
+            Some((&b, rest)) => {
+                self.data = rest;
+                b
+            }
+            None => 0,
+        }
+    }
+
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes([self.byte(), self.byte()])
+    }
+
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes([self.byte(), self.byte(), self.byte(), self.byte()])
+    }
+
+    fn u64(&mut self) -> u64 {
+        u64::from(self.u32()) | (u64::from(self.u32()) << 32)
+    }
+}
+
+/// Copies `bytes` over the region starting at byte `offset` (8-aligned), whole words only.
+fn splat(region: SharedRegion<'_>, offset: usize, bytes: &[u8]) {
+    let mut at = offset;
+    for chunk in bytes.chunks(8) {
+        let mut word = [0u8; 8];
+        for (dst, src) in word.iter_mut().zip(chunk) {
+            *dst = *src;
+        }
+        if region.write_u64(at, u64::from_le_bytes(word)).is_err() {
+            return;
+        }
+        at += 8;
+    }
+}
+
+/// Checks what the server promises about an accepted submission.
+fn check_submission(sub: &Submission, server: &RingServer<'_>, capacity: u64) {
+    assert!(sub.slot < server.layout().slot_count());
+    match sub.op {
+        Op::Flush => assert!(sub.len == 0 && sub.lba == 0),
+        Op::Read | Op::Write => {
+            assert_eq!(sub.len as usize, SLOT_SIZE);
+            let end = sub.lba.checked_add(u64::from(sub.len) / SECTOR_SIZE);
+            assert!(end.is_some_and(|end| end <= capacity));
+        }
+    }
+    assert!(server.in_flight() <= server.layout().slot_count());
+}
+
+/// Server-side loop over whatever the region holds: accept, touch the slot, complete.
+fn serve(region: SharedRegion<'_>, capacity: u64) {
+    let Ok(mut server) = RingServer::attach(region, capacity) else {
+        return;
+    };
+    let mut block = [0u8; SLOT_SIZE];
+    for _ in 0..2 * SLOTS + 4 {
+        let Some(result) = server.poll_submission() else {
+            break;
+        };
+        let Ok(sub) = result else {
+            continue;
+        };
+        check_submission(&sub, &server, capacity);
+        let _ = server.read_slot(&sub, &mut block);
+        let _ = server.write_slot(&sub, &block);
+        let _ = server.complete(&sub, Status::Ok);
+    }
+    if server.fault().is_some() {
+        assert!(server.poll_submission().is_none());
+    }
+}
+
+/// The owner's record of what it submitted, to check completions against.
+struct Expected {
+    ids: [Option<u64>; SLOTS],
+}
+
+impl Expected {
+    fn submitted(&mut self, slot: u32, id: u64) {
+        if let Some(e) = self.ids.get_mut(slot as usize) {
+            *e = Some(id);
+        }
+    }
+
+    fn completed(&mut self, slot: u32, id: u64) {
+        let entry = self.ids.get_mut(slot as usize);
+        assert!(
+            entry.as_ref().is_some_and(|e| **e == Some(id)),
+            "completion for a request that was not in flight"
+        );
+        if let Some(e) = entry {
+            *e = None;
+        }
+    }
+}
+
+/// Client-side loop: consume whatever completions the region holds.
+fn consume(client: &mut RingClient<'_>, expected: &mut Expected) {
+    let mut buf = [0u8; 64];
+    for _ in 0..2 * SLOTS + 4 {
+        let Some(result) = client.poll_completion() else {
+            break;
+        };
+        let Ok(c) = result else {
+            assert!(client.fault().is_some());
+            assert!(client.poll_completion().is_none());
+            break;
+        };
+        expected.completed(c.slot, c.id);
+        let _ = client.read_slot(c.slot, &mut buf);
+        let _ = client.release_slot(c.slot);
+    }
+}
+
+/// Arbitrary bytes as a ring region, and as a script of client/server actions interleaved with
+/// hostile writes to the region.
+///
+/// Byte 0 selects the mode. Even: the rest is copied over a region and a server attaches and
+/// polls it; then the region is formatted, a few requests are submitted, the rest is copied over
+/// everything after the magic and version, and both sides poll. Odd: the rest is a script.
+pub fn fuzz_ring_entries(data: &[u8]) {
+    let words = [const { AtomicU64::new(0) }; WORDS];
+    let region = SharedRegion::from_words(&words);
+    let Some((&mode, rest)) = data.split_first() else {
+        return;
+    };
+    let capacity = u64::from(mode >> 1) * 64;
+    if mode & 1 == 0 {
+        splat(region, 0, rest);
+        serve(region, capacity);
+
+        let Ok(mut client) = RingClient::format(region) else {
+            return;
+        };
+        let mut expected = Expected { ids: [None; SLOTS] };
+        for id in 0..8u64 {
+            let Ok(slot) = client.reserve_slot() else {
+                break;
+            };
+            let sub = Submission {
+                op: Op::Read,
+                id,
+                lba: id * 8,
+                len: SLOT_SIZE as u32,
+                slot,
+            };
+            if client.submit(&sub).is_ok() {
+                expected.submitted(slot, id);
+            }
+        }
+        splat(region, ring::offsets::OWNER_STATE, rest);
+        consume(&mut client, &mut expected);
+        serve(region, capacity);
+        consume(&mut client, &mut expected);
+    } else {
+        script(region, capacity, rest);
+    }
+}
+
+fn script(region: SharedRegion<'_>, capacity: u64, data: &[u8]) {
+    let mut input = Input { data };
+    let start = input.u32();
+    let Ok(mut client) = RingClient::format_at(region, start) else {
+        return;
+    };
+    let Ok(mut server) = RingServer::attach(region, capacity) else {
+        return;
+    };
+    let layout = *client.layout();
+    let mut expected = Expected { ids: [None; SLOTS] };
+    let mut pending: [Option<Submission>; SLOTS] = [None; SLOTS];
+    let mut next_id = 0u64;
+    let mut page = [0u8; SLOT_SIZE];
+    let mut steps = 0u32;
+    while !input.is_empty() && steps < 4096 {
+        steps += 1;
+        match input.byte() % 10 {
+            0 => {
+                let Ok(slot) = client.reserve_slot() else {
+                    continue;
+                };
+                let op = match input.byte() % 4 {
+                    0 => Op::Flush,
+                    1 => Op::Read,
+                    _ => Op::Write,
+                };
+                let (lba, len) = match op {
+                    Op::Flush => (0, 0),
+                    _ => (u64::from(input.u16()), SLOT_SIZE as u32),
+                };
+                if op == Op::Write {
+                    page.fill(input.byte());
+                    let _ = client.write_slot(slot, &page);
+                }
+                let sub = Submission {
+                    op,
+                    id: next_id,
+                    lba,
+                    len,
+                    slot,
+                };
+                if client.submit(&sub).is_ok() {
+                    expected.submitted(slot, next_id);
+                    next_id += 1;
+                } else {
+                    let _ = client.release_slot(slot);
+                }
+            }
+            1 => consume(&mut client, &mut expected),
+            2 => {
+                if let Some(Ok(sub)) = server.poll_submission() {
+                    check_submission(&sub, &server, capacity);
+                    if let Some(p) = pending.iter_mut().find(|p| p.is_none()) {
+                        *p = Some(sub);
+                    }
+                }
+            }
+            3 | 4 => {
+                let which = usize::from(input.byte()) % SLOTS;
+                let status =
+                    Status::from_raw(u32::from(input.byte() % 4) + 1).unwrap_or(Status::Ok);
+                if let Some(p) = pending.get_mut(which)
+                    && let Some(sub) = *p
+                {
+                    if sub.op == Op::Read {
+                        let _ = server.write_slot(&sub, &page);
+                    } else if sub.op == Op::Write {
+                        let _ = server.read_slot(&sub, &mut page);
+                    }
+                    if server.complete(&sub, status).is_ok() {
+                        *p = None;
+                    }
+                }
+            }
+            5 => {
+                let offset = (usize::from(input.u16()) * 4) % layout.slots_offset();
+                let _ = region.write_u32(offset, input.u32());
+            }
+            6 => {
+                let offset = (usize::from(input.u16()) * 8) % layout.slots_offset();
+                let _ = region.write_u64(offset, input.u64());
+            }
+            7 => {
+                if client.fault().is_some() {
+                    client.abandon(|_| {});
+                    expected.ids = [None; SLOTS];
+                }
+            }
+            8 => {
+                client.heartbeat();
+                server.heartbeat();
+                let _ = (client.peer_state(), server.owner_state());
+                let _ = (client.peer_heartbeat(), server.owner_heartbeat());
+            }
+            _ => {
+                // A raw burst over the rings (entries and indices are fair game).
+                let len = usize::from(input.byte());
+                let offset = (usize::from(input.u16()) * 8) % layout.slots_offset();
+                let (burst, rest) = input.data.split_at(len.min(input.data.len()));
+                splat(region, offset, burst);
+                input.data = rest;
+            }
+        }
+        assert!(client.in_flight() <= layout.slot_count());
+        assert!(server.in_flight() <= layout.slot_count());
+    }
+}
+
+/// Arbitrary bytes through the control [`Decoder`] (and [`control::decode_line`]).
+///
+/// Invariants: no panic; every accepted frame is exactly the canonical encoding of what it
+/// decoded to (the parser is strict) and fits [`MAX_FRAME_LEN`]; the state check never panics.
+pub fn fuzz_control_decoder(data: &[u8]) {
+    let mut decoder = Decoder::new();
+    let mut seqs = SeqTracker::new();
+    let mut out = [0u8; MAX_FRAME_LEN];
+    for (i, &byte) in data.iter().enumerate() {
+        let Some(Ok(frame)) = decoder.push(byte) else {
+            continue;
+        };
+        let n = control::encode(&frame.msg, frame.seq, &mut out)
+            .unwrap_or_else(|e| panic!("decoded frame does not re-encode: {e}"));
+        let encoded = out.get(..n).unwrap_or_default();
+        let start = (i + 1).checked_sub(n);
+        let received = start.and_then(|s| data.get(s..=i));
+        assert_eq!(received, Some(encoded), "accepted a non-canonical frame");
+        let _ = seqs.check(frame.seq);
+        for state in [
+            HandoffState::Booting,
+            HandoffState::Direct,
+            HandoffState::Redirecting,
+            HandoffState::Drained,
+            HandoffState::Released,
+            HandoffState::PeerReady,
+            HandoffState::Forwarding,
+            HandoffState::Migrating,
+            HandoffState::Failed,
+        ] {
+            let _ = control::accepts_from(Role::Owner, state, &frame.msg);
+            let _ = control::accepts_from(Role::Peer, state, &frame.msg);
+        }
+    }
+    if let Ok(frame) = control::decode_line(data) {
+        let n = control::encode(&frame.msg, frame.seq, &mut out).unwrap_or(0);
+        assert_eq!(out.get(..n.saturating_sub(1)), Some(data));
+    }
+}

@@ -9,7 +9,7 @@ use crate::cmdline::{GuestConfig, Role};
 use crate::text::{ShortStr, parse_u64};
 
 /// How many failed-write sequence numbers a report carries.
-pub const MAX_ERROR_SEQS: usize = 16;
+pub const MAX_ERROR_SEQS: usize = 64;
 /// Longest line [`parse_line`] accepts, in bytes.
 pub const MAX_LINE_LEN: usize = 4096;
 /// What every report line starts with.
@@ -302,7 +302,7 @@ fn error_seqs(value: &str) -> Result<([u64; MAX_ERROR_SEQS], u8), ReportError> {
         *slot = parse_u64(part).ok_or(ReportError::BadValue(Field::ErrorSeqs))?;
         n += 1;
     }
-    // n <= MAX_ERROR_SEQS (16) fits a u8.
+    // n <= MAX_ERROR_SEQS (64) fits a u8.
     Ok((seqs, n as u8))
 }
 
@@ -409,13 +409,13 @@ mod tests {
     #[test]
     fn record_caps_at_max() {
         let mut r = GuestReport::new(&GuestConfig::default());
-        for seq in 1..=40 {
+        for seq in 1..=100 {
             r.record_write_error(seq);
         }
-        assert_eq!(r.write_errors, 40);
+        assert_eq!(r.write_errors, 100);
         assert_eq!(
             r.error_seqs(),
-            &(1..=16).collect::<std::vec::Vec<u64>>()[..]
+            &(1..=MAX_ERROR_SEQS as u64).collect::<std::vec::Vec<u64>>()[..]
         );
         assert_eq!(parse_line(&r.to_string()), Ok(r));
     }

@@ -10,8 +10,8 @@ use crate::hal::BatonHal;
 use crate::memory::alloc_zeroed;
 use virtio_drivers::device::common::Feature;
 use virtio_drivers::queue::VirtQueue;
+use virtio_drivers::transport::Transport;
 use virtio_drivers::transport::pci::PciTransport;
-use virtio_drivers::transport::{DeviceStatus, Transport};
 
 /// Descriptors in the request queue.
 const QUEUE_SIZE: usize = 256;
@@ -130,11 +130,6 @@ impl BlkDevice {
         self.capacity_sectors / SECTORS_PER_BLOCK
     }
 
-    /// Requests outstanding.
-    pub fn inflight(&self) -> usize {
-        self.inflight
-    }
-
     /// Starts `op` on 4 KiB block `lba` in request slot `slot`, with `data` as the block buffer.
     ///
     /// # Safety
@@ -230,12 +225,17 @@ impl BlkDevice {
         Some((slot, status))
     }
 
-    /// Quiesces the device: a virtio reset, after which it does no more DMA (virtio 1.2 §2.1).
-    /// Only valid with nothing outstanding.
-    pub fn reset(&mut self) {
-        self.transport.set_status(DeviceStatus::empty());
-        while self.transport.get_status() != DeviceStatus::empty() {
-            core::hint::spin_loop();
+    /// Quiesces the device and gives it up: a virtio reset (virtio 1.2 §2.4: the device stops
+    /// using the queue; virtio-drivers' `PciTransport` resets on drop and waits until the status
+    /// reads back 0), then the queue memory and request slots are freed. Only valid with nothing
+    /// outstanding, which the redirector's drain guarantees.
+    pub fn release(self) {
+        debug_assert_eq!(self.inflight, 0);
+        let metas: heapless::Vec<u64, MAX_INFLIGHT> =
+            self.slots.iter().map(|s| s.meta as u64).collect();
+        drop(self);
+        for meta in metas {
+            crate::memory::free(meta, 1);
         }
     }
 }

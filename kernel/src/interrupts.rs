@@ -3,10 +3,9 @@
 //! Every CPU exception is fatal: its stub records the vector and error code, and
 //! [`exception_handler`] logs the frame and ends the VM with failure. The only device interrupt is
 //! the PIT on IRQ 0 (vector 32, through the 8259 PIC), which exists so that an idle guest can
-//! `hlt` instead of spinning: it counts ticks and acknowledges the PIC.
+//! `hlt` instead of spinning; its handler only acknowledges the PIC.
 
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
 use x86_64::VirtAddr;
 use x86_64::instructions::port::Port;
@@ -19,7 +18,6 @@ pub const PIT_HZ: u64 = 1_193_182;
 /// Timer interrupts per second.
 pub const TICK_HZ: u64 = 1000;
 
-static TICKS: AtomicU64 = AtomicU64::new(0);
 static IDT: Once<InterruptDescriptorTable> = Once::new();
 
 // One stub per exception. `err` vectors have the CPU push an error code; the others push 0 so the
@@ -137,14 +135,8 @@ extern "C" fn exception_handler(frame: &ExceptionFrame) -> ! {
 }
 
 extern "C" fn timer_tick() {
-    TICKS.fetch_add(1, Ordering::Relaxed);
     // SAFETY: non-specific EOI to the master PIC, which delivered this interrupt.
     unsafe { Port::<u8>::new(0x20).write(0x20) };
-}
-
-/// Timer ticks since [`init`].
-pub fn ticks() -> u64 {
-    TICKS.load(Ordering::Relaxed)
 }
 
 /// Loads the IDT, remaps the PIC (everything masked but IRQ 0), starts the PIT at [`TICK_HZ`] and
@@ -153,8 +145,8 @@ pub fn init() {
     let idt = IDT.call_once(|| {
         let mut idt = InterruptDescriptorTable::new();
         let addr = |f: unsafe extern "C" fn()| VirtAddr::new(f as usize as u64);
-        // SAFETY (all entries below): each address is a stub defined above that either ends the VM
-        // (exceptions) or saves every register it clobbers and returns with iretq (timer).
+        // SAFETY: each address is a stub defined above that either ends the VM (exceptions) or
+        // saves every register it clobbers and returns with iretq (timer, spurious).
         unsafe {
             idt.divide_error.set_handler_addr(addr(baton_exception_0));
             idt.debug.set_handler_addr(addr(baton_exception_1));

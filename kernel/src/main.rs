@@ -10,13 +10,17 @@
 mod blk;
 mod boot;
 mod clock;
+mod control;
 mod exit;
 mod gdt;
 mod hal;
+mod handoff;
 mod interrupts;
 mod memory;
 mod pci;
+mod peer;
 mod serial;
+mod shm;
 mod stack;
 mod workload;
 
@@ -58,7 +62,7 @@ extern "C" fn kmain(start_info: u64) -> ! {
     }
     match cfg.role {
         Role::Owner => owner(&cfg),
-        Role::Peer => panic!("role=peer is not supported by this build"),
+        Role::Peer => peer::run(&cfg),
     }
 }
 
@@ -74,10 +78,15 @@ fn owner(cfg: &GuestConfig) -> ! {
         panic!("no memory for request buffers");
     };
     stack.attach_port1(dev);
-    match workload::run(cfg, &mut stack) {
+    let mut handoff = handoff::OwnerHandoff::new(root, df.device, cfg.vm);
+    match workload::run(cfg, &mut stack, &mut handoff) {
         Ok(report) => {
+            handoff.flush(2_000_000);
             serial::write_fmt(format_args!("{report}\n"));
-            let clean = report.write_errors == 0 && report.read_mismatches == 0;
+            let clean = report.write_errors == 0
+                && report.read_mismatches == 0
+                && report.duplicates == 0
+                && stack.ring_fault.is_none();
             exit(if clean {
                 ExitCode::Success
             } else {

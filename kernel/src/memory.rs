@@ -16,7 +16,7 @@ unsafe extern "C" {
 
 struct FrameAllocator {
     ranges: heapless::Vec<(u64, u64), 32>,
-    freed: heapless::Vec<(u64, usize), 64>,
+    freed: heapless::Vec<(u64, usize), 256>,
 }
 
 static FRAMES: Mutex<FrameAllocator> = Mutex::new(FrameAllocator {

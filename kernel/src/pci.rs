@@ -189,11 +189,6 @@ pub mod hotplug {
         read(0x00)
     }
 
-    /// Slots the host asked to remove (`device_del`), until ejected.
-    pub fn down() -> u32 {
-        read(0x04)
-    }
-
     /// Completes the removal of `slot`: QEMU unplugs the device.
     pub fn eject(slot: u8) {
         // SAFETY: writing a slot bit to EJ only unplugs that slot's device, which the caller has

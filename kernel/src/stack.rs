@@ -1,23 +1,35 @@
 //! The resource stack: the block API the workload sees (allocate a request, fill its buffer,
-//! submit, poll for completions), on top of the port redirector and its ports.
+//! submit, poll for completions), on top of the port redirector and its two ports.
 //!
-//! Each request owns one 4 KiB DMA buffer for its whole life, so port 1 (virtio-blk) transfers
-//! straight from it and port 2 (the ring) copies it into a ring slot.
+//! Port 1 is the assigned virtio-blk device ([`BlkDevice`]); port 2 is the shared-memory ring to
+//! the peer guest ([`RingClient`]). [`Redirector`] decides per request (US 20070204265A1 claim 1):
+//! port 1 until the switch, then requests are held while port 1 drains, and after the device was
+//! released and the ring opened they are forwarded in submission order.
+//!
+//! Each request owns one 4 KiB DMA buffer for its whole life: port 1 transfers straight from it,
+//! port 2 copies it into a ring slot (and back, for reads).
 
-use crate::blk::{BLOCK_BYTES, BlkDevice, BlkError, MAX_INFLIGHT, Op, Status};
+use crate::blk::{BLOCK_BYTES, BlkDevice, BlkError, MAX_INFLIGHT, Op, SECTORS_PER_BLOCK, Status};
 use crate::memory::alloc_zeroed;
+use baton_core::redirector::{Port, RedirectError, Redirector, Route, State};
+use baton_core::ring::{self, RingClient, RingError, Submission};
 
 /// Identifies one outstanding request (an index into the stack's request table).
 pub type Tag = usize;
 
-/// Why a submission was refused (reported through `Debug`).
+/// Queue capacity of the redirector (holds up to `N - 1` requests).
+const REDIRECTOR_SLOTS: usize = 2 * MAX_INFLIGHT;
+
+/// Why a submission was refused.
 #[derive(Debug)]
 #[allow(dead_code)]
 pub enum StackError {
     /// No device behind the port the redirector chose.
     NoDevice,
-    /// The port refused the request.
+    /// Port 1 refused the request.
     Port1(BlkError),
+    /// The redirector refused the request.
+    Redirect(RedirectError),
 }
 
 /// A finished request.
@@ -25,8 +37,6 @@ pub enum StackError {
 pub struct Completion {
     /// The request.
     pub tag: Tag,
-    /// What it was.
-    pub op: Op,
     /// Its 4 KiB block.
     pub lba: u64,
     /// How it ended.
@@ -38,17 +48,25 @@ struct Entry {
     buf: *mut u8,
     op: Op,
     lba: u64,
+    /// Ring slot while the request is at port 2.
+    ring_slot: Option<u32>,
 }
 
 /// The block API over the redirector's ports.
 pub struct ResourceStack {
+    redirector: Redirector<REDIRECTOR_SLOTS>,
     port1: Option<BlkDevice>,
+    port2: Option<RingClient<'static>>,
     entries: [Entry; MAX_INFLIGHT],
     free: heapless::Vec<u8, MAX_INFLIGHT>,
+    /// Completions decided by the stack itself (port failures), delivered by `poll`.
+    failed: heapless::Deque<(Tag, Status), MAX_INFLIGHT>,
     /// Requests sent to port 1 so far.
     pub port1_requests: u64,
     /// Requests sent to port 2 so far.
     pub port2_requests: u64,
+    /// The first ring fault seen (the peer broke the protocol).
+    pub ring_fault: Option<RingError>,
 }
 
 impl ResourceStack {
@@ -58,6 +76,7 @@ impl ResourceStack {
             buf: core::ptr::null_mut(),
             op: Op::Read,
             lba: 0,
+            ring_slot: None,
         }; MAX_INFLIGHT];
         for e in &mut entries {
             e.buf = alloc_zeroed(BLOCK_BYTES / 4096)? as *mut u8;
@@ -67,17 +86,63 @@ impl ResourceStack {
             let _ = free.push(tag);
         }
         Some(ResourceStack {
+            redirector: Redirector::new(),
             port1: None,
+            port2: None,
             entries,
             free,
+            failed: heapless::Deque::new(),
             port1_requests: 0,
             port2_requests: 0,
+            ring_fault: None,
         })
     }
 
     /// Puts `dev` behind port 1.
     pub fn attach_port1(&mut self, dev: BlkDevice) {
         self.port1 = Some(dev);
+    }
+
+    /// Takes the device away from port 1 (after the drain) so it can be quiesced and ejected.
+    pub fn detach_port1(&mut self) -> Option<BlkDevice> {
+        self.port1.take()
+    }
+
+    /// Puts the ring client behind port 2.
+    pub fn attach_port2(&mut self, client: RingClient<'static>) {
+        self.port2 = Some(client);
+    }
+
+    /// Whether port 2 has a ring.
+    pub fn has_port2(&self) -> bool {
+        self.port2.is_some()
+    }
+
+    /// The redirector's state.
+    pub fn state(&self) -> State {
+        self.redirector.state()
+    }
+
+    /// Requests held at port 2 (queued, not yet forwarded).
+    pub fn held(&self) -> u16 {
+        self.redirector.snapshot().queued
+    }
+
+    /// Directs the switch: new requests are held for port 2 while port 1 drains.
+    pub fn direct_switch(&mut self) -> Result<State, RedirectError> {
+        self.redirector.direct_switch()
+    }
+
+    /// Port 1's device was quiesced and released.
+    pub fn device_released(&mut self) -> Result<State, RedirectError> {
+        self.redirector.device_released()
+    }
+
+    /// Opens port 2 and forwards what was held, in order.
+    pub fn open_port2(&mut self) -> Result<State, RedirectError> {
+        let state = self.redirector.open_port2()?;
+        self.dispatch_queued();
+        Ok(state)
     }
 
     /// Size of the port-1 disk in 4 KiB blocks.
@@ -107,28 +172,203 @@ impl ResourceStack {
         unsafe { &mut *(self.entries[tag].buf as *mut [u8; BLOCK_BYTES]) }
     }
 
-    /// Sends request `tag` to the port the redirector chooses.
+    /// Sends request `tag` to the port the redirector chooses (or holds it there).
     pub fn submit(&mut self, tag: Tag, op: Op, lba: u64) -> Result<(), StackError> {
         let entry = &mut self.entries[tag];
         entry.op = op;
         entry.lba = lba;
+        entry.ring_slot = None;
+        match self
+            .redirector
+            .submit(tag as u64)
+            .map_err(StackError::Redirect)?
+        {
+            Route::Port1 => {
+                if let Err(e) = self.send_port1(tag) {
+                    // Not accepted by the device: undo the in-flight count and fail it.
+                    let _ = self.redirector.complete_port1();
+                    return Err(e);
+                }
+            }
+            Route::Held(_) | Route::Port2(_) => self.dispatch_queued(),
+        }
+        Ok(())
+    }
+
+    fn send_port1(&mut self, tag: Tag) -> Result<(), StackError> {
+        let e = self.entries[tag];
         let dev = self.port1.as_mut().ok_or(StackError::NoDevice)?;
         // SAFETY: the entry's buffer is a DMA page that stays allocated for the stack's lifetime
         // and is not handed out again until the completion for `tag` has been returned.
-        unsafe { dev.submit(tag, op, lba, entry.buf) }.map_err(StackError::Port1)?;
+        unsafe { dev.submit(tag, e.op, e.lba, e.buf) }.map_err(StackError::Port1)?;
         self.port1_requests += 1;
         Ok(())
     }
 
+    /// Sends request `tag` over the ring; on failure the request fails with an error completion.
+    fn send_port2(&mut self, tag: Tag) {
+        let Some(client) = self.port2.as_mut() else {
+            self.fail(tag, Status::DriverError);
+            return;
+        };
+        let e = self.entries[tag];
+        let result = (|| {
+            let slot = client.reserve_slot()?;
+            let op = match e.op {
+                Op::Read => ring::Op::Read,
+                Op::Write => ring::Op::Write,
+                Op::Flush => ring::Op::Flush,
+            };
+            if e.op == Op::Write {
+                // SAFETY: the request's buffer, not at any port (it was held by the redirector).
+                let data = unsafe { core::slice::from_raw_parts(e.buf, BLOCK_BYTES) };
+                client.write_slot(slot, data)?;
+            }
+            let (lba, len) = match e.op {
+                Op::Flush => (0, 0),
+                _ => (e.lba * SECTORS_PER_BLOCK, BLOCK_BYTES as u32),
+            };
+            let sub = Submission {
+                op,
+                id: tag as u64,
+                lba,
+                len,
+                slot,
+            };
+            if let Err(err) = client.submit(&sub) {
+                let _ = client.release_slot(slot);
+                return Err(err);
+            }
+            Ok(slot)
+        })();
+        match result {
+            Ok(slot) => {
+                self.entries[tag].ring_slot = Some(slot);
+                self.port2_requests += 1;
+            }
+            Err(err) => {
+                log::error!("port 2: cannot forward request {tag}: {err}");
+                self.note_ring_fault(err);
+                self.fail(tag, Status::DriverError);
+            }
+        }
+    }
+
+    /// Fails `tag` (already counted in flight at its port by the redirector).
+    fn fail(&mut self, tag: Tag, status: Status) {
+        let _ = self.redirector.complete_port2();
+        let _ = self.failed.push_back((tag, status));
+    }
+
+    fn note_ring_fault(&mut self, err: RingError) {
+        if self.ring_fault.is_none() {
+            self.ring_fault = Some(err);
+        }
+    }
+
+    /// Hands queued requests to whichever port is open, in ticket order.
+    fn dispatch_queued(&mut self) {
+        let Some(mut releaser) = self.redirector.releaser() else {
+            return;
+        };
+        let mut out: heapless::Vec<(Port, Tag), MAX_INFLIGHT> = heapless::Vec::new();
+        while let Some(d) = releaser.dispatch() {
+            let _ = out.push((d.port, d.token as Tag));
+        }
+        drop(releaser);
+        for (port, tag) in out {
+            match port {
+                Port::One => {
+                    if self.send_port1(tag).is_err() {
+                        let _ = self.redirector.complete_port1();
+                        let _ = self.failed.push_back((tag, Status::DriverError));
+                    }
+                }
+                Port::Two => self.send_port2(tag),
+            }
+        }
+    }
+
     /// Takes one completion, if any port has one.
     pub fn poll(&mut self) -> Option<Completion> {
-        let (tag, status) = self.port1.as_mut()?.poll()?;
+        if let Some((tag, status)) = self.failed.pop_front() {
+            return Some(self.completion(tag, status));
+        }
+        if let Some((tag, status)) = self.port1.as_mut().and_then(BlkDevice::poll) {
+            let _ = self.redirector.complete_port1();
+            return Some(self.completion(tag, status));
+        }
+        if self.port2.is_some() {
+            return self.poll_port2();
+        }
+        None
+    }
+
+    fn poll_port2(&mut self) -> Option<Completion> {
+        let client = self.port2.as_mut()?;
+        client.heartbeat();
+        match client.poll_completion()? {
+            Ok(c) => {
+                let tag = c.id as Tag;
+                let valid = tag < MAX_INFLIGHT && self.entries[tag].ring_slot == Some(c.slot);
+                if !valid {
+                    // The ring checks ids against what is in flight; this is a second line.
+                    self.note_ring_fault(RingError::UnknownRequest { id: c.id });
+                    return self.abandon_port2();
+                }
+                let e = self.entries[tag];
+                let mut status = match c.status {
+                    ring::Status::Ok => Status::Ok,
+                    ring::Status::IoError => Status::IoError,
+                    ring::Status::Unsupported => Status::Unsupported,
+                    ring::Status::Malformed => Status::DriverError,
+                };
+                if e.op == Op::Read && status == Status::Ok {
+                    // SAFETY: the request's own buffer; the request is complete at port 2.
+                    let buf = unsafe { core::slice::from_raw_parts_mut(e.buf, BLOCK_BYTES) };
+                    if client.read_slot(c.slot, buf).is_err() {
+                        status = Status::DriverError;
+                    }
+                }
+                let _ = client.release_slot(c.slot);
+                self.entries[tag].ring_slot = None;
+                let _ = self.redirector.complete_port2();
+                self.dispatch_queued();
+                Some(self.completion(tag, status))
+            }
+            Err(err) => {
+                log::error!("port 2: the peer broke the ring protocol: {err}");
+                self.note_ring_fault(err);
+                self.abandon_port2()
+            }
+        }
+    }
+
+    /// After a ring fault: every request in flight at port 2 fails.
+    fn abandon_port2(&mut self) -> Option<Completion> {
+        let mut ids: heapless::Vec<u64, 256> = heapless::Vec::new();
+        if let Some(client) = self.port2.as_mut() {
+            client.abandon(|id| {
+                let _ = ids.push(id);
+            });
+        }
+        for id in ids {
+            let tag = id as Tag;
+            if tag < MAX_INFLIGHT && self.entries[tag].ring_slot.take().is_some() {
+                self.fail(tag, Status::DriverError);
+            }
+        }
+        self.failed
+            .pop_front()
+            .map(|(tag, status)| self.completion(tag, status))
+    }
+
+    fn completion(&self, tag: Tag, status: Status) -> Completion {
         let e = self.entries[tag];
-        Some(Completion {
+        Completion {
             tag,
-            op: e.op,
             lba: e.lba,
             status,
-        })
+        }
     }
 }

@@ -7,14 +7,15 @@
 
 use crate::blk::{MAX_INFLIGHT, Op, Status};
 use crate::clock::{self, Deadline};
-use crate::stack::{ResourceStack, Tag};
+use crate::handoff::OwnerHandoff;
+use crate::stack::{Completion, ResourceStack, Tag};
 use baton_core::cmdline::GuestConfig;
-use baton_core::report::{GuestReport, MAX_ERROR_SEQS};
+use baton_core::report::GuestReport;
 use baton_core::tag;
 use baton_core::workload::Schedule;
 
-/// A run with no completion for this long is declared stuck.
-const STALL_US: u64 = 30_000_000;
+/// A run with no completion for this long is declared stuck (a handoff takes far less).
+const STALL_US: u64 = 60_000_000;
 
 /// Why the workload stopped early (reported through `Debug`).
 #[derive(Debug)]
@@ -28,36 +29,47 @@ pub enum WorkloadError {
     Submit(crate::stack::StackError),
 }
 
-/// Runs the schedule of `cfg` and returns the report to print.
-pub fn run(cfg: &GuestConfig, stack: &mut ResourceStack) -> Result<GuestReport, WorkloadError> {
+/// Tracks the longest gap between two completions (the blackout a handoff causes).
+struct GapMeter {
+    last: u64,
+    max: u64,
+}
+
+impl GapMeter {
+    fn new() -> Self {
+        GapMeter {
+            last: clock::rdtsc(),
+            max: 0,
+        }
+    }
+
+    fn tick(&mut self) {
+        let now = clock::rdtsc();
+        self.max = self.max.max(now - self.last);
+        self.last = now;
+    }
+
+    fn max_us(&self) -> u64 {
+        self.max / clock::tsc_per_us()
+    }
+}
+
+/// Runs the schedule of `cfg` and returns the report to print. `handoff` is polled all along, so
+/// the shim can move the disk away in the middle of the run.
+pub fn run(
+    cfg: &GuestConfig,
+    stack: &mut ResourceStack,
+    handoff: &mut OwnerHandoff,
+) -> Result<GuestReport, WorkloadError> {
     let sched = cfg.schedule();
     let needed = cfg.first_lba + cfg.blocks;
     let have = stack.capacity_blocks().unwrap_or(0);
     if have < needed {
         return Err(WorkloadError::DiskTooSmall { needed, have });
     }
-    let mut report = GuestReport {
-        role: cfg.role,
-        vm: cfg.vm,
-        seed: cfg.seed,
-        blocks: cfg.blocks,
-        passes: cfg.passes,
-        qd: cfg.qd,
-        first_lba: cfg.first_lba,
-        writes_submitted: 0,
-        writes_acked: 0,
-        write_errors: 0,
-        error_seqs: [0; MAX_ERROR_SEQS],
-        error_seq_count: 0,
-        reads_verified: 0,
-        read_mismatches: 0,
-        elapsed_us: 0,
-        iops: 0,
-        port1_requests: 0,
-        port2_requests: 0,
-    };
+    let mut report = GuestReport::new(cfg);
     let qd = usize::from(cfg.qd).clamp(1, MAX_INFLIGHT);
-    let total = sched.total_writes();
+    let mut total = sched.total_writes();
 
     // Write phase.
     let mut seq_of_tag = [0u64; MAX_INFLIGHT];
@@ -66,7 +78,21 @@ pub fn run(cfg: &GuestConfig, stack: &mut ResourceStack) -> Result<GuestReport, 
     let mut stall = Deadline::after_us(STALL_US);
     let start = clock::rdtsc();
     let mut first = true;
+    let mut gaps = GapMeter::new();
     while done < total {
+        handoff.poll(stack);
+        if cfg.migrate_at != 0 && next_seq > cfg.migrate_at {
+            handoff.request_migration();
+        }
+        if stack.ring_fault.is_some() && next_seq <= total {
+            // The peer broke the ring protocol: nothing more can be written safely. Let what is
+            // in flight fail and report.
+            log::error!(
+                "workload: stopping after seq {} (port 2 faulted)",
+                next_seq - 1
+            );
+            total = next_seq - 1;
+        }
         while stack.outstanding() < qd && next_seq <= total {
             let Some(lba) = sched.lba_of(next_seq) else {
                 break;
@@ -89,6 +115,9 @@ pub fn run(cfg: &GuestConfig, stack: &mut ResourceStack) -> Result<GuestReport, 
         }
         match stack.poll() {
             Some(c) => {
+                if first_completion(&mut gaps, &mut report, &seq_of_tag, c) {
+                    continue;
+                }
                 let seq = seq_of_tag[c.tag];
                 seq_of_tag[c.tag] = 0;
                 stack.release(c.tag);
@@ -97,7 +126,7 @@ pub fn run(cfg: &GuestConfig, stack: &mut ResourceStack) -> Result<GuestReport, 
                     report.writes_acked += 1;
                 } else {
                     log::warn!("write seq {seq} lba {} failed: {:?}", c.lba, c.status);
-                    note_error(&mut report, seq);
+                    report.record_write_error(seq);
                 }
                 stall = Deadline::after_us(STALL_US);
             }
@@ -112,12 +141,33 @@ pub fn run(cfg: &GuestConfig, stack: &mut ResourceStack) -> Result<GuestReport, 
     report.elapsed_us = (clock::rdtsc() - start) / clock::tsc_per_us();
     report.iops = report.writes_acked * 1_000_000 / report.elapsed_us.max(1);
 
-    if cfg.verify {
-        verify(cfg, &sched, stack, &mut report)?;
+    report.max_gap_us = gaps.max_us();
+    if let Some(e) = stack.ring_fault {
+        crate::baton_line!("peer-fault {e}");
+    } else if cfg.verify {
+        verify(cfg, &sched, stack, handoff, &mut report)?;
     }
+    report.held_at_switch = handoff.held_at_switch;
     report.port1_requests = stack.port1_requests;
     report.port2_requests = stack.port2_requests;
     Ok(report)
+}
+
+/// Counts the completion for the blackout meter; returns `true` (and counts a duplicate) when
+/// `c` is for a request that is not outstanding, which must then be ignored.
+fn first_completion(
+    gaps: &mut GapMeter,
+    report: &mut GuestReport,
+    seq_of_tag: &[u64],
+    c: Completion,
+) -> bool {
+    gaps.tick();
+    if seq_of_tag[c.tag] == 0 {
+        log::error!("duplicate completion for request {}", c.tag);
+        report.duplicates += 1;
+        return true;
+    }
+    false
 }
 
 /// Whether a write to `lba` is outstanding.
@@ -128,18 +178,9 @@ fn lba_busy(seq_of_tag: &[u64], stack: &ResourceStack, sched: &Schedule, lba: u6
             .any(|&s| s != 0 && sched.lba_of(s) == Some(lba))
 }
 
-fn note_error(report: &mut GuestReport, seq: u64) {
-    report.write_errors += 1;
-    let n = usize::from(report.error_seq_count);
-    if n < MAX_ERROR_SEQS {
-        report.error_seqs[n] = seq;
-        report.error_seq_count += 1;
-    }
-}
-
 /// The write block `lba` must hold: the last acknowledged one (errors are never acknowledged).
 fn expected_seq(cfg: &GuestConfig, sched: &Schedule, report: &GuestReport, lba: u64) -> u64 {
-    let errors = &report.error_seqs[..usize::from(report.error_seq_count)];
+    let errors = report.error_seqs();
     (0..cfg.passes)
         .rev()
         .filter_map(|p| sched.seq_of(p, lba))
@@ -152,6 +193,7 @@ fn verify(
     cfg: &GuestConfig,
     sched: &Schedule,
     stack: &mut ResourceStack,
+    handoff: &mut OwnerHandoff,
     report: &mut GuestReport,
 ) -> Result<(), WorkloadError> {
     let qd = usize::from(cfg.qd).clamp(1, MAX_INFLIGHT);
@@ -160,6 +202,7 @@ fn verify(
     let mut done = cfg.first_lba;
     let mut stall = Deadline::after_us(STALL_US);
     while done < end {
+        handoff.poll(stack);
         while stack.outstanding() < qd && next < end {
             let Some(tag) = stack.alloc() else { break };
             stack

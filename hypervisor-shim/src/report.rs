@@ -137,6 +137,12 @@ pub struct RunReport {
     pub port1_requests: Option<u64>,
     /// Guest's figure: requests through port 2 (the ring).
     pub port2_requests: Option<u64>,
+    /// Guest's figure: requests held at port 2 while port 1 drained (0 without a handoff).
+    pub held_at_switch: Option<u64>,
+    /// Guest's figure: longest gap between two completions, in µs.
+    pub max_gap_us: Option<u64>,
+    /// Guest's figure: completions for requests that were not outstanding (must be 0).
+    pub duplicates: Option<u64>,
     /// QMP events in arrival order.
     pub qmp_events: Vec<EventRecord>,
     /// Protocol oddities the guest showed (unexpected or repeated `BATON` lines).

@@ -751,6 +751,12 @@ fn build_report(
         if r.write_errors > 0 {
             failures.push(format!("{} writes failed in the guest", r.write_errors));
         }
+        if r.duplicates > 0 {
+            failures.push(format!(
+                "the guest saw {} duplicate completions",
+                r.duplicates
+            ));
+        }
         if r.read_mismatches > 0 {
             failures.push(format!(
                 "the guest's read-back found {} wrong blocks",
@@ -876,6 +882,9 @@ fn build_report(
         elapsed_ms,
         port1_requests: g.map(|r| r.port1_requests),
         port2_requests: g.map(|r| r.port2_requests),
+        held_at_switch: g.map(|r| r.held_at_switch),
+        max_gap_us: g.map(|r| r.max_gap_us),
+        duplicates: g.map(|r| r.duplicates),
         qmp_events: std::mem::take(&mut s.events),
         notes: std::mem::take(&mut s.lines.notes),
         serial_log: s.serial_log.display().to_string(),

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# baton: install what is missing, build the guest kernel and the shim, then run.
+#
+#   ./qemu-run.sh                  the demo: one owner guest doing direct virtio-blk I/O under QEMU,
+#                                  verified on the host; report in reports/run.json (printed)
+#   ./qemu-run.sh test [ARGS]      the whole test suite (unit tests + QEMU integration tests);
+#                                  ARGS go to `cargo test`. BATON_TEST_ACCEL=kvm|tcg|auto picks the
+#                                  accelerator of the QEMU tests (default auto).
+#   ./qemu-run.sh SUBCOMMAND ARGS  any hypervisor-shim subcommand, e.g. `run --accel tcg --report r.json`
+#                                  (`./qemu-run.sh --help` lists them)
+set -euo pipefail
+cd "$(dirname "$0")"
+
+log() { printf 'qemu-run: %s\n' "$*" >&2; }
+
+QBOOT=/usr/share/qemu/qboot.rom
+
+ensure_qemu() {
+    if command -v qemu-system-x86_64 >/dev/null 2>&1 && [ -f "$QBOOT" ]; then
+        return
+    fi
+    if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
+        log "QEMU is missing: installing qemu-system-x86"
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update
+        apt-get install -y qemu-system-x86
+    else
+        log "QEMU (qemu-system-x86_64 and $QBOOT) is missing. Install it with:"
+        log "    sudo apt-get install -y qemu-system-x86"
+        exit 1
+    fi
+}
+
+ensure_rust() {
+    if ! command -v cargo >/dev/null 2>&1 && [ -x "$HOME/.cargo/bin/cargo" ]; then
+        export PATH="$HOME/.cargo/bin:$PATH"
+    fi
+    if ! command -v cargo >/dev/null 2>&1; then
+        log "Rust is missing. Install rustup (https://rustup.rs), then run this script again:"
+        log "    curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs | sh -s -- -y --profile minimal"
+        exit 1
+    fi
+    if command -v rustup >/dev/null 2>&1; then
+        # rust-toolchain.toml pins the toolchain and the x86_64-unknown-none target.
+        if ! rustup show active-toolchain >/dev/null 2>&1; then
+            rustup toolchain install
+        fi
+        if ! rustup target list --installed | grep -qx x86_64-unknown-none; then
+            rustup target add x86_64-unknown-none
+        fi
+    fi
+}
+
+build() {
+    log "building the guest kernel (cargo kbuild)"
+    cargo kbuild
+    log "building the shim (cargo build --release -p hypervisor-shim)"
+    cargo build --release -p hypervisor-shim
+}
+
+SHIM=target/release/hypervisor-shim
+
+ensure_qemu
+ensure_rust
+
+case "${1-}" in
+"")
+    build
+    rm -rf reports/run
+    mkdir -p reports
+    status=0
+    "$SHIM" run --workdir reports/run --report reports/run.json || status=$?
+    if [ -f reports/run.json ]; then
+        echo
+        echo "report (reports/run.json):"
+        cat reports/run.json
+    fi
+    exit "$status"
+    ;;
+test)
+    shift
+    build
+    log "running the test suite (cargo test --release)"
+    cargo test --release "$@"
+    ;;
+*)
+    build
+    exec "$SHIM" "$@"
+    ;;
+esac

@@ -9,6 +9,7 @@
 //! - [`workload`]: the deterministic write schedule.
 //! - [`cmdline`]: the guest kernel command line.
 //! - [`report`]: the guest's `BATON result` line.
+//! - [`redirector`]: the lock-free port redirector (port 1 = device, port 2 = ring).
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -19,8 +20,11 @@ pub mod control;
 pub mod crc32;
 #[doc(hidden)]
 pub mod fuzz_entry;
+pub mod redirector;
 pub mod report;
 pub mod ring;
 pub mod tag;
 pub mod text;
 pub mod workload;
+
+mod sync;

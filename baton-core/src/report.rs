@@ -457,12 +457,15 @@ mod tests {
             parse_line(&good.replace("error_seqs=3,7", "error_seqs=3,7,9")),
             Err(ReportError::Inconsistent(Field::ErrorSeqs))
         );
-        let seventeen = (1..=17)
+        let too_many = (1..=MAX_ERROR_SEQS as u64 + 1)
             .map(|i| i.to_string())
             .collect::<std::vec::Vec<_>>()
             .join(",");
+        let line = good
+            .replace("write_errors=2", "write_errors=1000")
+            .replace("error_seqs=3,7", &std::format!("error_seqs={too_many}"));
         assert_eq!(
-            parse_line(&good.replace("error_seqs=3,7", &std::format!("error_seqs={seventeen}"))),
+            parse_line(&line),
             Err(ReportError::OutOfRange(Field::ErrorSeqs))
         );
         let long = std::format!("{good}{}", " ".repeat(MAX_LINE_LEN));

@@ -20,6 +20,7 @@ fn main() -> ExitCode {
 }
 
 fn cmd_run(args: &RunArgs) -> anyhow::Result<ExitCode> {
+    run::install_interrupt_handler();
     let outcome = run::run(&args.config())?;
     let report = &outcome.report;
     if let Some(path) = &args.report {

@@ -9,6 +9,7 @@
 //! makes sense; a malformed `BATON result` line is an error in the report, never a panic.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use baton_core::cmdline::{DiskMode, GuestConfig, Role};
@@ -206,6 +207,28 @@ impl Drop for SocketPath {
     fn drop(&mut self) {
         let _ = std::fs::remove_file(&self.0);
     }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_sig: libc::c_int) {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// Makes SIGINT, SIGTERM and SIGHUP end a run cleanly (QEMU killed, report written, temporary files
+/// removed) instead of killing the shim outright.
+pub fn install_interrupt_handler() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: `on_signal` only stores to an atomic, which is async-signal-safe; it has the
+        // `extern "C" fn(c_int)` signature signal(2) expects.
+        unsafe {
+            libc::signal(sig, on_signal as *const () as libc::sighandler_t);
+        }
+    }
+}
+
+fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
 }
 
 /// The default kernel: `<exe dir>/../x86_64-unknown-none/release/baton-kernel`.
@@ -433,6 +456,9 @@ impl Session {
             let remaining = self.remaining();
             if remaining.is_zero() {
                 return Ending::Timeout;
+            }
+            if interrupted() {
+                return Ending::Aborted("interrupted by a signal".into());
             }
             match self.serial.recv(remaining.min(Duration::from_millis(50))) {
                 Recv::Line(line) => {
@@ -715,12 +741,18 @@ fn build_report(
     if !matches!(guest_exit, GuestExit::Success) {
         failures.push(format!("guest exit: {reason}"));
     }
-    if let Some(e) = &s.qmp_error {
-        failures.push(e.clone());
+    if let Some(e) = s.qmp_error.take() {
+        if guest_exit == GuestExit::Success {
+            failures.push(e);
+        } else {
+            // Secondary when QEMU died; the note keeps it visible.
+            s.lines.note(e);
+        }
     }
     let writes_total = schedule.total_writes();
     let mut guest_report = None;
     let mut guest_report_error = None;
+    let result_line_seen = s.lines.result.is_some();
     match s.lines.result.take() {
         Some(Ok(r)) => match check_echo(&r, guest) {
             Ok(()) => guest_report = Some(r),
@@ -733,7 +765,11 @@ fn build_report(
             }
         }
     }
-    if let Some(e) = &guest_report_error {
+    // A guest that failed explains the missing report itself; a malformed or foreign report, or a
+    // "successful" guest without one, is a failure of its own.
+    if let Some(e) = &guest_report_error
+        && (guest_exit == GuestExit::Success || result_line_seen)
+    {
         failures.push(e.clone());
     }
     if guest.panic {

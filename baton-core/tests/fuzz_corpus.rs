@@ -111,6 +111,25 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
         .unwrap()
         .replace('\n', "\r\n");
     seeds.push(("crlf".into(), crlf.into_bytes()));
+    // Odd byte 0: lines get their checksum added by the entry point.
+    let mut fixup = vec![0x01];
+    for (i, m) in messages.iter().enumerate() {
+        let f = frame(*m, i as u32);
+        fixup.extend_from_slice(&f[..f.len() - 11]);
+        fixup.push(b'\n');
+    }
+    seeds.push(("fixup-all-messages".into(), fixup));
+    let edges = [
+        "@baton 1 4294967295 drained 18446744073709551615 4294967295",
+        "@baton 1 0 released 31",
+        "@baton 1 0 released 32",
+        "@baton 1 01 ack 1",
+        "@baton 2 0 forwarding",
+        "@baton 1 0 hello peer 0 0 0",
+    ];
+    let mut fixup = vec![0x01];
+    fixup.extend_from_slice(edges.join("\n").as_bytes());
+    seeds.push(("fixup-edges".into(), fixup));
     seeds.push((
         "line-without-newline".into(),
         full[..full.len() - 1].to_vec(),
@@ -212,6 +231,29 @@ fn regenerate() {
             fs::write(dir.join(format!("seed-{name}")), data).unwrap();
         }
     }
+}
+
+#[test]
+fn fixup_seed_lines_become_valid_frames() {
+    let (_, seed) = control_seeds()
+        .into_iter()
+        .find(|(name, _)| name == "fixup-all-messages")
+        .unwrap();
+    let mut decoder = baton_core::control::Decoder::new();
+    let mut ok = 0;
+    for line in seed[1..].split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+        let full = format!(
+            "{} *{:08x}\n",
+            std::str::from_utf8(line).unwrap(),
+            baton_core::crc32::crc32(line)
+        );
+        ok += full
+            .bytes()
+            .filter_map(|b| decoder.push(b))
+            .filter(Result::is_ok)
+            .count();
+    }
+    assert_eq!(ok, 13);
 }
 
 #[test]

@@ -63,6 +63,8 @@ pub struct RunReport {
     pub failures: Vec<String>,
     /// `kvm` or `tcg`.
     pub accel: String,
+    /// Why that accelerator was chosen.
+    pub accel_reason: String,
     /// QEMU's version from QMP `query-version` (null when QMP never answered).
     pub qemu_version: Option<String>,
     /// The QEMU command line.
@@ -187,6 +189,7 @@ impl fmt::Display for RunReport {
             opt(&self.qemu_version),
             self.backend
         )?;
+        writeln!(f, "  accel      {}: {}", self.accel, self.accel_reason)?;
         writeln!(
             f,
             "  workload   vm {} blocks {} passes {} qd {} seed {} first_lba {}",

@@ -80,17 +80,23 @@ pub enum AccelChoice {
 }
 
 impl AccelChoice {
-    /// Resolves the choice on this host.
-    pub fn resolve(self) -> Result<Accel, qemu::QemuError> {
+    /// Resolves the choice on this host: the accelerator and why it was chosen.
+    pub fn resolve(self) -> Result<(Accel, String), qemu::QemuError> {
         match self {
-            Self::Tcg => Ok(Accel::Tcg),
+            Self::Tcg => Ok((Accel::Tcg, "--accel tcg".into())),
             Self::Kvm => qemu::kvm_usable()
-                .map(|()| Accel::Kvm)
+                .map(|()| (Accel::Kvm, "--accel kvm".into()))
                 .map_err(qemu::QemuError::NoKvm),
-            Self::Auto => Ok(if qemu::kvm_usable().is_ok() {
-                Accel::Kvm
-            } else {
-                Accel::Tcg
+            Self::Auto => Ok(match (qemu::kvm_usable(), qemu::kvm_is_software()) {
+                (Ok(()), None) => (Accel::Kvm, "auto: /dev/kvm is usable".into()),
+                (Ok(()), Some(module)) => (
+                    Accel::Tcg,
+                    format!(
+                        "auto: /dev/kvm is software-emulated ({module}), slower than TCG for this \
+                         guest; --accel kvm forces it"
+                    ),
+                ),
+                (Err(e), _) => (Accel::Tcg, format!("auto: /dev/kvm unusable ({e})")),
             }),
         }
     }
@@ -254,7 +260,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, RunError> {
     if !kernel.is_file() {
         return Err(RunError::NoKernel(kernel));
     }
-    let accel = cfg.accel.resolve()?;
+    let (accel, accel_reason) = cfg.accel.resolve()?;
     let guest = GuestConfig {
         role: Role::Owner,
         vm: cfg.vm,
@@ -311,19 +317,18 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, RunError> {
 
     let mut session = Session::start(&spec, &dir, cfg.timeout)?;
     let outcome = session.drive(cfg.hotplug_disk.then_some(&backend));
-    let schedule = guest.schedule();
-    let report = build_report(
+    let plan = Plan {
         cfg,
-        &spec,
-        &guest,
-        &schedule,
-        &backend,
+        spec: &spec,
+        guest: &guest,
+        schedule: guest.schedule(),
+        backend: &backend,
         disk_bytes,
-        &workdir,
-        session,
-        outcome,
-        image.as_ref(),
-    );
+        accel_reason,
+        workdir: &workdir,
+        image: image.as_ref(),
+    };
+    let report = build_report(&plan, session, outcome);
     drop(image);
     Ok(RunOutcome { report, workdir })
 }
@@ -714,19 +719,32 @@ fn check_echo(r: &GuestReport, g: &GuestConfig) -> Result<(), String> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn build_report(
-    cfg: &RunConfig,
-    spec: &MachineSpec,
-    guest: &GuestConfig,
-    schedule: &Schedule,
-    backend: &DiskBackend,
+/// What the run was set up to do.
+struct Plan<'a> {
+    cfg: &'a RunConfig,
+    spec: &'a MachineSpec,
+    guest: &'a GuestConfig,
+    schedule: Schedule,
+    backend: &'a DiskBackend,
     disk_bytes: u64,
-    workdir: &Workdir,
-    mut s: Session,
-    ending: Ending,
-    image: Option<&DiskImage>,
-) -> RunReport {
+    accel_reason: String,
+    workdir: &'a Workdir,
+    image: Option<&'a DiskImage>,
+}
+
+fn build_report(plan: &Plan<'_>, mut s: Session, ending: Ending) -> RunReport {
+    let Plan {
+        cfg,
+        spec,
+        guest,
+        schedule,
+        backend,
+        disk_bytes,
+        workdir,
+        image,
+        ..
+    } = *plan;
+    let schedule = &schedule;
     let (guest_exit, mut reason, qemu_exit_code) =
         classify(&ending, s.lines.panic.as_ref(), cfg.timeout);
     let stderr = s.stderr.collect(Duration::from_secs(2));
@@ -878,6 +896,7 @@ fn build_report(
         ok: failures.is_empty(),
         failures,
         accel: spec.accel.as_str().into(),
+        accel_reason: plan.accel_reason.clone(),
         qemu_version: s.qemu_version.take(),
         qemu_command: spec.display(),
         backend: backend.kind().into(),
@@ -982,8 +1001,9 @@ mod tests {
 
     #[test]
     fn accel_choice_resolves() {
-        assert_eq!(AccelChoice::Tcg.resolve().unwrap(), Accel::Tcg);
-        let auto = AccelChoice::Auto.resolve().unwrap();
-        assert_eq!(auto == Accel::Kvm, qemu::kvm_usable().is_ok());
+        assert_eq!(AccelChoice::Tcg.resolve().unwrap().0, Accel::Tcg);
+        let (auto, why) = AccelChoice::Auto.resolve().unwrap();
+        let hw_kvm = qemu::kvm_usable().is_ok() && qemu::kvm_is_software().is_none();
+        assert_eq!(auto == Accel::Kvm, hw_kvm, "{why}");
     }
 }

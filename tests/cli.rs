@@ -16,6 +16,7 @@ fn every_subcommand_has_help() {
         (&["--help"][..], "run"),
         (&["run", "--help"], "--hotplug-disk"),
         (&["check", "--help"], "--qemu"),
+        (&["bench", "--help"], "--runs"),
         (&["help", "run"], "--timeout-secs"),
     ] {
         let out = shim(args, LIMIT);
@@ -33,6 +34,7 @@ fn bad_input_is_a_clear_error() {
         (&["run", "--backend", "nvme"], "nvme"),
         (&["run", "--accel", "hvf"], "hvf"),
         (&["run", "--no-such-flag"], "--no-such-flag"),
+        (&["bench", "--qd", "1,99"], "--qd"),
         (&["frobnicate"], "frobnicate"),
         (&[], "Usage"),
     ] {

@@ -25,6 +25,8 @@ pub enum Cmd {
     /// Exits 0 when the guest succeeded and no acknowledged write is lost or stale; 1 when the run
     /// failed (see the report); 2 when it could not be set up.
     Run(RunArgs),
+    /// Measure direct-path IOPS (4 KiB writes on null-co) per queue depth and boot to first I/O.
+    Bench(BenchArgs),
     /// Check the host: QEMU, its firmware, KVM, and the guest kernel.
     Check(CheckArgs),
 }
@@ -115,11 +117,7 @@ impl RunArgs {
                 Backend::File => BackendKind::File,
                 Backend::Null => BackendKind::Null,
             },
-            accel: match self.accel {
-                AccelArg::Auto => AccelChoice::Auto,
-                AccelArg::Kvm => AccelChoice::Kvm,
-                AccelArg::Tcg => AccelChoice::Tcg,
-            },
+            accel: accel_choice(self.accel),
             vm: self.vm,
             blocks: self.blocks,
             passes: self.passes,
@@ -134,6 +132,74 @@ impl RunArgs {
             workdir: self.workdir.clone(),
             keep: self.keep,
         }
+    }
+}
+
+/// Options of `bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Accelerator.
+    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+    pub accel: AccelArg,
+    /// Queue depths to measure (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = [1u16, 32],
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_QD)))]
+    pub qd: Vec<u16>,
+    /// Runs per queue depth (the median is reported).
+    #[arg(long, default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: u32,
+    /// Distinct blocks per run.
+    #[arg(long, default_value_t = 4096,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_BLOCKS))]
+    pub blocks: u64,
+    /// Passes per run.
+    #[arg(long, default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PASSES)))]
+    pub passes: u32,
+    /// Hard timeout of each run, in seconds.
+    #[arg(long, default_value_t = 300,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout_secs: u64,
+    /// Guest kernel ELF [default: <shim dir>/../x86_64-unknown-none/release/baton-kernel].
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// QEMU binary (name on PATH or a path).
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+    /// Write the results as JSON to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    /// The run configuration every benchmark run starts from.
+    pub fn base(&self) -> RunConfig {
+        RunConfig {
+            backend: BackendKind::Null,
+            accel: accel_choice(self.accel),
+            vm: 1,
+            blocks: self.blocks,
+            passes: self.passes,
+            qd: 1,
+            seed: 1,
+            first_lba: 0,
+            hotplug_disk: false,
+            guest_panic: false,
+            timeout: Duration::from_secs(self.timeout_secs),
+            kernel: self.kernel.clone(),
+            qemu: self.qemu.clone(),
+            workdir: None,
+            keep: false,
+        }
+    }
+}
+
+fn accel_choice(a: AccelArg) -> AccelChoice {
+    match a {
+        AccelArg::Auto => AccelChoice::Auto,
+        AccelArg::Kvm => AccelChoice::Kvm,
+        AccelArg::Tcg => AccelChoice::Tcg,
     }
 }
 

@@ -8,8 +8,10 @@
 //!
 //! Modules: [`qemu`] builds every QEMU command line and owns QEMU processes; [`qmp`] is the QMP client;
 //! [`console`] reads the guest's serial console; [`disk`] creates images and verifies them;
-//! [`run`] is the direct-I/O scenario; [`report`] is its JSON report; [`cli`] the command line.
+//! [`run`] is the direct-I/O scenario; [`report`] is its JSON report; [`bench`] repeats it to measure;
+//! [`cli`] is the command line.
 
+pub mod bench;
 pub mod cli;
 pub mod console;
 pub mod disk;

@@ -4,13 +4,14 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use hypervisor_shim::cli::{CheckArgs, Cli, Cmd, RunArgs};
-use hypervisor_shim::{qemu, run};
+use hypervisor_shim::cli::{BenchArgs, CheckArgs, Cli, Cmd, RunArgs};
+use hypervisor_shim::{bench, qemu, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run(args) => cmd_run(&args),
+        Cmd::Bench(args) => cmd_bench(&args),
         Cmd::Check(args) => cmd_check(&args),
     };
     result.unwrap_or_else(|e| {
@@ -44,6 +45,18 @@ fn cmd_run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+fn cmd_bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
+    run::install_interrupt_handler();
+    let report = bench::bench(&args.base(), &args.qd, args.runs)?;
+    if let Some(path) = &args.report {
+        let text = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, text + "\n")
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+    }
+    print!("{}", report.markdown());
+    Ok(ExitCode::SUCCESS)
 }
 
 fn cmd_check(args: &CheckArgs) -> anyhow::Result<ExitCode> {

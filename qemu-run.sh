@@ -7,9 +7,10 @@
 #                                  ARGS go to `cargo test`. BATON_TEST_ACCEL=kvm|tcg|auto picks the
 #                                  accelerator of the QEMU tests (default auto).
 #   ./qemu-run.sh SUBCOMMAND ARGS  any hypervisor-shim subcommand, e.g. `run --accel tcg --report r.json`
-#                                  (`./qemu-run.sh --help` lists them)
+#                                  (`./qemu-run.sh --help` lists them); relative paths are taken from
+#                                  the directory you call it in
 set -euo pipefail
-cd "$(dirname "$0")"
+ROOT=$(cd "$(dirname "$0")" && pwd)
 
 log() { printf 'qemu-run: %s\n' "$*" >&2; }
 
@@ -42,23 +43,23 @@ ensure_rust() {
     fi
     if command -v rustup >/dev/null 2>&1; then
         # rust-toolchain.toml pins the toolchain and the x86_64-unknown-none target.
-        if ! rustup show active-toolchain >/dev/null 2>&1; then
-            rustup toolchain install
+        if ! (cd "$ROOT" && rustup show active-toolchain >/dev/null 2>&1); then
+            (cd "$ROOT" && rustup toolchain install)
         fi
-        if ! rustup target list --installed | grep -qx x86_64-unknown-none; then
-            rustup target add x86_64-unknown-none
+        if ! (cd "$ROOT" && rustup target list --installed) | grep -qx x86_64-unknown-none; then
+            (cd "$ROOT" && rustup target add x86_64-unknown-none)
         fi
     fi
 }
 
 build() {
     log "building the guest kernel (cargo kbuild)"
-    cargo kbuild
+    (cd "$ROOT" && cargo kbuild)
     log "building the shim (cargo build --release -p hypervisor-shim)"
-    cargo build --release -p hypervisor-shim
+    (cd "$ROOT" && cargo build --release -p hypervisor-shim)
 }
 
-SHIM=target/release/hypervisor-shim
+SHIM="${CARGO_TARGET_DIR:-$ROOT/target}/release/hypervisor-shim"
 
 ensure_qemu
 ensure_rust
@@ -66,14 +67,15 @@ ensure_rust
 case "${1-}" in
 "")
     build
-    rm -rf reports/run
-    mkdir -p reports
+    reports="$ROOT/reports"
+    rm -rf "$reports/run"
+    mkdir -p "$reports"
     status=0
-    "$SHIM" run --workdir reports/run --report reports/run.json || status=$?
-    if [ -f reports/run.json ]; then
+    "$SHIM" run --workdir "$reports/run" --report "$reports/run.json" || status=$?
+    if [ -f "$reports/run.json" ]; then
         echo
-        echo "report (reports/run.json):"
-        cat reports/run.json
+        echo "report ($reports/run.json):"
+        cat "$reports/run.json"
     fi
     exit "$status"
     ;;
@@ -81,7 +83,20 @@ test)
     shift
     build
     log "running the test suite (cargo test --release)"
-    cargo test --release "$@"
+    out=$(mktemp)
+    trap 'rm -f "$out"' EXIT
+    status=0
+    (cd "$ROOT" && cargo test --release "$@") 2>&1 | tee "$out" || status=$?
+    # One closing line over all test binaries (the last binary is often doc-tests with 0 tests).
+    awk '/^test result:/ {
+            for (i = 1; i <= NF; i++) {
+                if ($(i) ~ /^passed;?$/) p += $(i-1);
+                if ($(i) ~ /^failed;?$/) f += $(i-1);
+                if ($(i) ~ /^ignored;?$/) s += $(i-1);
+            }
+        }
+        END { printf "summary: %d passed, %d failed, %d skipped\n", p, f, s }' "$out"
+    exit "$status"
     ;;
 *)
     build

@@ -64,9 +64,12 @@ fn cmd_check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     println!("qemu     {}", qemu_bin.display());
     let bios = qemu::locate_bios()?;
     println!("firmware {}", bios.display());
-    match qemu::kvm_usable() {
-        Ok(()) => println!("kvm      usable (/dev/kvm opens read-write)"),
-        Err(e) => println!("kvm      unusable ({e}); runs fall back to TCG"),
+    match (qemu::kvm_usable(), qemu::kvm_is_software()) {
+        (Ok(()), None) => println!("kvm      usable (/dev/kvm opens read-write)"),
+        (Ok(()), Some(m)) => println!(
+            "kvm      usable but software-emulated ({m}); --accel auto uses TCG, --accel kvm forces it"
+        ),
+        (Err(e), _) => println!("kvm      unusable ({e}); runs use TCG"),
     }
     let kernel = match &args.kernel {
         Some(k) => k.clone(),

@@ -187,6 +187,8 @@ impl core::fmt::Display for CmdlineError {
     }
 }
 
+impl core::error::Error for CmdlineError {}
+
 /// The guest's configuration, from its command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct GuestConfig {

@@ -238,6 +238,8 @@ impl core::fmt::Display for ReportError {
     }
 }
 
+impl core::error::Error for ReportError {}
+
 impl core::fmt::Display for GuestReport {
     /// Renders the full line, e.g. `BATON result role=owner vm=1 ... error_seqs=3,7 ...`
     /// (`error_seqs=-` when there are none).

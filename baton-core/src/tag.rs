@@ -76,6 +76,8 @@ impl core::fmt::Display for TagError {
     }
 }
 
+impl core::error::Error for TagError {}
+
 fn le_u16(buf: &[u8], at: usize) -> u16 {
     let mut b = [0u8; 2];
     b.copy_from_slice(&buf[at..at + 2]);

@@ -10,6 +10,7 @@
 //! - [`cmdline`]: the guest kernel command line.
 //! - [`report`]: the guest's `BATON result` line.
 //! - [`redirector`]: the lock-free port redirector (port 1 = device, port 2 = ring).
+//! - [`stats`]: latency histograms and the per-port `BATON port-stats` line.
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -23,6 +24,7 @@ pub mod fuzz_entry;
 pub mod redirector;
 pub mod report;
 pub mod ring;
+pub mod stats;
 pub mod tag;
 pub mod text;
 pub mod workload;

@@ -37,6 +37,8 @@ pub enum StackError {
 pub struct Completion {
     /// The request.
     pub tag: Tag,
+    /// The port that performed it.
+    pub port: Port,
     /// Its 4 KiB block.
     pub lba: u64,
     /// How it ended.
@@ -60,7 +62,7 @@ pub struct ResourceStack {
     entries: [Entry; MAX_INFLIGHT],
     free: heapless::Vec<u8, MAX_INFLIGHT>,
     /// Completions decided by the stack itself (port failures), delivered by `poll`.
-    failed: heapless::Deque<(Tag, Status), MAX_INFLIGHT>,
+    failed: heapless::Deque<(Tag, Port, Status), MAX_INFLIGHT>,
     /// Requests sent to port 1 so far.
     pub port1_requests: u64,
     /// Requests sent to port 2 so far.
@@ -257,7 +259,7 @@ impl ResourceStack {
     /// Fails `tag` (already counted in flight at its port by the redirector).
     fn fail(&mut self, tag: Tag, status: Status) {
         let _ = self.redirector.complete_port2();
-        let _ = self.failed.push_back((tag, status));
+        let _ = self.failed.push_back((tag, Port::Two, status));
     }
 
     fn note_ring_fault(&mut self, err: RingError) {
@@ -281,7 +283,7 @@ impl ResourceStack {
                 Port::One => {
                     if self.send_port1(tag).is_err() {
                         let _ = self.redirector.complete_port1();
-                        let _ = self.failed.push_back((tag, Status::DriverError));
+                        let _ = self.failed.push_back((tag, Port::One, Status::DriverError));
                     }
                 }
                 Port::Two => self.send_port2(tag),
@@ -291,12 +293,12 @@ impl ResourceStack {
 
     /// Takes one completion, if any port has one.
     pub fn poll(&mut self) -> Option<Completion> {
-        if let Some((tag, status)) = self.failed.pop_front() {
-            return Some(self.completion(tag, status));
+        if let Some((tag, port, status)) = self.failed.pop_front() {
+            return Some(self.completion(tag, port, status));
         }
         if let Some((tag, status)) = self.port1.as_mut().and_then(BlkDevice::poll) {
             let _ = self.redirector.complete_port1();
-            return Some(self.completion(tag, status));
+            return Some(self.completion(tag, Port::One, status));
         }
         if self.port2.is_some() {
             return self.poll_port2();
@@ -334,7 +336,7 @@ impl ResourceStack {
                 self.entries[tag].ring_slot = None;
                 let _ = self.redirector.complete_port2();
                 self.dispatch_queued();
-                Some(self.completion(tag, status))
+                Some(self.completion(tag, Port::Two, status))
             }
             Err(err) => {
                 log::error!("port 2: the peer broke the ring protocol: {err}");
@@ -360,13 +362,14 @@ impl ResourceStack {
         }
         self.failed
             .pop_front()
-            .map(|(tag, status)| self.completion(tag, status))
+            .map(|(tag, port, status)| self.completion(tag, port, status))
     }
 
-    fn completion(&self, tag: Tag, status: Status) -> Completion {
+    fn completion(&self, tag: Tag, port: Port, status: Status) -> Completion {
         let e = self.entries[tag];
         Completion {
             tag,
+            port,
             lba: e.lba,
             status,
         }

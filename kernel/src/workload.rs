@@ -10,7 +10,9 @@ use crate::clock::{self, Deadline};
 use crate::handoff::OwnerHandoff;
 use crate::stack::{Completion, ResourceStack, Tag};
 use baton_core::cmdline::GuestConfig;
+use baton_core::redirector::Port;
 use baton_core::report::GuestReport;
+use baton_core::stats::{Histogram, PortStats};
 use baton_core::tag;
 use baton_core::workload::Schedule;
 
@@ -54,6 +56,36 @@ impl GapMeter {
     }
 }
 
+/// Write latencies and completion times of one port.
+struct PortMeter {
+    hist: Histogram,
+    first_us: u64,
+    last_us: u64,
+}
+
+impl PortMeter {
+    const fn new() -> Self {
+        PortMeter {
+            hist: Histogram::new(),
+            first_us: 0,
+            last_us: 0,
+        }
+    }
+
+    fn record(&mut self, latency_us: u64) {
+        let now = clock::uptime_us();
+        if self.hist.count() == 0 {
+            self.first_us = now;
+        }
+        self.last_us = now;
+        self.hist.record(latency_us);
+    }
+
+    fn stats(&self, port: u8) -> PortStats {
+        PortStats::from_histogram(port, &self.hist, self.first_us, self.last_us)
+    }
+}
+
 /// Runs the schedule of `cfg` and returns the report to print. `handoff` is polled all along, so
 /// the shim can move the disk away in the middle of the run.
 pub fn run(
@@ -79,6 +111,8 @@ pub fn run(
     let start = clock::rdtsc();
     let mut first = true;
     let mut gaps = GapMeter::new();
+    let mut submitted_at = [0u64; MAX_INFLIGHT];
+    let mut meters = [PortMeter::new(), PortMeter::new()];
     while done < total {
         handoff.poll(stack);
         if cfg.migrate_at != 0 && next_seq > cfg.migrate_at {
@@ -110,6 +144,7 @@ pub fn run(
                 .submit(tag, Op::Write, lba)
                 .map_err(WorkloadError::Submit)?;
             seq_of_tag[tag] = next_seq;
+            submitted_at[tag] = clock::rdtsc();
             next_seq += 1;
             report.writes_submitted += 1;
         }
@@ -118,6 +153,8 @@ pub fn run(
                 if first_completion(&mut gaps, &mut report, &seq_of_tag, c) {
                     continue;
                 }
+                let latency_us = (clock::rdtsc() - submitted_at[c.tag]) / clock::tsc_per_us();
+                meters[usize::from(c.port == Port::Two)].record(latency_us);
                 let seq = seq_of_tag[c.tag];
                 seq_of_tag[c.tag] = 0;
                 stack.release(c.tag);
@@ -142,6 +179,11 @@ pub fn run(
     report.iops = report.writes_acked * 1_000_000 / report.elapsed_us.max(1);
 
     report.max_gap_us = gaps.max_us();
+    for (i, meter) in meters.iter().enumerate() {
+        if meter.hist.count() > 0 {
+            crate::serial::write_fmt(format_args!("{}\n", meter.stats(i as u8 + 1)));
+        }
+    }
     if let Some(e) = stack.ring_fault {
         crate::baton_line!("peer-fault {e}");
     } else if cfg.verify {

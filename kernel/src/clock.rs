@@ -56,6 +56,22 @@ pub fn uptime_us() -> u64 {
     rdtsc().wrapping_sub(BOOT_TSC.load(Ordering::Relaxed)) / tsc_per_us()
 }
 
+/// Measures elapsed time from its start.
+#[derive(Clone, Copy, Debug)]
+pub struct Stopwatch(u64);
+
+impl Stopwatch {
+    /// Starts now.
+    pub fn start() -> Self {
+        Stopwatch(rdtsc())
+    }
+
+    /// Microseconds since [`start`](Self::start).
+    pub fn elapsed_us(&self) -> u64 {
+        rdtsc().wrapping_sub(self.0) / tsc_per_us()
+    }
+}
+
 /// A point in time after which a wait gives up.
 #[derive(Clone, Copy, Debug)]
 pub struct Deadline(u64);

@@ -49,7 +49,9 @@ impl ControlChannel {
         }
         // SAFETY: COM2 is present and only this channel drives it.
         let mut port = unsafe { SerialPort::new(COM2) };
+        // 38400 8N1, FIFO, receive interrupt enabled: incoming frames wake a halted guest.
         port.init();
+        crate::interrupts::unmask_wake_irq(crate::interrupts::COM2_IRQ);
         Some(ControlChannel {
             port,
             decoder: Decoder::new(),
@@ -149,9 +151,11 @@ impl ControlChannel {
         deadline: Deadline,
         mut want: impl FnMut(&Message) -> bool,
     ) -> Option<Message> {
+        let waited = crate::clock::Stopwatch::start();
         loop {
             if let Some(msg) = self.poll() {
                 if want(&msg) {
+                    crate::interrupts::busy();
                     return Some(msg);
                 }
                 log::warn!("control: ignoring {} here", msg.name());
@@ -159,7 +163,7 @@ impl ControlChannel {
             if deadline.expired() {
                 return None;
             }
-            crate::interrupts::wait_for_interrupt();
+            crate::interrupts::idle(waited.elapsed_us());
         }
     }
 }

@@ -111,11 +111,13 @@ fn find_blk(root: &PciRoot<pci::PortCam>, slot: Option<u8>) -> Option<DeviceFunc
 fn wait_for_hotplugged_blk(root: &PciRoot<pci::PortCam>) -> DeviceFunction {
     baton_line!("waiting-for-disk");
     let deadline = Deadline::after_us(HOTPLUG_WAIT_US);
+    let waited = clock::Stopwatch::start();
     loop {
         let up = pci::hotplug::take_up();
         for slot in (0..32u8).filter(|s| up & (1 << s) != 0) {
             log::info!("hotplug: device added in slot {slot}");
             if let Some(df) = find_blk(root, Some(slot)) {
+                interrupts::busy();
                 return df;
             }
         }
@@ -125,7 +127,7 @@ fn wait_for_hotplugged_blk(root: &PciRoot<pci::PortCam>) -> DeviceFunction {
                 HOTPLUG_WAIT_US / 1_000_000
             );
         }
-        interrupts::wait_for_interrupt();
+        interrupts::idle(waited.elapsed_us());
     }
 }
 

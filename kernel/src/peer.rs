@@ -10,7 +10,7 @@
 //! until the next timer tick (1 ms).
 
 use crate::blk::{BLOCK_BYTES, BlkDevice, MAX_INFLIGHT, Op, Status};
-use crate::clock::{self, Deadline};
+use crate::clock::{Deadline, Stopwatch};
 use crate::control::ControlChannel;
 use crate::memory::alloc_zeroed;
 use crate::pci::{self, PortCam};
@@ -113,7 +113,7 @@ fn serve(
     // A submission taken off the ring that found no free device slot waits here (keeps order).
     let mut pending: Option<Submission> = None;
     let mut completed: u64 = 0;
-    let mut idle_since = clock::rdtsc();
+    let mut idle = Stopwatch::start();
     loop {
         let mut busy = false;
         if let Some(msg) = ctl.poll() {
@@ -179,9 +179,15 @@ fn serve(
         }
         server.heartbeat();
         if busy {
-            idle_since = clock::rdtsc();
-        } else if clock::rdtsc() - idle_since > SPIN_BEFORE_HALT_US * clock::tsc_per_us() {
-            crate::interrupts::wait_for_interrupt();
+            if idle.elapsed_us() > SPIN_BEFORE_HALT_US {
+                crate::interrupts::busy();
+            }
+            idle = Stopwatch::start();
+        } else {
+            let idle_us = idle.elapsed_us();
+            if idle_us > SPIN_BEFORE_HALT_US {
+                crate::interrupts::idle(idle_us);
+            }
         }
     }
 }

@@ -759,8 +759,9 @@ impl RingLayout {
     }
 }
 
-/// Owner-side initialisation: writes the header for `region`'s length, zeroes the state words,
-/// indices and rings, and publishes the magic last (Release). The data slots are not cleared.
+/// Owner-side initialisation: writes the header for `region`'s length, zeroes the state words
+/// and indices, and publishes the magic last (Release). Ring entries and data slots are not
+/// cleared (only published entries are read).
 ///
 /// Only call it on a region no peer is using (the shim creates a fresh one per handoff).
 pub fn format(region: SharedRegion<'_>) -> Result<RingLayout, RingError> {
@@ -775,10 +776,17 @@ pub fn format_at(region: SharedRegion<'_>, start: u32) -> Result<RingLayout, Rin
     region
         .atomic_u64(offsets::MAGIC)?
         .store(0, Ordering::Release);
-    let mut at = 8;
-    while at < layout.slots_offset() {
-        region.write_u64(at, 0)?;
-        at += 8;
+    // Every word is written with its own access size (as both sides later access it); ring
+    // entries need no clearing because only published entries are ever read.
+    for offset in [
+        offsets::OWNER_STATE,
+        offsets::OWNER_HEARTBEAT,
+        offsets::OWNER_FAULT,
+        offsets::PEER_STATE,
+        offsets::PEER_HEARTBEAT,
+        offsets::PEER_FAULT,
+    ] {
+        region.write_u32(offset, 0)?;
     }
     for (offset, value, wide) in layout.header_fields() {
         if wide {

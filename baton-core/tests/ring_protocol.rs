@@ -44,28 +44,31 @@ fn submit(
     Ok(slot)
 }
 
-/// Writes a raw submission entry at ring index `index` and publishes `index + 1` as the SQ tail.
+/// A raw submission entry: op, slot, id, lba, len, flags.
+type RawSubmission = (u32, u32, u64, u64, u32, u32);
+
+/// Writes a raw submission entry at ring index `index` (each field with its own access size, as
+/// the real owner does) and publishes `index + 1` as the SQ tail.
 fn poke_submission(
     region: SharedRegion<'_>,
     layout: &RingLayout,
     index: u32,
-    raw: [u64; 4],
+    raw: RawSubmission,
 ) -> u32 {
     let at = layout.sq_offset() + (index % layout.entries()) as usize * SUBMISSION_ENTRY_SIZE;
-    for (i, w) in raw.iter().enumerate() {
-        region.write_u64(at + i * 8, *w).unwrap();
-    }
+    let (op, slot, id, lba, len, flags) = raw;
+    region.write_u32(at, op).unwrap();
+    region.write_u32(at + 4, slot).unwrap();
+    region.write_u64(at + 8, id).unwrap();
+    region.write_u64(at + 16, lba).unwrap();
+    region.write_u32(at + 24, len).unwrap();
+    region.write_u32(at + 28, flags).unwrap();
     region.write_u32(offsets::SQ_TAIL, index + 1).unwrap();
     index + 1
 }
 
-fn raw_submission(op: u32, slot: u32, id: u64, lba: u64, len: u32, flags: u32) -> [u64; 4] {
-    [
-        u64::from(op) | u64::from(slot) << 32,
-        id,
-        lba,
-        u64::from(len) | u64::from(flags) << 32,
-    ]
+fn raw_submission(op: u32, slot: u32, id: u64, lba: u64, len: u32, flags: u32) -> RawSubmission {
+    (op, slot, id, lba, len, flags)
 }
 
 /// Writes a raw completion entry at ring index `index` and publishes `index + 1` as the CQ tail.

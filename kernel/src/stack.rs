@@ -188,7 +188,7 @@ impl ResourceStack {
             Route::Port1 => {
                 if let Err(e) = self.send_port1(tag) {
                     // Not accepted by the device: undo the in-flight count and fail it.
-                    let _ = self.redirector.complete_port1();
+                    self.completed(Port::One);
                     return Err(e);
                 }
             }
@@ -256,9 +256,21 @@ impl ResourceStack {
         }
     }
 
+    /// Tells the redirector a request left `port`. An error means the stack's bookkeeping and
+    /// the redirector's disagree (a completion with nothing in flight): a bug, logged loudly.
+    fn completed(&mut self, port: Port) {
+        let result = match port {
+            Port::One => self.redirector.complete_port1(),
+            Port::Two => self.redirector.complete_port2(),
+        };
+        if let Err(e) = result {
+            log::error!("stack: {e}");
+        }
+    }
+
     /// Fails `tag` (already counted in flight at its port by the redirector).
     fn fail(&mut self, tag: Tag, status: Status) {
-        let _ = self.redirector.complete_port2();
+        self.completed(Port::Two);
         let _ = self.failed.push_back((tag, Port::Two, status));
     }
 
@@ -282,7 +294,7 @@ impl ResourceStack {
             match port {
                 Port::One => {
                     if self.send_port1(tag).is_err() {
-                        let _ = self.redirector.complete_port1();
+                        self.completed(Port::One);
                         let _ = self.failed.push_back((tag, Port::One, Status::DriverError));
                     }
                 }
@@ -297,7 +309,7 @@ impl ResourceStack {
             return Some(self.completion(tag, port, status));
         }
         if let Some((tag, status)) = self.port1.as_mut().and_then(BlkDevice::poll) {
-            let _ = self.redirector.complete_port1();
+            self.completed(Port::One);
             return Some(self.completion(tag, Port::One, status));
         }
         if self.port2.is_some() {
@@ -334,7 +346,7 @@ impl ResourceStack {
                 }
                 let _ = client.release_slot(c.slot);
                 self.entries[tag].ring_slot = None;
-                let _ = self.redirector.complete_port2();
+                self.completed(Port::Two);
                 self.dispatch_queued();
                 Some(self.completion(tag, Port::Two, status))
             }

@@ -6,6 +6,7 @@ use std::time::Duration;
 use baton_core::cmdline::{MAX_BLOCKS, MAX_PASSES, MAX_QD};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::migrate::{DEFAULT_SWITCH_AFTER_MS, DestinationFault, MigrateConfig, Mode, Switch};
 use crate::run::{AccelChoice, BackendKind, RunConfig};
 
 /// Host side of baton: boots baton guests under QEMU, drives them over QMP and verifies their disks.
@@ -25,6 +26,16 @@ pub enum Cmd {
     /// Exits 0 when the guest succeeded and no acknowledged write is lost or stale; 1 when the run
     /// failed (see the report); 2 when it could not be set up.
     Run(RunArgs),
+    /// The handoff under load, then a live migration or a save + restore of the owner.
+    ///
+    /// Boots the owner (VM1, workload on its disk) and a peer (VM2, no disk). During the workload
+    /// the handoff is directed: the owner drains port 1 and releases the disk, the disk moves to
+    /// the peer, the owner's I/O is forwarded over a shared-memory ring; then the owner is
+    /// live-migrated (or saved and restored) and finishes its workload at the destination. The
+    /// disk is verified on the host. Exits 0 when nothing was lost, stale or duplicated, the owner
+    /// succeeded at the destination and the migration succeeded; 1 otherwise (see the report); 2
+    /// when it could not be set up.
+    Migrate(MigrateArgs),
     /// Measure direct-path IOPS (4 KiB writes on null-co) per queue depth and boot to first I/O.
     Bench(BenchArgs),
     /// Check the host: QEMU, its firmware, KVM, and the guest kernel.
@@ -135,6 +146,130 @@ impl RunArgs {
     }
 }
 
+/// How the owner moves.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    /// Live migration to a second QEMU process.
+    Live,
+    /// Save to a file, quit, restore in a new QEMU process.
+    Save,
+}
+
+/// The peer's fault hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum PeerFaultArg {
+    /// The peer behaves.
+    None,
+    /// After 8 good completions the peer publishes a malformed one and stops serving; the owner
+    /// must detect it, fail its in-flight writes and lose no acknowledged write (the run fails).
+    BadCompletion,
+}
+
+/// Options of `migrate`.
+#[derive(Debug, Args)]
+pub struct MigrateArgs {
+    /// Live migration or save + restore.
+    #[arg(long, value_enum, default_value_t = ModeArg::Live)]
+    pub mode: ModeArg,
+    /// Accelerator.
+    #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
+    pub accel: AccelArg,
+    /// Distinct 4 KiB blocks the owner writes.
+    #[arg(long, default_value_t = 2048,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_BLOCKS))]
+    pub blocks: u64,
+    /// Times each block is written.
+    #[arg(long, default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PASSES)))]
+    pub passes: u32,
+    /// Requests in flight.
+    #[arg(long, default_value_t = 32,
+          value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_QD)))]
+    pub qd: u16,
+    /// Seed of the write schedule. Without --switch-after-ms and --migrate-at, it also picks the
+    /// switch point (a time after the first I/O, inside the workload).
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// The operator directs the handoff this many ms after the owner's first I/O
+    /// [default: 300, or drawn from --seed].
+    #[arg(long, conflicts_with = "migrate_at",
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub switch_after_ms: Option<u64>,
+    /// The owner asks to be migrated itself after submitting this many writes (`migrate_at=N`);
+    /// the shim directs the handoff when the owner's `migrate-request` arrives.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub migrate_at: Option<u64>,
+    /// Fault hook of the peer (the run is then expected to fail without losing a write).
+    #[arg(long, value_enum, default_value_t = PeerFaultArg::None)]
+    pub peer_fault: PeerFaultArg,
+    /// Test hook: start the live-migration destination without the ivshmem device, so it dies on
+    /// the unknown device state while the source says `completed`.
+    #[arg(long, hide = true)]
+    pub test_destination_without_ring: bool,
+    /// Hard timeout for the whole scenario, in seconds.
+    #[arg(long, default_value_t = 180,
+          value_parser = clap::value_parser!(u64).range(1..=86_400))]
+    pub timeout_secs: u64,
+    /// Guest kernel ELF [default: <shim dir>/../x86_64-unknown-none/release/baton-kernel].
+    #[arg(long)]
+    pub kernel: Option<PathBuf>,
+    /// Working directory for the disk image, sockets, logs and saved state [default: a fresh
+    /// temp dir].
+    #[arg(long)]
+    pub workdir: Option<PathBuf>,
+    /// Keep the disk image, logs and temporary workdir after the run.
+    #[arg(long)]
+    pub keep: bool,
+    /// Write the JSON report to this file.
+    #[arg(long)]
+    pub report: Option<PathBuf>,
+    /// Do not print the progress display on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+    /// QEMU binary (name on PATH or a path).
+    #[arg(long, default_value = "qemu-system-x86_64")]
+    pub qemu: PathBuf,
+}
+
+impl MigrateArgs {
+    /// The scenario configuration these options describe.
+    pub fn config(&self) -> MigrateConfig {
+        let switch = match (self.migrate_at, self.switch_after_ms, self.seed) {
+            (Some(n), _, _) => Switch::OwnerRequest(n),
+            (None, Some(ms), _) => Switch::AfterMs(ms),
+            (None, None, Some(_)) => Switch::Seeded,
+            (None, None, None) => Switch::AfterMs(DEFAULT_SWITCH_AFTER_MS),
+        };
+        MigrateConfig {
+            mode: match self.mode {
+                ModeArg::Live => Mode::Live,
+                ModeArg::Save => Mode::Save,
+            },
+            accel: accel_choice(self.accel),
+            blocks: self.blocks,
+            passes: self.passes,
+            qd: self.qd,
+            seed: self.seed.unwrap_or(1),
+            switch,
+            peer_fault: match self.peer_fault {
+                PeerFaultArg::None => baton_core::cmdline::Fault::None,
+                PeerFaultArg::BadCompletion => baton_core::cmdline::Fault::BadCompletion,
+            },
+            destination_fault: if self.test_destination_without_ring {
+                DestinationFault::WithoutRing
+            } else {
+                DestinationFault::None
+            },
+            timeout: Duration::from_secs(self.timeout_secs),
+            kernel: self.kernel.clone(),
+            qemu: self.qemu.clone(),
+            workdir: self.workdir.clone(),
+            keep: self.keep,
+            progress: !self.quiet,
+        }
+    }
+}
+
 /// Options of `bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -238,8 +373,54 @@ mod tests {
             &["s", "run", "--timeout-secs", "0"],
             &["s", "run", "--bogus"],
             &["s", "frobnicate"],
+            &["s", "migrate", "--mode", "teleport"],
+            &[
+                "s",
+                "migrate",
+                "--switch-after-ms",
+                "5",
+                "--migrate-at",
+                "9",
+            ],
+            &["s", "migrate", "--migrate-at", "0"],
+            &["s", "migrate", "--peer-fault", "nonsense"],
         ] {
             assert!(Cli::try_parse_from(bad).is_err(), "{bad:?} accepted");
         }
+    }
+
+    fn migrate_config(args: &[&str]) -> MigrateConfig {
+        let mut v = vec!["s", "migrate"];
+        v.extend_from_slice(args);
+        match Cli::try_parse_from(v).unwrap().command {
+            Cmd::Migrate(m) => m.config(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn migrate_switch_choice() {
+        let c = migrate_config(&[]);
+        assert_eq!(c.switch, Switch::AfterMs(DEFAULT_SWITCH_AFTER_MS));
+        assert_eq!(
+            (c.mode, c.qd, c.blocks, c.passes),
+            (Mode::Live, 32, 2048, 8)
+        );
+        assert_eq!(migrate_config(&["--seed", "5"]).switch, Switch::Seeded);
+        assert_eq!(
+            migrate_config(&["--seed", "5", "--switch-after-ms", "40"]).switch,
+            Switch::AfterMs(40)
+        );
+        let c = migrate_config(&[
+            "--migrate-at",
+            "100",
+            "--mode",
+            "save",
+            "--peer-fault",
+            "bad-completion",
+        ]);
+        assert_eq!(c.switch, Switch::OwnerRequest(100));
+        assert_eq!(c.mode, Mode::Save);
+        assert_eq!(c.peer_fault, baton_core::cmdline::Fault::BadCompletion);
     }
 }

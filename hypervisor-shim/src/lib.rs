@@ -8,14 +8,19 @@
 //!
 //! Modules: [`qemu`] builds every QEMU command line and owns QEMU processes; [`qmp`] is the QMP client;
 //! [`console`] reads the guest's serial console; [`disk`] creates images and verifies them;
-//! [`run`] is the direct-I/O scenario; [`report`] is its JSON report; [`bench`] repeats it to measure;
-//! [`cli`] is the command line.
+//! [`run`] is the direct-I/O scenario; [`migrate`] is the handoff and the migration (with
+//! [`channel`], the guests' control channels, and [`shm`], the ring's shared-memory file);
+//! [`report`] holds both JSON reports; [`bench`] repeats `run` to measure; [`cli`] is the command
+//! line.
 
 pub mod bench;
+pub mod channel;
 pub mod cli;
 pub mod console;
 pub mod disk;
+pub mod migrate;
 pub mod qemu;
 pub mod qmp;
 pub mod report;
 pub mod run;
+pub mod shm;

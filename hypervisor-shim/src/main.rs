@@ -4,13 +4,14 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
-use hypervisor_shim::cli::{BenchArgs, CheckArgs, Cli, Cmd, RunArgs};
-use hypervisor_shim::{bench, qemu, run};
+use hypervisor_shim::cli::{BenchArgs, CheckArgs, Cli, Cmd, MigrateArgs, RunArgs};
+use hypervisor_shim::{bench, migrate, qemu, run};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Cmd::Run(args) => cmd_run(&args),
+        Cmd::Migrate(args) => cmd_migrate(&args),
         Cmd::Bench(args) => cmd_bench(&args),
         Cmd::Check(args) => cmd_check(&args),
     };
@@ -40,6 +41,23 @@ fn cmd_run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn cmd_migrate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
+    run::install_interrupt_handler();
+    let outcome = migrate::migrate(&args.config())?;
+    let report = &outcome.report;
+    if let Some(path) = &args.report {
+        report
+            .write_json(path)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+    }
+    println!("{report}");
     Ok(if report.ok {
         ExitCode::SUCCESS
     } else {

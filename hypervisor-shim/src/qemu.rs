@@ -26,6 +26,16 @@ pub const DISK_ID: &str = "disk0";
 pub const BOOT_DISK_SLOT: u8 = 0x4;
 /// PCI slot a hot-added disk goes into.
 pub const HOTPLUG_DISK_SLOT: u8 = 0x5;
+/// PCI slot the disk takes in the peer guest after the handoff (the slot it had in the owner).
+pub const PEER_DISK_SLOT: u8 = 0x4;
+/// PCI slot of the ivshmem-plain device that carries the shared ring (in both guests).
+pub const RING_SLOT: u8 = 0x6;
+/// qdev id of the ivshmem-plain device.
+pub const RING_DEVICE_ID: &str = "ivshmem";
+/// QOM id of the ring's memory backend.
+pub const RING_MEMDEV_ID: &str = "ring";
+/// chardev id of the control channel (COM2).
+pub const CONTROL_CHARDEV_ID: &str = "ctl";
 /// How to install QEMU on Debian/Ubuntu.
 pub const INSTALL_HINT: &str = "install it with `apt-get install qemu-system-x86` (as root)";
 
@@ -169,6 +179,65 @@ pub fn virtio_blk_device_props(node: &str, slot: u8) -> Map<String, Value> {
     m
 }
 
+/// The shared-memory ring of a handoff: a `share=on` file backend and an ivshmem-plain device.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RingSpec {
+    /// The backing file (under /dev/shm).
+    pub mem_path: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// `master=on`: this guest's copy of the region is the one migration carries (the guest that is
+    /// migrated must be the master; qemu-notes.md).
+    pub master: bool,
+    /// PCI slot of the ivshmem device.
+    pub slot: u8,
+}
+
+impl RingSpec {
+    /// `object-add` properties (besides `qom-type` and `id`) of the memory backend.
+    pub fn backend_props(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert(
+            "mem-path".into(),
+            self.mem_path.to_string_lossy().into_owned().into(),
+        );
+        m.insert("size".into(), self.size.into());
+        m.insert("share".into(), true.into());
+        m
+    }
+
+    /// `device_add` properties (besides `driver` and `id`) of the ivshmem-plain device.
+    pub fn device_props(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("memdev".into(), RING_MEMDEV_ID.into());
+        m.insert("master".into(), on_off(self.master).into());
+        m.insert("addr".into(), format!("{:#x}", self.slot).into());
+        m
+    }
+
+    /// The backend as a `-object` argument.
+    pub fn object_arg(&self) -> String {
+        format!(
+            "memory-backend-file,id={RING_MEMDEV_ID},mem-path={},size={},share=on",
+            escape_opt(&self.mem_path.to_string_lossy()),
+            self.size
+        )
+    }
+
+    /// The device as a `-device` argument.
+    pub fn device_arg(&self) -> String {
+        format!(
+            "ivshmem-plain,memdev={RING_MEMDEV_ID},master={},id={RING_DEVICE_ID},addr={:#x}",
+            on_off(self.master),
+            self.slot
+        )
+    }
+}
+
+fn on_off(b: bool) -> &'static str {
+    if b { "on" } else { "off" }
+}
+
 /// Doubles commas so a value can sit inside a QEMU `key=value,...` option string.
 pub fn escape_opt(s: &str) -> String {
     s.replace(',', ",,")
@@ -193,6 +262,14 @@ pub struct MachineSpec {
     pub qmp_socket: PathBuf,
     /// The workload disk present at boot, if any.
     pub boot_disk: Option<DiskBackend>,
+    /// The control channel: COM2 (`isa-serial`) on a Unix socket the shim listens on; QEMU
+    /// connects to it as a client at start-up.
+    pub control_socket: Option<PathBuf>,
+    /// A shared ring present from the start (a migration destination needs the source's current
+    /// device set, which includes the hot-plugged ivshmem).
+    pub ring: Option<RingSpec>,
+    /// Start with `-incoming defer` (a migration destination or a restore).
+    pub incoming: bool,
 }
 
 impl MachineSpec {
@@ -216,6 +293,16 @@ impl MachineSpec {
         push("none");
         push("-serial");
         push("stdio");
+        if let Some(sock) = &self.control_socket {
+            // After COM1's -serial, so this UART becomes COM2 (0x2f8).
+            push("-chardev");
+            push(&format!(
+                "socket,id={CONTROL_CHARDEV_ID},path={}",
+                escape_opt(&sock.to_string_lossy())
+            ));
+            push("-device");
+            push(&format!("isa-serial,chardev={CONTROL_CHARDEV_ID}"));
+        }
         push("-device");
         push("isa-debug-exit,iobase=0xf4,iosize=0x04");
         push("-qmp");
@@ -231,10 +318,20 @@ impl MachineSpec {
                 "virtio-blk-pci,drive={DISK_ID},id={DISK_ID},addr={BOOT_DISK_SLOT:#x}"
             ));
         }
+        if let Some(ring) = &self.ring {
+            push("-object");
+            push(&ring.object_arg());
+            push("-device");
+            push(&ring.device_arg());
+        }
         push("-kernel");
         push(&self.kernel.to_string_lossy());
         push("-append");
         push(&self.append);
+        if self.incoming {
+            push("-incoming");
+            push("defer");
+        }
         a
     }
 
@@ -417,6 +514,9 @@ mod tests {
             append: "role=owner vm=1".into(),
             qmp_socket: "/tmp/a,b/qmp.sock".into(),
             boot_disk: disk,
+            control_socket: None,
+            ring: None,
+            incoming: false,
         }
     }
 
@@ -477,6 +577,51 @@ mod tests {
         assert_eq!(after(&a, "-device").len(), 1);
         assert_eq!(after(&a, "-cpu"), ["max"]);
         assert!(s.display().contains("-append 'role=owner vm=1'"));
+    }
+
+    #[test]
+    fn handoff_devices_on_the_command_line() {
+        let mut s = spec(None);
+        s.control_socket = Some("/w/ctl.sock".into());
+        s.ring = Some(RingSpec {
+            mem_path: "/dev/shm/baton-1".into(),
+            size: 4 << 20,
+            master: true,
+            slot: RING_SLOT,
+        });
+        s.incoming = true;
+        let a = args(&s);
+        assert_eq!(after(&a, "-chardev"), ["socket,id=ctl,path=/w/ctl.sock"]);
+        assert_eq!(
+            after(&a, "-device"),
+            [
+                "isa-serial,chardev=ctl",
+                "isa-debug-exit,iobase=0xf4,iosize=0x04",
+                "ivshmem-plain,memdev=ring,master=on,id=ivshmem,addr=0x6"
+            ]
+        );
+        assert_eq!(
+            after(&a, "-object"),
+            ["memory-backend-file,id=ring,mem-path=/dev/shm/baton-1,size=4194304,share=on"]
+        );
+        assert_eq!(after(&a, "-incoming"), ["defer"]);
+        // COM2 comes after COM1.
+        let serial = a.iter().position(|x| x == "-serial").unwrap();
+        let chardev = a.iter().position(|x| x == "-chardev").unwrap();
+        assert!(serial < chardev);
+        let r = s.ring.as_ref().unwrap();
+        assert_eq!(
+            Value::Object(r.backend_props()),
+            serde_json::json!({"mem-path": "/dev/shm/baton-1", "size": 4194304, "share": true})
+        );
+        let peer = RingSpec {
+            master: false,
+            ..r.clone()
+        };
+        assert_eq!(
+            Value::Object(peer.device_props()),
+            serde_json::json!({"memdev": "ring", "master": "off", "addr": "0x6"})
+        );
     }
 
     #[test]

@@ -180,6 +180,11 @@ impl<S: Read + Write> Qmp<S> {
         &self.greeting
     }
 
+    /// The underlying stream (e.g. to shorten its read timeout for tighter polling).
+    pub fn stream(&self) -> &S {
+        &self.stream
+    }
+
     /// Runs a command and waits (at most `timeout`) for its reply. Events that arrive meanwhile are
     /// queued.
     pub fn execute<C: Command>(&mut self, cmd: &C, timeout: Duration) -> Result<C::Ok, QmpError> {
@@ -494,6 +499,14 @@ pub struct PciRegion {
     /// Size in bytes.
     pub size: u64,
 }
+impl PciRegion {
+    /// The BAR's address, or `None` when QEMU reports it unmapped (-1 / all ones).
+    pub fn mapped_address(&self) -> Option<u64> {
+        self.address
+            .as_u64()
+            .filter(|&a| a != u64::MAX && a != u64::from(u32::MAX))
+    }
+}
 impl Command for QueryPci {
     const NAME: &'static str = "query-pci";
     type Ok = Vec<PciBus>;
@@ -589,9 +602,66 @@ impl Command for MigrateIncoming {
 /// `query-migrate`.
 #[derive(Debug, Serialize)]
 pub struct QueryMigrate {}
+/// Reply of `query-migrate` (the fields baton uses; all absent before a migration).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+pub struct MigrationInfo {
+    /// `setup`, `active`, `completed`, `failed`, `cancelled`, ...
+    #[serde(default)]
+    pub status: Option<String>,
+    /// Milliseconds from start to completion (source side).
+    #[serde(default, rename = "total-time")]
+    pub total_time: Option<u64>,
+    /// Milliseconds the guest was stopped for the final copy (source side).
+    #[serde(default)]
+    pub downtime: Option<u64>,
+    /// Why a migration failed.
+    #[serde(default, rename = "error-desc")]
+    pub error_desc: Option<String>,
+}
+impl MigrationInfo {
+    /// Whether the migration reached a final state.
+    pub fn finished(&self) -> bool {
+        matches!(
+            self.status.as_deref(),
+            Some("completed" | "failed" | "cancelled")
+        )
+    }
+}
 impl Command for QueryMigrate {
     const NAME: &'static str = "query-migrate";
-    type Ok = Value;
+    type Ok = MigrationInfo;
+}
+
+/// One migration capability and its state.
+#[derive(Debug, Serialize)]
+pub struct MigrationCapability {
+    /// Capability name, e.g. `x-ignore-shared`.
+    pub capability: String,
+    /// On or off.
+    pub state: bool,
+}
+
+/// `migrate-set-capabilities`.
+#[derive(Debug, Serialize)]
+pub struct MigrateSetCapabilities {
+    /// Capabilities to set.
+    pub capabilities: Vec<MigrationCapability>,
+}
+impl Command for MigrateSetCapabilities {
+    const NAME: &'static str = "migrate-set-capabilities";
+    type Ok = Empty;
+}
+
+/// `human-monitor-command`: one HMP command line (used only for the QEMU 7.2 BAR2 workaround).
+#[derive(Debug, Serialize)]
+pub struct HumanMonitorCommand {
+    /// The HMP command line.
+    #[serde(rename = "command-line")]
+    pub command_line: String,
+}
+impl Command for HumanMonitorCommand {
+    const NAME: &'static str = "human-monitor-command";
+    type Ok = String;
 }
 
 /// `cont`: resume the VCPUs.
@@ -847,6 +917,57 @@ mod tests {
             qmp.execute(&QueryStatus {}, T),
             Err(QmpError::Reply { .. })
         ));
+    }
+
+    #[test]
+    fn migration_replies_are_typed() {
+        let fake = Fake::new(
+            &[
+                GREETING,
+                r#"{"return": {}, "id": 1}"#,
+                r#"{"return": {"status": "completed", "downtime": 2, "total-time": 33, "ram": {}}, "id": 2}"#,
+                r#"{"return": {}, "id": 3}"#,
+                r#"{"return": "", "id": 4}"#,
+                r#"{"return": [{"bus": 0, "devices": [{"slot": 6, "function": 0, "qdev_id": "ivshmem", "regions": [{"bar": 0, "type": "memory", "address": 4273930240, "size": 256}, {"bar": 2, "type": "memory", "address": -1, "size": 4194304}]}]}], "id": 5}"#,
+            ],
+            false,
+        );
+        let mut qmp = Qmp::handshake(fake, T).unwrap();
+        let m = qmp.execute(&QueryMigrate {}, T).unwrap();
+        assert!(m.finished());
+        assert_eq!((m.downtime, m.total_time), (Some(2), Some(33)));
+        qmp.execute(
+            &MigrateSetCapabilities {
+                capabilities: vec![MigrationCapability {
+                    capability: "x-ignore-shared".into(),
+                    state: true,
+                }],
+            },
+            T,
+        )
+        .unwrap();
+        let out = qmp
+            .execute(
+                &HumanMonitorCommand {
+                    command_line: "o /w 0xcf8 0x80003018".into(),
+                },
+                T,
+            )
+            .unwrap();
+        assert_eq!(out, "");
+        let pci = qmp.execute(&QueryPci {}, T).unwrap();
+        let regions = &pci[0].devices[0].regions;
+        assert_eq!(regions[0].mapped_address(), Some(4273930240));
+        assert_eq!(regions[1].mapped_address(), None);
+        let cmds = sent(&qmp.stream);
+        assert_eq!(
+            cmds[2]["arguments"],
+            serde_json::json!({"capabilities": [{"capability": "x-ignore-shared", "state": true}]})
+        );
+        assert_eq!(
+            cmds[3]["arguments"],
+            serde_json::json!({"command-line": "o /w 0xcf8 0x80003018"})
+        );
     }
 
     #[test]

@@ -166,7 +166,7 @@ pub enum Workdir {
 }
 
 impl Workdir {
-    fn create(dir: Option<&Path>, keep: bool) -> Result<Self, RunError> {
+    pub(crate) fn create(dir: Option<&Path>, keep: bool) -> Result<Self, RunError> {
         match dir {
             Some(d) => {
                 std::fs::create_dir_all(d).map_err(|source| RunError::Workdir {
@@ -207,7 +207,7 @@ impl Workdir {
 }
 
 /// Removes a socket path when dropped.
-struct SocketPath(PathBuf);
+pub(crate) struct SocketPath(pub(crate) PathBuf);
 
 impl Drop for SocketPath {
     fn drop(&mut self) {
@@ -233,7 +233,7 @@ pub fn install_interrupt_handler() {
     }
 }
 
-fn interrupted() -> bool {
+pub(crate) fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
@@ -313,6 +313,9 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, RunError> {
         append,
         qmp_socket,
         boot_disk: (!cfg.hotplug_disk).then(|| backend.clone()),
+        control_socket: None,
+        ring: None,
+        incoming: false,
     };
 
     let mut session = Session::start(&spec, &dir, cfg.timeout)?;
@@ -335,7 +338,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, RunError> {
 
 /// How the wait for the guest ended.
 #[derive(Debug)]
-enum Ending {
+pub(crate) enum Ending {
     Exited(std::process::ExitStatus),
     Timeout,
     Hung,
@@ -350,6 +353,7 @@ struct GuestLines {
     first_io: Option<Instant>,
     result: Option<Result<GuestReport, String>>,
     panic: Option<String>,
+    port_stats: Vec<crate::report::PortStatsReport>,
     notes: Vec<String>,
 }
 
@@ -587,6 +591,11 @@ impl Session {
                     lines.panic = Some(args.to_owned());
                 }
             }
+            "port-stats" => match baton_core::stats::parse_line(text) {
+                Ok(ps) if lines.port_stats.len() < 2 => lines.port_stats.push(ps.into()),
+                Ok(_) => lines.note("extra `BATON port-stats` line ignored".into()),
+                Err(e) => lines.note(format!("malformed `BATON port-stats` line: {e}")),
+            },
             other => {
                 let w: String = other.chars().take(32).collect();
                 lines.note(format!("unknown guest line `BATON {w}`"));
@@ -641,7 +650,7 @@ impl Session {
 }
 
 /// Classifies QEMU's end.
-fn classify(
+pub(crate) fn classify(
     ending: &Ending,
     panic: Option<&String>,
     timeout: Duration,
@@ -693,7 +702,7 @@ fn classify(
 }
 
 /// Checks that the guest's report describes the run the shim asked for.
-fn check_echo(r: &GuestReport, g: &GuestConfig) -> Result<(), String> {
+pub(crate) fn check_echo(r: &GuestReport, g: &GuestConfig) -> Result<(), String> {
     let mismatches: Vec<String> = [
         ("vm", u64::from(r.vm), u64::from(g.vm)),
         ("seed", r.seed, g.seed),
@@ -940,6 +949,7 @@ fn build_report(plan: &Plan<'_>, mut s: Session, ending: Ending) -> RunReport {
         held_at_switch: g.map(|r| r.held_at_switch),
         max_gap_us: g.map(|r| r.max_gap_us),
         duplicates: g.map(|r| r.duplicates),
+        port_stats: std::mem::take(&mut s.lines.port_stats),
         qmp_events: std::mem::take(&mut s.events),
         notes: std::mem::take(&mut s.lines.notes),
         serial_log: s.serial_log.display().to_string(),

@@ -11,6 +11,7 @@
 //! - [`report`]: the guest's `BATON result` line.
 //! - [`redirector`]: the lock-free port redirector (port 1 = device, port 2 = ring).
 //! - [`stats`]: latency histograms and the per-port `BATON port-stats` line.
+//! - [`timeline`]: completions per millisecond, for the handoff timeline plot.
 #![cfg_attr(not(test), no_std)]
 #![warn(missing_docs)]
 #![warn(clippy::undocumented_unsafe_blocks)]
@@ -27,6 +28,7 @@ pub mod ring;
 pub mod stats;
 pub mod tag;
 pub mod text;
+pub mod timeline;
 pub mod workload;
 
 mod sync;

@@ -46,6 +46,16 @@ pub fn write_fmt_emergency(args: core::fmt::Arguments) {
     }
 }
 
+/// COM1 as a `core::fmt::Write`, for code that formats straight onto the console.
+pub struct Console;
+
+impl core::fmt::Write for Console {
+    fn write_str(&mut self, s: &str) -> core::fmt::Result {
+        write_fmt(format_args!("{s}"));
+        Ok(())
+    }
+}
+
 /// Prints a protocol line: `BATON <args>\n`.
 #[macro_export]
 macro_rules! baton_line {

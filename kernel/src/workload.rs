@@ -13,6 +13,10 @@ use baton_core::cmdline::GuestConfig;
 use baton_core::redirector::Port;
 use baton_core::report::GuestReport;
 use baton_core::stats::{Histogram, PortStats};
+use baton_core::timeline::Timeline;
+
+/// Timeline bins (1 ms each): 16 s of a run.
+const TIMELINE_BINS: usize = 16_384;
 use baton_core::tag;
 use baton_core::workload::Schedule;
 
@@ -113,6 +117,7 @@ pub fn run(
     let mut gaps = GapMeter::new();
     let mut submitted_at = [0u64; MAX_INFLIGHT];
     let mut meters = [PortMeter::new(), PortMeter::new()];
+    let mut timeline: Timeline<TIMELINE_BINS> = Timeline::new(clock::uptime_us(), 1000);
     while done < total {
         handoff.poll(stack);
         if cfg.migrate_at != 0 && next_seq > cfg.migrate_at {
@@ -155,6 +160,7 @@ pub fn run(
                 }
                 let latency_us = (clock::rdtsc() - submitted_at[c.tag]) / clock::tsc_per_us();
                 meters[usize::from(c.port == Port::Two)].record(latency_us);
+                timeline.record(clock::uptime_us());
                 let seq = seq_of_tag[c.tag];
                 seq_of_tag[c.tag] = 0;
                 stack.release(c.tag);
@@ -179,6 +185,7 @@ pub fn run(
     report.iops = report.writes_acked * 1_000_000 / report.elapsed_us.max(1);
 
     report.max_gap_us = gaps.max_us();
+    let _ = timeline.write_lines(&mut crate::serial::Console);
     for (i, meter) in meters.iter().enumerate() {
         if meter.hist.count() > 0 {
             crate::serial::write_fmt(format_args!("{}\n", meter.stats(i as u8 + 1)));

@@ -17,6 +17,8 @@ fn every_subcommand_has_help() {
         (&["run", "--help"], "--hotplug-disk"),
         (&["check", "--help"], "--qemu"),
         (&["bench", "--help"], "--runs"),
+        (&["migrate", "--help"], "--switch-after-ms"),
+        (&["help", "migrate"], "--peer-fault"),
         (&["help", "run"], "--timeout-secs"),
     ] {
         let out = shim(args, LIMIT);
@@ -35,6 +37,12 @@ fn bad_input_is_a_clear_error() {
         (&["run", "--accel", "hvf"], "hvf"),
         (&["run", "--no-such-flag"], "--no-such-flag"),
         (&["bench", "--qd", "1,99"], "--qd"),
+        (&["migrate", "--mode", "teleport"], "teleport"),
+        (
+            &["migrate", "--switch-after-ms", "5", "--migrate-at", "9"],
+            "--migrate-at",
+        ),
+        (&["migrate", "--peer-fault", "sometimes"], "sometimes"),
         (&["frobnicate"], "frobnicate"),
         (&[], "Usage"),
     ] {
@@ -78,6 +86,30 @@ fn missing_qemu_says_how_to_install_it() {
         "{}",
         out.dump()
     );
+}
+
+#[test]
+fn migrate_rejects_a_migrate_at_outside_the_workload() {
+    common::require_qemu();
+    let kernel = common::kernel();
+    let out = shim(
+        &[
+            "migrate",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--accel",
+            "tcg",
+            "--blocks",
+            "16",
+            "--passes",
+            "1",
+            "--migrate-at",
+            "16",
+        ],
+        LIMIT,
+    );
+    assert_eq!(out.code(), Some(2), "{}", out.dump());
+    assert!(out.stderr.contains("--migrate-at 16"), "{}", out.dump());
 }
 
 #[test]

@@ -181,3 +181,20 @@ pub fn run_args(dir: &Path, accel: &str, timeout_secs: u64) -> Vec<String> {
         timeout_secs.to_string(),
     ]
 }
+
+/// `migrate` arguments every handoff test uses: kernel, accelerator, workdir, report, timeout.
+pub fn migrate_args(dir: &Path, accel: &str, timeout_secs: u64) -> Vec<String> {
+    vec![
+        "migrate".into(),
+        "--kernel".into(),
+        kernel().display().to_string(),
+        "--accel".into(),
+        accel.into(),
+        "--workdir".into(),
+        dir.join("work").display().to_string(),
+        "--report".into(),
+        dir.join("report.json").display().to_string(),
+        "--timeout-secs".into(),
+        timeout_secs.to_string(),
+    ]
+}

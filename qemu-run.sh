@@ -1,12 +1,17 @@
 #!/usr/bin/env bash
 # baton: install what is missing, build the guest kernel and the shim, then run.
 #
-#   ./qemu-run.sh                  the demo: one owner guest doing direct virtio-blk I/O under QEMU,
-#                                  verified on the host; report in reports/run.json (printed)
+#   ./qemu-run.sh                  the demo: the handoff under load, then a live migration
+#                                  (`migrate --mode live`): the owner guest writes, its disk moves to
+#                                  a peer guest, its I/O is forwarded over a shared-memory ring, it is
+#                                  live-migrated and finishes at the destination; the disk is verified
+#                                  on the host. Progress on stderr; report in reports/migrate.json
+#                                  (printed)
 #   ./qemu-run.sh test [ARGS]      the whole test suite (unit tests + QEMU integration tests);
 #                                  ARGS go to `cargo test`. BATON_TEST_ACCEL=kvm|tcg|auto picks the
 #                                  accelerator of the QEMU tests (default auto).
-#   ./qemu-run.sh SUBCOMMAND ARGS  any hypervisor-shim subcommand, e.g. `run --accel tcg --report r.json`
+#   ./qemu-run.sh SUBCOMMAND ARGS  any hypervisor-shim subcommand, e.g. `migrate --mode save`,
+#                                  `run --accel tcg --report r.json` (direct I/O, no handoff)
 #                                  (`./qemu-run.sh --help` lists them); relative paths are taken from
 #                                  the directory you call it in
 set -euo pipefail
@@ -68,14 +73,16 @@ case "${1-}" in
 "")
     build
     reports="$ROOT/reports"
-    rm -rf "$reports/run"
+    rm -rf "$reports/migrate"
+    rm -f "$reports/migrate.json"
     mkdir -p "$reports"
     status=0
-    "$SHIM" run --workdir "$reports/run" --report "$reports/run.json" || status=$?
-    if [ -f "$reports/run.json" ]; then
+    "$SHIM" migrate --mode live --workdir "$reports/migrate" --report "$reports/migrate.json" ||
+        status=$?
+    if [ -f "$reports/migrate.json" ]; then
         echo
-        echo "report ($reports/run.json):"
-        cat "$reports/run.json"
+        echo "report ($reports/migrate.json):"
+        cat "$reports/migrate.json"
     fi
     exit "$status"
     ;;

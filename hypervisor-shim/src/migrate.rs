@@ -471,6 +471,7 @@ struct OwnerLines {
     peer_fault: Option<String>,
     panic: Option<String>,
     port_stats: Vec<crate::report::PortStatsReport>,
+    timeline: Option<crate::report::CompletionTimeline>,
 }
 
 /// A destination QEMU that was started but is not connected yet.
@@ -1164,6 +1165,13 @@ impl Scenario<'_> {
                 Ok(_) => self.note("extra `BATON port-stats` line ignored".into()),
                 Err(e) => self.note(format!("malformed `BATON port-stats` line: {e}")),
             },
+            "timeline" => {
+                if let Err(e) =
+                    crate::report::CompletionTimeline::add_line(&mut lines.timeline, text)
+                {
+                    self.note(format!("`BATON timeline` line rejected: {e}"));
+                }
+            }
             "peer-fault" => {
                 if lines.peer_fault.is_none() {
                     let m: String = args.chars().take(200).collect();
@@ -1923,6 +1931,7 @@ fn failed_setup_report(plan: &Plan<'_>, why: String, progress: Progress) -> Migr
         requests_forwarded: None,
         port1_requests: None,
         port_stats: Vec::new(),
+        completion_timeline: None,
         duplicated: None,
         blackout_ms: None,
         migration_status: None,
@@ -2166,6 +2175,7 @@ fn build_report(
         requests_forwarded: g.map(|r| r.port2_requests),
         port1_requests: g.map(|r| r.port1_requests),
         port_stats: lines.port_stats,
+        completion_timeline: lines.timeline,
         duplicated: g.map(|r| r.duplicates),
         blackout_ms: g.map(|r| r.max_gap_us as f64 / 1000.0),
         migration_status: s.migration.status.take(),

@@ -286,6 +286,61 @@ impl From<baton_core::stats::PortStats> for PortStatsReport {
     }
 }
 
+/// Completions per time bin of the guest's workload (its `BATON timeline` lines, reassembled):
+/// the data of the handoff plot. Bin `i` covers guest time `start_us + i * bin_us` on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct CompletionTimeline {
+    /// Guest time (µs since boot) of bin 0: the first submission.
+    pub start_us: u64,
+    /// Bin width in µs.
+    pub bin_us: u64,
+    /// Completions per bin.
+    pub counts: Vec<u16>,
+}
+
+impl CompletionTimeline {
+    /// Most bins kept (a day of 1 ms bins would be far more than any run).
+    pub const MAX_BINS: u64 = 1 << 20;
+
+    /// Adds one `BATON timeline` line. Lines must agree on `start_us` and `bin_us`; bins beyond
+    /// [`Self::MAX_BINS`] are refused.
+    pub fn add_line(this: &mut Option<Self>, line: &str) -> Result<(), String> {
+        let l = baton_core::timeline::parse_line(line).map_err(|e| e.to_string())?;
+        let t = this.get_or_insert_with(|| Self {
+            start_us: l.start_us,
+            bin_us: l.bin_us,
+            counts: Vec::new(),
+        });
+        if (t.start_us, t.bin_us) != (l.start_us, l.bin_us) {
+            return Err("timeline lines disagree on start_us/bin_us".into());
+        }
+        let end = l
+            .from
+            .checked_add(l.len as u64)
+            .filter(|&e| e <= Self::MAX_BINS)
+            .ok_or("timeline bins out of range")?;
+        let (from, end) = (l.from as usize, end as usize);
+        if t.counts.len() < end {
+            t.counts.resize(end, 0);
+        }
+        if let Some(dst) = t.counts.get_mut(from..end) {
+            dst.copy_from_slice(l.counts());
+        }
+        Ok(())
+    }
+
+    /// The longest run of empty bins, in ms (the blackout at bin resolution).
+    pub fn longest_gap_ms(&self) -> f64 {
+        let mut best = 0u64;
+        let mut run = 0u64;
+        for &c in &self.counts {
+            run = if c == 0 { run + 1 } else { 0 };
+            best = best.max(run);
+        }
+        (best * self.bin_us) as f64 / 1000.0
+    }
+}
+
 /// A QMP event of one of the handoff's QEMUs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VmEvent {
@@ -403,6 +458,9 @@ pub struct MigrateReport {
     /// Guest's figures: per-port latency (`BATON port-stats` lines): port 1 direct, port 2
     /// forwarded through the peer.
     pub port_stats: Vec<PortStatsReport>,
+    /// Guest's figures: completions per ms of the owner's workload (`BATON timeline` lines), for
+    /// the handoff plot.
+    pub completion_timeline: Option<CompletionTimeline>,
     /// Completions for requests that were not outstanding (the guest's count; must be 0).
     pub duplicated: Option<u64>,
     /// Guest's figure: the longest gap between two completions its workload saw, in ms.
@@ -620,5 +678,44 @@ impl fmt::Display for MigrateReport {
             write!(f, " (removed; use --keep or --workdir)")?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timeline_lines_are_reassembled_and_bounded() {
+        let mut t = None;
+        CompletionTimeline::add_line(
+            &mut t,
+            "BATON timeline start_us=5 bin_us=1000 from=2 counts=4,0*3,2",
+        )
+        .unwrap();
+        CompletionTimeline::add_line(
+            &mut t,
+            "BATON timeline start_us=5 bin_us=1000 from=0 counts=1,1",
+        )
+        .unwrap();
+        let tl = t.clone().unwrap();
+        assert_eq!(tl.counts, [1, 1, 4, 0, 0, 0, 2]);
+        assert_eq!(tl.longest_gap_ms(), 3.0);
+        assert!(
+            CompletionTimeline::add_line(
+                &mut t,
+                "BATON timeline start_us=6 bin_us=1000 from=0 counts=1"
+            )
+            .is_err()
+        );
+        assert!(
+            CompletionTimeline::add_line(
+                &mut t,
+                "BATON timeline start_us=5 bin_us=1000 from=18446744073709551615 counts=1"
+            )
+            .is_err()
+        );
+        assert!(CompletionTimeline::add_line(&mut t, "BATON timeline garbage").is_err());
+        assert_eq!(t.unwrap().counts.len(), 7);
     }
 }

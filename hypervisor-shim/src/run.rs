@@ -596,6 +596,9 @@ impl Session {
                 Ok(_) => lines.note("extra `BATON port-stats` line ignored".into()),
                 Err(e) => lines.note(format!("malformed `BATON port-stats` line: {e}")),
             },
+            // The completion timeline is for the handoff plot (`migrate`); a direct run has none
+            // to show.
+            "timeline" => {}
             other => {
                 let w: String = other.chars().take(32).collect();
                 lines.note(format!("unknown guest line `BATON {w}`"));

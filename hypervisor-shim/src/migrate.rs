@@ -391,8 +391,12 @@ impl Vm {
     fn take_events(&mut self) {
         if let Some(q) = self.qmp.as_mut() {
             let now = Instant::now();
-            self.events
-                .extend(q.take_events().into_iter().map(|e| (now, e)));
+            let wall = std::time::SystemTime::now();
+            self.events.extend(
+                q.take_events()
+                    .into_iter()
+                    .map(|e| (event_instant(&e, now, wall), e)),
+            );
         }
     }
 
@@ -450,6 +454,19 @@ impl Vm {
         let mut tail: Vec<&str> = all.lines().rev().take(3).collect();
         tail.reverse();
         tail.join(" | ")
+    }
+}
+
+/// When an event happened on the shim's clock: QEMU stamps events with its wall clock, so the
+/// event's age is subtracted from `now` (`wall` is the wall clock at `now`). Events whose stamp is
+/// missing, in the future or more than a minute old get `now` (when the shim read them).
+fn event_instant(e: &qmp::Event, now: Instant, wall: std::time::SystemTime) -> Instant {
+    let stamp = std::time::UNIX_EPOCH + Duration::from_micros(e.timestamp_us);
+    match wall.duration_since(stamp) {
+        Ok(age) if e.timestamp_us > 0 && age < Duration::from_secs(60) => {
+            now.checked_sub(age).unwrap_or(now)
+        }
+        _ => now,
     }
 }
 
@@ -2251,6 +2268,28 @@ mod tests {
         assert!(seeded_switch_ms(1, 16384) < 20 + 512);
         assert!(seeded_switch_ms(1, 1 << 30) < 1020);
         assert!(seeded_switch_ms(1, 1) < 30);
+    }
+
+    #[test]
+    fn event_times_come_from_qemus_stamp() {
+        let now = Instant::now();
+        let wall = std::time::SystemTime::now();
+        let us = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
+        };
+        let ev = |timestamp_us| qmp::Event {
+            name: "DEVICE_DELETED".into(),
+            data: Value::Null,
+            timestamp_us,
+        };
+        let old = ev(us(wall - Duration::from_millis(40)));
+        let at = event_instant(&old, now, wall);
+        assert!((now - at).as_millis().abs_diff(40) <= 1);
+        assert_eq!(event_instant(&ev(0), now, wall), now);
+        let future = ev(us(wall + Duration::from_secs(5)));
+        assert_eq!(event_instant(&future, now, wall), now);
+        let ancient = ev(us(wall - Duration::from_secs(3600)));
+        assert_eq!(event_instant(&ancient, now, wall), now);
     }
 
     #[test]

@@ -206,7 +206,7 @@ impl Workdir {
     }
 }
 
-/// Removes a socket path when dropped.
+/// Removes a path (a socket, or another file the scenario owns) when dropped.
 pub(crate) struct SocketPath(pub(crate) PathBuf);
 
 impl Drop for SocketPath {

@@ -1,753 +1,95 @@
-//! `hypervisor-shim migrate`: the handoff (docs/design.md, "The handoff"; US 20070204265A1,
-//! claim 1), then a live migration or a save + restore of the owner.
-//!
-//! Two guests: the **owner** (VM1: the workload, the disk in slot 4) and the **peer** (VM2: no
-//! disk). Each has a control channel on COM2 ([`crate::channel`]). While the owner writes, the
-//! handoff is directed — by the operator (`--switch-after-ms`, or a point drawn from `--seed`) or
-//! by the owner itself (`migrate_at=N` → `migrate-request`):
-//!
-//! 1. `redirect` to the owner, `device_del disk0` (the owner completes the ACPI eject itself);
-//!    while port 1 drains: a fresh `/dev/shm` file, `object-add` + `device_add ivshmem-plain` into
-//!    both guests (owner `master=on`), `ring-opened 6` to both;
-//! 2. `drained`, `released` from the owner; the device-level `DEVICE_DELETED`; `blockdev-del` in
-//!    the owner; `blockdev-add` + `device_add virtio-blk-pci` (slot 4) in the peer; `disk-attached`;
-//! 3. `peer-ready` from the peer; `open-port2` to the owner; `forwarding` back;
-//! 4. live: a destination QEMU (the owner's current device set: no disk, the ivshmem device,
-//!    `-incoming defer`, its own control socket), `x-ignore-shared` on both sides, the QEMU 7.2
-//!    BAR2 workaround (qemu-notes.md), `migrate-incoming` + `migrate` over a Unix socket; the
-//!    destination's status decides success, and a failed migration resumes the source.
-//!    save: `migrate` to `exec:cat > vm1.state`, `quit` the source, a restore QEMU with
-//!    `-incoming defer` + the same workaround, `migrate-incoming exec:cat vm1.state`;
-//! 5. the owner finishes its workload at the destination through the peer; the peer is quit over
-//!    QMP (which flushes the image) and the host verifies every block ([`crate::disk`]).
-//!
-//! Every wait has a timeout; every QEMU, socket, shared-memory file and temporary directory is
-//! owned by a guard. Guest bytes are untrusted (I6): serial lines are bounded and parsed strictly,
-//! control messages pass the [`Handoff`] gate.
+//! The running scenario: the handoff steps, the migration (live or save + restore), the wait
+//! for the owner, and the clean-up.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::process::ExitStatus;
-use std::time::{Duration, Instant};
-
-use baton_core::cmdline::{DiskMode, Fault, GuestConfig, Role as GuestRole};
-use baton_core::control::{HandoffState, Message, Role};
-use baton_core::report::{GuestReport, parse_line};
-use baton_core::ring::{self, offsets};
-use serde_json::Value;
-
-use crate::channel::{ChannelError, ControlChannel, ControlListener, Handoff, Received};
-use crate::console::{Recv, SerialConsole, StderrCapture};
-use crate::disk::{self, Acks, DiskImage, Verification};
-use crate::qemu::{
-    self, DISK_ID, DiskBackend, EXIT_SUCCESS, MachineSpec, PEER_DISK_SLOT, QemuProcess,
-    RING_DEVICE_ID, RING_MEMDEV_ID, RING_SLOT, RingSpec,
-};
-use crate::qmp::{
-    self, BlockdevAdd, BlockdevDel, Cont, DeviceAdd, DeviceDel, HumanMonitorCommand, Migrate,
-    MigrateIncoming, MigrateSetCapabilities, MigrationCapability, MigrationInfo, ObjectAdd, Qmp,
-    QueryMigrate, QueryPci, QueryStatus, QueryVersion, Quit,
-};
-use crate::report::{GuestExit, MigrateReport, Phases, SwitchReport, TimelineEntry, VmEvent};
-use crate::run::{self, AccelChoice, Ending, RunError, SocketPath, Workdir};
-use crate::shm::{self, RingWatch, SharedFile};
-
-/// Size of the shared ring region (a power of two, as an ivshmem BAR must be).
-pub const RING_BYTES: u64 = 4 << 20;
-/// The peer's VM id.
-pub const PEER_VM: u32 = 2;
-/// The owner's VM id.
-pub const OWNER_VM: u32 = 1;
-/// Default switch point: this long after the owner's first I/O.
-pub const DEFAULT_SWITCH_AFTER_MS: u64 = 300;
-
-/// Guest RAM.
-const MEMORY_MIB: u32 = 128;
-/// Longest wait for a QEMU to connect its control socket and for its QMP socket to answer.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Longest wait for one QMP command.
-const QMP_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
-/// Read timeout of the QMP sockets here: bounds how long an event poll blocks.
-const QMP_POLL: Duration = Duration::from_millis(2);
-/// Longest wait for both guests' `hello`.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
-/// Longest wait for each handoff step (drained, released, DEVICE_DELETED, peer-ready, forwarding).
-const STEP_TIMEOUT: Duration = Duration::from_secs(30);
-/// Longest wait for a migration (or save) to finish.
-const MIGRATION_TIMEOUT: Duration = Duration::from_secs(90);
-/// Longest wait for the destination to run after the migration completed.
-const DEST_RUN_TIMEOUT: Duration = Duration::from_secs(15);
-/// Longest wait for a QEMU to exit after `quit`.
-const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long console lines are collected after a QEMU exited.
-const EXIT_GRACE: Duration = Duration::from_secs(3);
-/// Main loop period.
-const TICK: Duration = Duration::from_millis(1);
-/// Period of `query-migrate` polls.
-const MIGRATE_POLL: Duration = Duration::from_millis(5);
-/// Most notes kept.
-const MAX_NOTES: usize = 32;
-
-/// Errors that stop `migrate` before it can produce a report.
-#[derive(Debug, thiserror::Error)]
-pub enum MigrateError {
-    /// set-up shared with `run`: QEMU, kernel, workdir, disk
-    #[error(transparent)]
-    Setup(#[from] RunError),
-    /// cannot listen for a control channel
-    #[error(transparent)]
-    Channel(#[from] ChannelError),
-    /// the options do not describe a usable scenario
-    #[error("invalid options: {0}")]
-    Config(String),
-}
-
-impl From<qemu::QemuError> for MigrateError {
-    fn from(e: qemu::QemuError) -> Self {
-        Self::Setup(RunError::Qemu(e))
-    }
-}
-
-impl From<disk::DiskError> for MigrateError {
-    fn from(e: disk::DiskError) -> Self {
-        Self::Setup(RunError::Disk(e))
-    }
-}
-
-/// Live migration or save + restore.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mode {
-    /// Live-migrate the owner to a second QEMU process.
-    Live,
-    /// Save the owner to a file, quit its QEMU, restore it in a new one.
-    Save,
-}
-
-impl Mode {
-    /// `live` or `save`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Live => "live",
-            Self::Save => "save",
-        }
-    }
-}
-
-/// Who directs the handoff, and when.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Switch {
-    /// The operator: this many ms after the owner's first I/O.
-    AfterMs(u64),
-    /// A point drawn from the seed (see [`seeded_switch_ms`]).
-    Seeded,
-    /// The owner asks (`migrate_at=N`) after submitting N writes.
-    OwnerRequest(u64),
-}
-
-/// A deliberate failure of the migration itself, to exercise its detection (test hook).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DestinationFault {
-    /// None.
-    None,
-    /// The destination is started without the ivshmem device: it dies on the unknown savevm
-    /// section while the source reports `completed` (qemu-notes.md).
-    WithoutRing,
-}
-
-/// Everything `migrate` needs.
-#[derive(Debug, Clone)]
-pub struct MigrateConfig {
-    /// Live or save.
-    pub mode: Mode,
-    /// Accelerator.
-    pub accel: AccelChoice,
-    /// Distinct blocks.
-    pub blocks: u64,
-    /// Passes.
-    pub passes: u32,
-    /// Queue depth.
-    pub qd: u16,
-    /// Schedule seed.
-    pub seed: u64,
-    /// How the handoff is directed.
-    pub switch: Switch,
-    /// The peer's fault hook.
-    pub peer_fault: Fault,
-    /// Test hook: break the migration.
-    pub destination_fault: DestinationFault,
-    /// Hard timeout of the whole scenario.
-    pub timeout: Duration,
-    /// Guest kernel; default: next to the shim's build output.
-    pub kernel: Option<PathBuf>,
-    /// QEMU binary (name on PATH or path).
-    pub qemu: PathBuf,
-    /// Working directory; default: a fresh temporary directory.
-    pub workdir: Option<PathBuf>,
-    /// Keep the disk image, logs and (temporary) workdir.
-    pub keep: bool,
-    /// Print the progress display on stderr.
-    pub progress: bool,
-}
-
-/// A finished scenario: its report and its working directory.
-#[derive(Debug)]
-pub struct MigrateOutcome {
-    /// The report.
-    pub report: MigrateReport,
-    /// Owns the working directory.
-    pub workdir: Workdir,
-}
-
-/// The switch point drawn from `seed`: `20 + h(seed) mod span` ms after the owner's first I/O,
-/// with `span = writes_total / 32` ms clamped to 10..=1000. Under TCG the owner completes about
-/// 8 writes per ms at QD32, so the point lands in the first quarter of the write phase, leaving
-/// the handoff and the migration time to happen while the owner still works. (A much faster
-/// accelerator needs a larger workload or `--switch-after-ms`; the report says when the owner
-/// finished too early.)
-pub fn seeded_switch_ms(seed: u64, writes_total: u64) -> u64 {
-    let span = (writes_total / 32).clamp(10, 1000);
-    20 + splitmix64(seed ^ 0xba70_5717_c4e5_0000) % span
-}
-
-fn splitmix64(mut x: u64) -> u64 {
-    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-    let mut z = x;
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
-/// Why the scenario stopped early.
-#[derive(Debug, thiserror::Error)]
-enum Abort {
-    #[error("timed out after {waited:?} waiting for {what}")]
-    Timeout { what: String, waited: Duration },
-    #[error("the owner's QEMU exited ({0})")]
-    OwnerExited(String),
-    #[error("the peer's QEMU exited ({0})")]
-    PeerExited(String),
-    #[error("{0} reported an error over the control channel")]
-    GuestError(String),
-    #[error("{vm}: QMP `{command}` failed: {source}")]
-    Qmp {
-        vm: String,
-        command: &'static str,
-        #[source]
-        source: qmp::QmpError,
-    },
-    #[error("control channel of the {vm}: {source}")]
-    Channel {
-        vm: String,
-        #[source]
-        source: ChannelError,
-    },
-    #[error("interrupted by a signal")]
-    Interrupted,
-    #[error("{0}")]
-    Other(String),
-}
-
-/// Renders an error with its sources.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let m = c.to_string();
-        if !s.contains(&m) {
-            s.push_str(": ");
-            s.push_str(&m);
-        }
-        cur = c.source();
-    }
-    s
-}
-
-/// One QEMU process of the scenario with its console, stderr and QMP session.
-struct Vm {
-    // Field order is drop order: QEMU is killed before its console threads are let go.
-    qemu: QemuProcess,
-    label: &'static str,
-    serial: SerialConsole,
-    serial_closed: bool,
-    stderr: StderrCapture,
-    qmp: Option<Qmp<UnixStream>>,
-    events: Vec<(Instant, qmp::Event)>,
-    exit: Option<ExitStatus>,
-    exited_at: Option<Instant>,
-    command: String,
-    _qmp_socket: SocketPath,
-}
-
-impl Vm {
-    fn spawn(label: &'static str, spec: &MachineSpec, dir: &Path) -> Result<Self, MigrateError> {
-        let wd = |source| {
-            MigrateError::Setup(RunError::Workdir {
-                path: dir.to_path_buf(),
-                source,
-            })
-        };
-        let _ = std::fs::remove_file(&spec.qmp_socket);
-        let sock = SocketPath(spec.qmp_socket.clone());
-        let command = spec.display();
-        std::fs::write(
-            dir.join(format!("qemu-{label}.cmdline")),
-            command.clone() + "\n",
-        )
-        .map_err(wd)?;
-        let mut qemu = spec.spawn()?;
-        let t0 = qemu.started();
-        let stdout = qemu
-            .take_stdout()
-            .ok_or_else(|| wd(std::io::Error::other("QEMU stdout not piped")))?;
-        let stderr = qemu
-            .take_stderr()
-            .ok_or_else(|| wd(std::io::Error::other("QEMU stderr not piped")))?;
-        let serial = SerialConsole::start(stdout, &dir.join(format!("serial-{label}.log")), t0)
-            .map_err(wd)?;
-        let stderr =
-            StderrCapture::start(stderr, &dir.join(format!("qemu-{label}.stderr"))).map_err(wd)?;
-        Ok(Self {
-            qemu,
-            label,
-            serial,
-            serial_closed: false,
-            stderr,
-            qmp: None,
-            events: Vec::new(),
-            exit: None,
-            exited_at: None,
-            command,
-            _qmp_socket: sock,
-        })
-    }
-
-    fn serial_log(&self, dir: &Path) -> PathBuf {
-        dir.join(format!("serial-{}.log", self.label))
-    }
-
-    fn connect_qmp(&mut self, path: &Path) -> Result<(), Abort> {
-        let qemu = &mut self.qemu;
-        let q = qmp::connect_unix(path, CONNECT_TIMEOUT, || qemu.alive()).map_err(|source| {
-            Abort::Qmp {
-                vm: self.label.into(),
-                command: "connect",
-                source,
-            }
-        })?;
-        // Short reads, so event polls don't block the loop.
-        let _ = q.stream().set_read_timeout(Some(QMP_POLL));
-        self.qmp = Some(q);
-        Ok(())
-    }
-
-    fn exec<C: qmp::Command>(&mut self, cmd: &C) -> Result<C::Ok, Abort> {
-        self.exec_timeout(cmd, QMP_COMMAND_TIMEOUT)
-    }
-
-    fn exec_timeout<C: qmp::Command>(
-        &mut self,
-        cmd: &C,
-        timeout: Duration,
-    ) -> Result<C::Ok, Abort> {
-        let label = self.label;
-        let Some(q) = self.qmp.as_mut() else {
-            return Err(Abort::Other(format!("{label}: no QMP session")));
-        };
-        let r = q.execute(cmd, timeout).map_err(|source| Abort::Qmp {
-            vm: label.into(),
-            command: C::NAME,
-            source,
-        });
-        self.take_events();
-        r
-    }
-
-    fn hmp(&mut self, line: String) -> Result<(), Abort> {
-        let out = self.exec(&HumanMonitorCommand { command_line: line })?;
-        if out.trim().is_empty() {
-            Ok(())
-        } else {
-            Err(Abort::Other(format!(
-                "{}: HMP said: {}",
-                self.label,
-                out.trim()
-            )))
-        }
-    }
-
-    /// Reads the QMP socket for up to `wait` and moves the events into `events`.
-    fn pump_events(&mut self, wait: Duration) {
-        if let Some(q) = self.qmp.as_mut() {
-            let r = q.pump(wait);
-            self.take_events();
-            if r.is_err() {
-                // Closed or broken: the process checks report the rest.
-                self.qmp = None;
-            }
-        }
-    }
-
-    fn take_events(&mut self) {
-        if let Some(q) = self.qmp.as_mut() {
-            let now = Instant::now();
-            let wall = std::time::SystemTime::now();
-            self.events.extend(
-                q.take_events()
-                    .into_iter()
-                    .map(|e| (event_instant(&e, now, wall), e)),
-            );
-        }
-    }
-
-    /// The exit status once QEMU has exited.
-    fn poll_exit(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none()
-            && let Ok(Some(st)) = self.qemu.try_wait()
-        {
-            self.exit = Some(st);
-            self.exited_at = Some(Instant::now());
-        }
-        self.exit
-    }
-
-    fn alive(&mut self) -> bool {
-        self.poll_exit().is_none()
-    }
-
-    /// `quit` over QMP (which flushes the disk), then wait; kill if it does not exit in time.
-    fn quit(&mut self) -> Result<ExitStatus, String> {
-        if let Some(st) = self.poll_exit() {
-            return Ok(st);
-        }
-        let sent = self.exec(&Quit {});
-        match self.qemu.wait_timeout(QUIT_TIMEOUT) {
-            Ok(Some(st)) => {
-                self.exit = Some(st);
-                self.exited_at = Some(Instant::now());
-                Ok(st)
-            }
-            _ => {
-                let st = self.qemu.kill().map_err(|e| e.to_string())?;
-                self.exit = Some(st);
-                self.exited_at = Some(Instant::now());
-                Err(format!(
-                    "{} did not exit within {QUIT_TIMEOUT:?} of `quit` ({}); killed",
-                    self.label,
-                    sent.err().map_or_else(|| "sent".into(), |e| chain(&e))
-                ))
-            }
-        }
-    }
-
-    fn kill(&mut self) {
-        if self.poll_exit().is_none()
-            && let Ok(st) = self.qemu.kill()
-        {
-            self.exit = Some(st);
-            self.exited_at = Some(Instant::now());
-        }
-    }
-
-    fn stderr_tail(&self) -> String {
-        let all = self.stderr.collect(Duration::from_millis(500));
-        let mut tail: Vec<&str> = all.lines().rev().take(3).collect();
-        tail.reverse();
-        tail.join(" | ")
-    }
-}
-
-/// When an event happened on the shim's clock: QEMU stamps events with its wall clock, so the
-/// event's age is subtracted from `now` (`wall` is the wall clock at `now`). Events whose stamp is
-/// missing, in the future or more than a minute old get `now` (when the shim read them).
-fn event_instant(e: &qmp::Event, now: Instant, wall: std::time::SystemTime) -> Instant {
-    let stamp = std::time::UNIX_EPOCH + Duration::from_micros(e.timestamp_us);
-    match wall.duration_since(stamp) {
-        Ok(age) if e.timestamp_us > 0 && age < Duration::from_secs(60) => {
-            now.checked_sub(age).unwrap_or(now)
-        }
-        _ => now,
-    }
-}
-
-fn describe_exit(st: ExitStatus) -> String {
-    use std::os::unix::process::ExitStatusExt;
-    match (st.code(), st.signal()) {
-        (Some(c), _) => format!("status {c}"),
-        (None, Some(s)) => format!("signal {s}"),
-        _ => "unknown status".into(),
-    }
-}
+use super::*;
 
 /// What the owner said on COM1 (source and destination together), each accepted once.
 #[derive(Debug, Default)]
-struct OwnerLines {
-    first_io: Option<Instant>,
-    result: Option<Result<GuestReport, String>>,
-    result_from: Option<&'static str>,
-    peer_fault: Option<String>,
-    panic: Option<String>,
-    port_stats: Vec<crate::report::PortStatsReport>,
-    timeline: Option<crate::report::CompletionTimeline>,
+pub(super) struct OwnerLines {
+    pub(super) first_io: Option<Instant>,
+    pub(super) result: Option<Result<GuestReport, String>>,
+    pub(super) result_from: Option<&'static str>,
+    pub(super) peer_fault: Option<String>,
+    pub(super) panic: Option<String>,
+    pub(super) port_stats: Vec<crate::report::PortStatsReport>,
+    pub(super) timeline: Option<crate::report::CompletionTimeline>,
 }
 
 /// A destination QEMU that was started but is not connected yet.
-struct PendingDest {
-    vm: Vm,
-    listener: ControlListener,
-    qmp_socket: PathBuf,
+pub(super) struct PendingDest {
+    pub(super) vm: Vm,
+    pub(super) listener: ControlListener,
+    pub(super) qmp_socket: PathBuf,
 }
 
 /// When each step happened.
 #[derive(Debug, Default, Clone, Copy)]
-struct Times {
-    directed: Option<Instant>,
-    drained: Option<Instant>,
-    device_deleted: Option<Instant>,
-    peer_ready: Option<Instant>,
-    first_forwarded: Option<Instant>,
-    forwarding: Option<Instant>,
-    migrate_cmd: Option<Instant>,
-    migrated: Option<Instant>,
-    save_done: Option<Instant>,
-    restore_start: Option<Instant>,
-    restore_done: Option<Instant>,
+pub(super) struct Times {
+    pub(super) directed: Option<Instant>,
+    pub(super) drained: Option<Instant>,
+    pub(super) device_deleted: Option<Instant>,
+    pub(super) peer_ready: Option<Instant>,
+    pub(super) first_forwarded: Option<Instant>,
+    pub(super) forwarding: Option<Instant>,
+    pub(super) migrate_cmd: Option<Instant>,
+    pub(super) migrated: Option<Instant>,
+    pub(super) save_done: Option<Instant>,
+    pub(super) restore_start: Option<Instant>,
+    pub(super) restore_done: Option<Instant>,
 }
 
 #[derive(Debug, Default)]
-struct MigrationOutcome {
-    status: Option<String>,
-    destination_status: Option<String>,
-    downtime_ms: Option<u64>,
-    total_ms: Option<u64>,
-    error: Option<String>,
-    source_resumed: bool,
+pub(super) struct MigrationOutcome {
+    pub(super) status: Option<String>,
+    pub(super) destination_status: Option<String>,
+    pub(super) downtime_ms: Option<u64>,
+    pub(super) total_ms: Option<u64>,
+    pub(super) error: Option<String>,
+    pub(super) source_resumed: bool,
 }
 
 /// The running scenario.
-struct Scenario<'a> {
-    cfg: &'a MigrateConfig,
-    dir: PathBuf,
-    t0: Instant,
-    deadline: Instant,
+pub(super) struct Scenario<'a> {
+    pub(super) cfg: &'a MigrateConfig,
+    pub(super) dir: PathBuf,
+    pub(super) t0: Instant,
+    pub(super) deadline: Instant,
     /// The owner's current QEMU: the source until a migration succeeds, then the destination.
-    owner: Vm,
+    pub(super) owner: Vm,
     /// The peer's QEMU.
-    peer: Vm,
+    pub(super) peer: Vm,
     /// Earlier QEMUs of the owner (the source after a migration, a failed destination).
-    retired: Vec<Vm>,
-    owner_is_destination: bool,
-    owner_ctl: ControlChannel,
-    peer_ctl: ControlChannel,
-    handoff: Handoff,
-    inbox: VecDeque<(Role, Message, Instant)>,
-    owner_lines: OwnerLines,
-    owner_spec: MachineSpec,
-    backend: DiskBackend,
-    shm: Option<SharedFile>,
-    watch: Option<RingWatch>,
-    cq_base: Option<u32>,
-    times: Times,
-    migration: MigrationOutcome,
-    drained: Option<(u64, u32)>,
-    switch_ms: Option<u64>,
-    notes: Vec<String>,
-    failures: Vec<String>,
-    qemu_version: Option<String>,
-    commands: BTreeMap<String, String>,
-    serial_logs: BTreeMap<String, String>,
-    events: Vec<VmEvent>,
-    guest_error: Option<String>,
-    peer_fault_injected: bool,
+    pub(super) retired: Vec<Vm>,
+    pub(super) owner_is_destination: bool,
+    pub(super) owner_ctl: ControlChannel,
+    pub(super) peer_ctl: ControlChannel,
+    pub(super) handoff: Handoff,
+    pub(super) inbox: VecDeque<(Role, Message, Instant)>,
+    pub(super) owner_lines: OwnerLines,
+    pub(super) owner_spec: MachineSpec,
+    pub(super) backend: DiskBackend,
+    pub(super) shm: Option<SharedFile>,
+    pub(super) watch: Option<RingWatch>,
+    pub(super) cq_base: Option<u32>,
+    pub(super) times: Times,
+    pub(super) migration: MigrationOutcome,
+    pub(super) drained: Option<(u64, u32)>,
+    pub(super) switch_ms: Option<u64>,
+    pub(super) notes: Vec<String>,
+    pub(super) failures: Vec<String>,
+    pub(super) qemu_version: Option<String>,
+    pub(super) commands: BTreeMap<String, String>,
+    pub(super) serial_logs: BTreeMap<String, String>,
+    pub(super) events: Vec<VmEvent>,
+    pub(super) guest_error: Option<String>,
+    pub(super) peer_fault_injected: bool,
     /// Live mode: the destination, started while the disk moves.
-    pending_dest: Option<Result<PendingDest, Abort>>,
-}
-
-/// Runs the scenario. Failures of the handoff, the migration or the guests end up in the report
-/// (`ok: false`); only set-up problems are errors.
-pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
-    let qemu_bin = qemu::locate_qemu(&cfg.qemu)?;
-    let bios = qemu::locate_bios()?;
-    let kernel = match &cfg.kernel {
-        Some(k) => k.clone(),
-        None => run::default_kernel()?,
-    };
-    if !kernel.is_file() {
-        return Err(RunError::NoKernel(kernel).into());
-    }
-    let (accel, accel_reason) = cfg.accel.resolve()?;
-    let owner_guest = GuestConfig {
-        role: GuestRole::Owner,
-        vm: OWNER_VM,
-        blocks: cfg.blocks,
-        passes: cfg.passes,
-        qd: cfg.qd,
-        seed: cfg.seed,
-        first_lba: 0,
-        disk: DiskMode::Boot,
-        verify: true,
-        panic: false,
-        migrate_at: match cfg.switch {
-            Switch::OwnerRequest(n) => n,
-            _ => 0,
-        },
-        fault: Fault::None,
-    };
-    let peer_guest = GuestConfig {
-        role: GuestRole::Peer,
-        vm: PEER_VM,
-        fault: cfg.peer_fault,
-        ..GuestConfig::default()
-    };
-    let writes_total = owner_guest.schedule().total_writes();
-    if let Switch::OwnerRequest(n) = cfg.switch
-        && (n == 0 || n >= writes_total)
-    {
-        return Err(MigrateError::Config(format!(
-            "--migrate-at {n} must lie in 1..{writes_total} (the workload's writes)"
-        )));
-    }
-    if cfg.destination_fault != DestinationFault::None && cfg.mode != Mode::Live {
-        return Err(MigrateError::Config(
-            "the destination fault hook needs --mode live".into(),
-        ));
-    }
-    let owner_append = owner_guest.to_string();
-    let peer_append = peer_guest.to_string();
-    for a in [&owner_append, &peer_append] {
-        GuestConfig::parse(a).map_err(|e| MigrateError::Config(e.to_string()))?;
-    }
-
-    let workdir = Workdir::create(cfg.workdir.as_deref(), cfg.keep)?;
-    let dir = workdir.path().to_path_buf();
-    let disk_bytes = disk::image_size(0, cfg.blocks)?;
-    let mut image = DiskImage::create(&dir.join("disk.img"), disk_bytes)?;
-    if cfg.keep {
-        image.keep();
-    }
-    let backend = DiskBackend::File(image.path().to_path_buf());
-    let t0 = Instant::now();
-    let mut progress = Progress::new(t0, cfg.progress);
-
-    // The shim listens before QEMU starts: COM2 output without a listener is dropped.
-    let owner_listener = ControlListener::bind(&dir.join("ctl-owner.sock"))?;
-    let peer_listener = ControlListener::bind(&dir.join("ctl-peer.sock"))?;
-    let base = MachineSpec {
-        qemu: qemu_bin,
-        accel,
-        memory_mib: MEMORY_MIB,
-        bios,
-        kernel,
-        append: String::new(),
-        qmp_socket: PathBuf::new(),
-        boot_disk: None,
-        control_socket: None,
-        ring: None,
-        incoming: false,
-    };
-    let peer_spec = MachineSpec {
-        append: peer_append,
-        qmp_socket: dir.join("qmp-peer.sock"),
-        control_socket: Some(peer_listener.path().to_path_buf()),
-        ..base.clone()
-    };
-    let owner_spec = MachineSpec {
-        append: owner_append,
-        qmp_socket: dir.join("qmp-owner.sock"),
-        control_socket: Some(owner_listener.path().to_path_buf()),
-        boot_disk: Some(backend.clone()),
-        ..base
-    };
-
-    let plan = Plan {
-        cfg,
-        guest: &owner_guest,
-        accel: accel.as_str(),
-        accel_reason,
-        disk_bytes,
-        workdir: &workdir,
-        image: &image,
-    };
-    let started = start(
-        cfg,
-        &dir,
-        t0,
-        &owner_spec,
-        &peer_spec,
-        &owner_listener,
-        &peer_listener,
-        &backend,
-        &mut progress,
-    );
-    let report = match started {
-        Ok(mut s) => {
-            let result = s.drive(&mut progress);
-            s.finish(result, &mut progress, &plan)
-        }
-        Err(e) => {
-            let why = chain(&e);
-            progress.say(format!("set-up failed: {why}"));
-            failed_setup_report(&plan, why, progress)
-        }
-    };
-    drop(owner_listener);
-    drop(peer_listener);
-    drop(image);
-    Ok(MigrateOutcome { report, workdir })
-}
-
-/// What the scenario was set up to do (for the report).
-struct Plan<'a> {
-    cfg: &'a MigrateConfig,
-    guest: &'a GuestConfig,
-    accel: &'static str,
-    accel_reason: String,
-    disk_bytes: u64,
-    workdir: &'a Workdir,
-    image: &'a DiskImage,
-}
-
-/// The progress display: timestamped lines on stderr, kept for the report.
-struct Progress {
-    t0: Instant,
-    print: bool,
-    lines: Vec<TimelineEntry>,
-}
-
-impl Progress {
-    fn new(t0: Instant, print: bool) -> Self {
-        Self {
-            t0,
-            print,
-            lines: Vec::new(),
-        }
-    }
-
-    fn say(&mut self, what: String) {
-        let at_ms = ms_between(self.t0, Instant::now());
-        if self.print {
-            eprintln!("[{at_ms:8.1} ms] {what}");
-        }
-        self.lines.push(TimelineEntry { at_ms, what });
-    }
-}
-
-fn ms_between(a: Instant, b: Instant) -> f64 {
-    let d = if b >= a {
-        (b - a).as_secs_f64()
-    } else {
-        -(a - b).as_secs_f64()
-    };
-    (d * 1e4).round() / 10.0
-}
-
-fn phase(a: Option<Instant>, b: Option<Instant>) -> Option<f64> {
-    Some(ms_between(a?, b?))
+    pub(super) pending_dest: Option<Result<PendingDest, Abort>>,
 }
 
 /// Starts both guests and connects everything.
 #[allow(clippy::too_many_arguments)]
-fn start<'a>(
+pub(super) fn start<'a>(
     cfg: &'a MigrateConfig,
     dir: &Path,
     t0: Instant,
@@ -826,14 +168,14 @@ fn start<'a>(
 }
 
 impl Scenario<'_> {
-    fn note(&mut self, n: String) {
+    pub(super) fn note(&mut self, n: String) {
         if self.notes.len() < MAX_NOTES {
             self.notes.push(n);
         }
     }
 
     /// The handoff itself, then the migration, then the wait for the owner at the destination.
-    fn drive(&mut self, p: &mut Progress) -> Result<(), Abort> {
+    pub(super) fn drive(&mut self, p: &mut Progress) -> Result<(), Abort> {
         self.wait_until(p, "both guests' hello", HELLO_TIMEOUT, |s| {
             Ok(s.handoff.both_hello().then_some(()))
         })?;
@@ -1655,6 +997,8 @@ impl Scenario<'_> {
         let _ = self.handoff.shim_moves_to(HandoffState::Migrating);
         let state = self.dir.join("vm1.state");
         let _ = std::fs::remove_file(&state);
+        // The saved state goes when the scenario ends, however it ends (unless --keep).
+        let _state_guard = (!self.cfg.keep).then(|| SocketPath(state.clone()));
         let setup = (|| -> Result<(u64, u64), Abort> {
             Self::ignore_shared(&mut self.owner)?;
             self.ring_bars()
@@ -1718,9 +1062,6 @@ impl Scenario<'_> {
                 let source = std::mem::replace(&mut self.owner, vm);
                 self.retired.push(source);
                 self.owner_is_destination = true;
-                if !self.cfg.keep {
-                    let _ = std::fs::remove_file(&state);
-                }
                 let _ = self.handoff.shim_moves_to(HandoffState::Forwarding);
                 Ok(())
             }
@@ -1817,7 +1158,7 @@ impl Scenario<'_> {
     }
 
     /// After the drive: settle every QEMU, verify the disk, build the report.
-    fn finish(
+    pub(super) fn finish(
         mut self,
         result: Result<(), Abort>,
         p: &mut Progress,
@@ -1911,399 +1252,5 @@ impl Scenario<'_> {
         }
         all.sort_by(|a, b| a.at_ms.total_cmp(&b.at_ms));
         self.events = all;
-    }
-}
-
-/// Single-quotes `s` for /bin/sh (QEMU runs `exec:` URIs through the shell).
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
-fn failed_setup_report(plan: &Plan<'_>, why: String, progress: Progress) -> MigrateReport {
-    let cfg = plan.cfg;
-    let g = plan.guest;
-    MigrateReport {
-        scenario: "migrate".into(),
-        mode: cfg.mode.as_str().into(),
-        ok: false,
-        failures: vec![format!("set-up: {why}")],
-        accel: plan.accel.into(),
-        accel_reason: plan.accel_reason.clone(),
-        qemu_version: None,
-        qemu_commands: BTreeMap::new(),
-        backend: "file".into(),
-        vm: OWNER_VM,
-        peer_vm: PEER_VM,
-        blocks: g.blocks,
-        passes: g.passes,
-        qd: g.qd,
-        seed: g.seed,
-        disk_bytes: plan.disk_bytes,
-        writes_total: g.schedule().total_writes(),
-        switch: switch_report(cfg, None, None),
-        peer_fault: cfg.peer_fault.as_str().into(),
-        peer_fault_detected: false,
-        peer_fault_message: None,
-        requests_queued_at_switch: None,
-        requests_forwarded: None,
-        port1_requests: None,
-        port_stats: Vec::new(),
-        completion_timeline: None,
-        duplicated: None,
-        blackout_ms: None,
-        migration_status: None,
-        destination_status: None,
-        migration_downtime_ms: None,
-        migration_total_ms: None,
-        migration_error: None,
-        source_resumed: false,
-        phases: Phases::default(),
-        control_rejected: 0,
-        control_rejections: Vec::new(),
-        control: BTreeMap::new(),
-        writes_submitted: None,
-        writes_acked: None,
-        write_errors: None,
-        verified: false,
-        verification: "skipped: the scenario did not start".into(),
-        writes_verified: None,
-        lost: None,
-        stale: None,
-        newer_unacked: None,
-        corrupt_blocks: None,
-        verification_problems: Vec::new(),
-        reads_verified: None,
-        read_mismatches: None,
-        guest_exit: GuestExit::ShimError,
-        guest_exit_reason: why,
-        guest_exit_where: None,
-        owner_finished_at_destination: false,
-        qemu_exit_code: None,
-        guest_panic_message: None,
-        guest_report_error: None,
-        iops: None,
-        guest_elapsed_us: None,
-        elapsed_ms: ms_between(progress.t0, Instant::now()),
-        timeline: progress.lines,
-        qmp_events: Vec::new(),
-        notes: Vec::new(),
-        serial_logs: BTreeMap::new(),
-        workdir: plan.workdir.path().display().to_string(),
-        artifacts_kept: plan.workdir.kept(),
-    }
-}
-
-fn switch_report(
-    cfg: &MigrateConfig,
-    after_ms: Option<u64>,
-    directed_at_ms: Option<f64>,
-) -> SwitchReport {
-    let (trigger, migrate_at) = match cfg.switch {
-        Switch::AfterMs(_) => ("operator", None),
-        Switch::Seeded => ("seed", None),
-        Switch::OwnerRequest(n) => ("owner-request", Some(n)),
-    };
-    SwitchReport {
-        trigger: trigger.into(),
-        after_first_io_ms: after_ms,
-        migrate_at,
-        directed_at_ms,
-    }
-}
-
-fn build_report(
-    mut s: Scenario<'_>,
-    plan: &Plan<'_>,
-    ending: Ending,
-    p: &mut Progress,
-) -> MigrateReport {
-    let cfg = plan.cfg;
-    let guest = plan.guest;
-    let lines = std::mem::take(&mut s.owner_lines);
-    let (guest_exit, reason, qemu_exit_code) =
-        run::classify(&ending, lines.panic.as_ref(), cfg.timeout);
-    let mut failures = std::mem::take(&mut s.failures);
-    let exited = matches!(ending, Ending::Exited(_));
-    let where_ = exited.then(|| {
-        if s.owner_is_destination {
-            s.owner.label.to_owned()
-        } else {
-            "source".to_owned()
-        }
-    });
-    let at_destination = exited && s.owner_is_destination;
-    if guest_exit != GuestExit::Success {
-        failures.push(format!("owner: {reason}"));
-    }
-    if exited && !s.owner_is_destination && s.migration.error.is_none() {
-        let why = if lines.peer_fault.is_some() {
-            "the owner stopped at the source after detecting a peer fault".to_owned()
-        } else if s.times.forwarding.is_some() || s.times.directed.is_some() {
-            "the owner finished at the source before the migration: the switch came too late for \
-             this workload (use a smaller --switch-after-ms or a larger --blocks/--passes)"
-                .to_owned()
-        } else {
-            "the owner finished at the source before the switch was directed: the switch came too \
-             late for this workload (use a smaller --switch-after-ms or a larger --blocks/--passes)"
-                .to_owned()
-        };
-        failures.push(why);
-    }
-    if let Some(m) = &lines.peer_fault {
-        failures.push(format!("the owner detected a peer fault: {m}"));
-    }
-
-    let mut guest_report = None;
-    let mut guest_report_error = None;
-    match lines.result {
-        Some(Ok(r)) => match run::check_echo(&r, guest) {
-            Ok(()) => guest_report = Some(r),
-            Err(e) => guest_report_error = Some(e),
-        },
-        Some(Err(e)) => guest_report_error = Some(format!("malformed `BATON result` line: {e}")),
-        None => guest_report_error = Some("the owner printed no `BATON result` line".into()),
-    }
-    if let Some(e) = &guest_report_error
-        && (guest_exit == GuestExit::Success || lines.result_from.is_some())
-    {
-        failures.push(e.clone());
-    }
-    let schedule = guest.schedule();
-    let writes_total = schedule.total_writes();
-    if let Some(r) = &guest_report {
-        if r.writes_submitted != writes_total {
-            failures.push(format!(
-                "the owner submitted {} of {writes_total} writes",
-                r.writes_submitted
-            ));
-        }
-        if r.write_errors > 0 {
-            failures.push(format!("{} writes failed in the owner", r.write_errors));
-        }
-        if r.duplicates > 0 {
-            failures.push(format!(
-                "the owner saw {} duplicate completions",
-                r.duplicates
-            ));
-        }
-        if r.read_mismatches > 0 {
-            failures.push(format!(
-                "the owner's read-back found {} wrong blocks",
-                r.read_mismatches
-            ));
-        }
-        if s.times.forwarding.is_some() && r.port2_requests == 0 {
-            failures.push("nothing was forwarded over the ring".into());
-        }
-    }
-
-    // Host-side verification, after the peer quit.
-    let mut verification: Option<Verification> = None;
-    let note = match guest_report.as_ref().map(Acks::from_report) {
-        None => {
-            failures.push("disk not verified: no usable owner report".into());
-            "skipped: no usable owner report, so the acknowledged writes are unknown".to_owned()
-        }
-        Some(None) => {
-            failures.push(
-                "disk not verified: the owner listed fewer failed writes than it counted".into(),
-            );
-            "skipped: the owner's report does not name every failed write".to_owned()
-        }
-        Some(Some(acks)) => match disk::verify_image(plan.image.path(), &schedule, &acks) {
-            Ok(v) => {
-                if !v.clean() {
-                    failures.push(format!(
-                        "disk verification: {} lost, {} stale, {} corrupt blocks",
-                        v.lost, v.stale, v.corrupt_blocks
-                    ));
-                }
-                if v.writes_verified == 0 {
-                    failures.push("disk verification: no acknowledged write to verify".into());
-                }
-                let n = format!(
-                    "host read {} blocks of {} after the peer quit and checked every tag and payload against the schedule",
-                    v.blocks_checked,
-                    plan.image.path().display()
-                );
-                p.say(format!(
-                    "disk verified on the host: {} of {} acknowledged writes found, lost {}, stale {}",
-                    v.writes_verified, v.writes_acked, v.lost, v.stale
-                ));
-                verification = Some(v);
-                n
-            }
-            Err(e) => {
-                failures.push(format!("disk verification failed: {}", chain(&e)));
-                format!("failed: {}", chain(&e))
-            }
-        },
-    };
-    if let (Some(v), Some(r)) = (&verification, &guest_report)
-        && v.writes_acked != r.writes_acked
-    {
-        failures.push(format!(
-            "the owner says {} writes acked, its submitted and failed seqs imply {}",
-            r.writes_acked, v.writes_acked
-        ));
-    }
-    let rejected = s.handoff.rejected();
-    if rejected > 0 {
-        s.note(format!(
-            "{rejected} control messages were rejected (wrong state or wrong guest)"
-        ));
-    }
-
-    let g = guest_report.as_ref();
-    let t = s.times;
-    let mut control = BTreeMap::new();
-    control.insert("owner".to_owned(), s.owner_ctl.stats());
-    control.insert("peer".to_owned(), s.peer_ctl.stats());
-    let queued = g
-        .map(|r| r.held_at_switch)
-        .or(s.drained.map(|(_, h)| u64::from(h)));
-    let directed_at_ms = t.directed.map(|d| ms_between(s.t0, d));
-    let timeline = std::mem::take(&mut p.lines);
-    let elapsed_ms = ms_between(s.t0, Instant::now());
-    let ok = failures.is_empty();
-    MigrateReport {
-        scenario: "migrate".into(),
-        mode: cfg.mode.as_str().into(),
-        ok,
-        failures,
-        accel: plan.accel.into(),
-        accel_reason: plan.accel_reason.clone(),
-        qemu_version: s.qemu_version.take(),
-        qemu_commands: std::mem::take(&mut s.commands),
-        backend: "file".into(),
-        vm: OWNER_VM,
-        peer_vm: PEER_VM,
-        blocks: guest.blocks,
-        passes: guest.passes,
-        qd: guest.qd,
-        seed: guest.seed,
-        disk_bytes: plan.disk_bytes,
-        writes_total,
-        switch: switch_report(cfg, s.switch_ms, directed_at_ms),
-        peer_fault: cfg.peer_fault.as_str().into(),
-        peer_fault_detected: lines.peer_fault.is_some(),
-        peer_fault_message: lines.peer_fault,
-        requests_queued_at_switch: queued,
-        requests_forwarded: g.map(|r| r.port2_requests),
-        port1_requests: g.map(|r| r.port1_requests),
-        port_stats: lines.port_stats,
-        completion_timeline: lines.timeline,
-        duplicated: g.map(|r| r.duplicates),
-        blackout_ms: g.map(|r| r.max_gap_us as f64 / 1000.0),
-        migration_status: s.migration.status.take(),
-        destination_status: s.migration.destination_status.take(),
-        migration_downtime_ms: s.migration.downtime_ms,
-        migration_total_ms: s.migration.total_ms,
-        migration_error: s.migration.error.take(),
-        source_resumed: s.migration.source_resumed,
-        phases: Phases {
-            directed_to_drained_ms: phase(t.directed, t.drained),
-            drained_to_device_deleted_ms: phase(t.drained, t.device_deleted),
-            device_deleted_to_attached_ms: phase(t.device_deleted, t.peer_ready),
-            attached_to_first_forwarded_ms: phase(t.peer_ready, t.first_forwarded),
-            first_forwarded_detected_by:
-                "host read-only mmap of the ring file: the completion tail (CQ_TAIL) moved".into(),
-            handoff_ms: phase(t.directed, t.forwarding),
-            migration_setup_ms: phase(t.forwarding, t.migrate_cmd),
-            migration_ms: phase(t.migrate_cmd, t.migrated),
-            save_ms: phase(t.migrate_cmd, t.save_done),
-            restore_ms: phase(t.restore_start, t.restore_done),
-        },
-        control_rejected: rejected,
-        control_rejections: s.handoff.rejections().to_vec(),
-        control,
-        writes_submitted: g.map(|r| r.writes_submitted),
-        writes_acked: verification
-            .as_ref()
-            .map(|v| v.writes_acked)
-            .or(g.map(|r| r.writes_acked)),
-        write_errors: g.map(|r| r.write_errors),
-        verified: verification.is_some(),
-        verification: note,
-        writes_verified: verification.as_ref().map(|v| v.writes_verified),
-        lost: verification.as_ref().map(|v| v.lost),
-        stale: verification.as_ref().map(|v| v.stale),
-        newer_unacked: verification.as_ref().map(|v| v.newer_unacked),
-        corrupt_blocks: verification.as_ref().map(|v| v.corrupt_blocks),
-        verification_problems: verification.map(|v| v.problems).unwrap_or_default(),
-        reads_verified: g.map(|r| r.reads_verified),
-        read_mismatches: g.map(|r| r.read_mismatches),
-        guest_exit,
-        guest_exit_reason: reason,
-        guest_exit_where: where_,
-        owner_finished_at_destination: at_destination && qemu_exit_code == Some(EXIT_SUCCESS),
-        qemu_exit_code,
-        guest_panic_message: lines.panic,
-        guest_report_error,
-        iops: g.map(|r| r.iops),
-        guest_elapsed_us: g.map(|r| r.elapsed_us),
-        elapsed_ms,
-        timeline,
-        qmp_events: std::mem::take(&mut s.events),
-        notes: std::mem::take(&mut s.notes),
-        serial_logs: std::mem::take(&mut s.serial_logs),
-        workdir: plan.workdir.path().display().to_string(),
-        artifacts_kept: plan.workdir.kept(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn seeded_switch_points_spread_inside_the_window() {
-        let pts: Vec<u64> = (0..10).map(|s| seeded_switch_ms(s, 4096)).collect();
-        assert!(pts.iter().all(|&p| (20..20 + 128).contains(&p)), "{pts:?}");
-        let mut uniq = pts.clone();
-        uniq.sort_unstable();
-        uniq.dedup();
-        assert!(uniq.len() >= 8, "{pts:?}");
-        assert_eq!(seeded_switch_ms(7, 2048), seeded_switch_ms(7, 2048));
-        assert!(seeded_switch_ms(1, 16384) < 20 + 512);
-        assert!(seeded_switch_ms(1, 1 << 30) < 1020);
-        assert!(seeded_switch_ms(1, 1) < 30);
-    }
-
-    #[test]
-    fn event_times_come_from_qemus_stamp() {
-        let now = Instant::now();
-        let wall = std::time::SystemTime::now();
-        let us = |t: std::time::SystemTime| {
-            t.duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
-        };
-        let ev = |timestamp_us| qmp::Event {
-            name: "DEVICE_DELETED".into(),
-            data: Value::Null,
-            timestamp_us,
-        };
-        let old = ev(us(wall - Duration::from_millis(40)));
-        let at = event_instant(&old, now, wall);
-        assert!((now - at).as_millis().abs_diff(40) <= 1);
-        assert_eq!(event_instant(&ev(0), now, wall), now);
-        let future = ev(us(wall + Duration::from_secs(5)));
-        assert_eq!(event_instant(&future, now, wall), now);
-        let ancient = ev(us(wall - Duration::from_secs(3600)));
-        assert_eq!(event_instant(&ancient, now, wall), now);
-    }
-
-    #[test]
-    fn shell_quoting() {
-        assert_eq!(shell_quote("/a b/c"), "'/a b/c'");
-        assert_eq!(shell_quote("x'y"), r"'x'\''y'");
-    }
-
-    #[test]
-    fn phase_times_are_signed_ms() {
-        let a = Instant::now();
-        let b = a + Duration::from_micros(1500);
-        assert_eq!(phase(Some(a), Some(b)), Some(1.5));
-        assert_eq!(phase(Some(b), Some(a)), Some(-1.5));
-        assert_eq!(phase(None, Some(a)), None);
     }
 }

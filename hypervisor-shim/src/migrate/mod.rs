@@ -1,0 +1,522 @@
+//! `hypervisor-shim migrate`: the handoff (docs/design.md, "The handoff"; US 20070204265A1,
+//! claim 1), then a live migration or a save + restore of the owner.
+//!
+//! Two guests: the **owner** (VM1: the workload, the disk in slot 4) and the **peer** (VM2: no
+//! disk). Each has a control channel on COM2 ([`crate::channel`]). While the owner writes, the
+//! handoff is directed — by the operator (`--switch-after-ms`, or a point drawn from `--seed`) or
+//! by the owner itself (`migrate_at=N` → `migrate-request`):
+//!
+//! 1. `redirect` to the owner, `device_del disk0` (the owner completes the ACPI eject itself);
+//!    while port 1 drains: a fresh `/dev/shm` file, `object-add` + `device_add ivshmem-plain` into
+//!    both guests (owner `master=on`), `ring-opened 6` to both;
+//! 2. `drained`, `released` from the owner; the device-level `DEVICE_DELETED`; `blockdev-del` in
+//!    the owner; `blockdev-add` + `device_add virtio-blk-pci` (slot 4) in the peer; `disk-attached`;
+//! 3. `peer-ready` from the peer; `open-port2` to the owner; `forwarding` back;
+//! 4. live: a destination QEMU (the owner's current device set: no disk, the ivshmem device,
+//!    `-incoming defer`, its own control socket), `x-ignore-shared` on both sides, the QEMU 7.2
+//!    BAR2 workaround (qemu-notes.md), `migrate-incoming` + `migrate` over a Unix socket; the
+//!    destination's status decides success, and a failed migration resumes the source.
+//!    save: `migrate` to `exec:cat > vm1.state`, `quit` the source, a restore QEMU with
+//!    `-incoming defer` + the same workaround, `migrate-incoming exec:cat vm1.state`;
+//! 5. the owner finishes its workload at the destination through the peer; the peer is quit over
+//!    QMP (which flushes the image) and the host verifies every block ([`crate::disk`]).
+//!
+//! Every wait has a timeout; every QEMU, socket, shared-memory file and temporary directory is
+//! owned by a guard. Guest bytes are untrusted (I6): serial lines are bounded and parsed strictly,
+//! control messages pass the [`Handoff`] gate.
+//!
+//! Layout: this file holds the configuration, the entry point and small helpers; `vm` one QEMU
+//! process (console, QMP, exit); `scenario` the steps above; `report` the JSON report.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use baton_core::cmdline::{DiskMode, Fault, GuestConfig, Role as GuestRole};
+use baton_core::control::{HandoffState, Message, Role};
+use baton_core::report::{GuestReport, parse_line};
+use baton_core::ring::{self, offsets};
+use serde_json::Value;
+
+use crate::channel::{ChannelError, ControlChannel, ControlListener, Handoff, Received};
+use crate::console::{Recv, SerialConsole, StderrCapture};
+use crate::disk::{self, Acks, DiskImage, Verification};
+use crate::qemu::{
+    self, DISK_ID, DiskBackend, EXIT_SUCCESS, MachineSpec, PEER_DISK_SLOT, QemuProcess,
+    RING_DEVICE_ID, RING_MEMDEV_ID, RING_SLOT, RingSpec,
+};
+use crate::qmp::{
+    self, BlockdevAdd, BlockdevDel, Cont, DeviceAdd, DeviceDel, HumanMonitorCommand, Migrate,
+    MigrateIncoming, MigrateSetCapabilities, MigrationCapability, MigrationInfo, ObjectAdd, Qmp,
+    QueryMigrate, QueryPci, QueryStatus, QueryVersion, Quit,
+};
+use crate::report::{GuestExit, MigrateReport, Phases, SwitchReport, TimelineEntry, VmEvent};
+use crate::run::{self, AccelChoice, Ending, RunError, SocketPath, Workdir};
+use crate::shm::{self, RingWatch, SharedFile};
+
+mod report;
+mod scenario;
+mod vm;
+
+use report::{build_report, failed_setup_report};
+use scenario::{Scenario, start};
+#[cfg(test)]
+use vm::event_instant;
+use vm::{Vm, describe_exit};
+
+/// Size of the shared ring region (a power of two, as an ivshmem BAR must be).
+pub const RING_BYTES: u64 = 4 << 20;
+/// The peer's VM id.
+pub const PEER_VM: u32 = 2;
+/// The owner's VM id.
+pub const OWNER_VM: u32 = 1;
+/// Default switch point: this long after the owner's first I/O.
+pub const DEFAULT_SWITCH_AFTER_MS: u64 = 300;
+
+/// Guest RAM.
+const MEMORY_MIB: u32 = 128;
+/// Longest wait for a QEMU to connect its control socket and for its QMP socket to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for one QMP command.
+const QMP_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+/// Read timeout of the QMP sockets here: bounds how long an event poll blocks.
+const QMP_POLL: Duration = Duration::from_millis(2);
+/// Longest wait for both guests' `hello`.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
+/// Longest wait for each handoff step (drained, released, DEVICE_DELETED, peer-ready, forwarding).
+const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest wait for a migration (or save) to finish.
+const MIGRATION_TIMEOUT: Duration = Duration::from_secs(90);
+/// Longest wait for the destination to run after the migration completed.
+const DEST_RUN_TIMEOUT: Duration = Duration::from_secs(15);
+/// Longest wait for a QEMU to exit after `quit`.
+const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long console lines are collected after a QEMU exited.
+const EXIT_GRACE: Duration = Duration::from_secs(3);
+/// Main loop period.
+const TICK: Duration = Duration::from_millis(1);
+/// Period of `query-migrate` polls.
+const MIGRATE_POLL: Duration = Duration::from_millis(5);
+/// Most notes kept.
+const MAX_NOTES: usize = 32;
+
+/// Errors that stop `migrate` before it can produce a report.
+#[derive(Debug, thiserror::Error)]
+pub enum MigrateError {
+    /// set-up shared with `run`: QEMU, kernel, workdir, disk
+    #[error(transparent)]
+    Setup(#[from] RunError),
+    /// cannot listen for a control channel
+    #[error(transparent)]
+    Channel(#[from] ChannelError),
+    /// the options do not describe a usable scenario
+    #[error("invalid options: {0}")]
+    Config(String),
+}
+
+impl From<qemu::QemuError> for MigrateError {
+    fn from(e: qemu::QemuError) -> Self {
+        Self::Setup(RunError::Qemu(e))
+    }
+}
+
+impl From<disk::DiskError> for MigrateError {
+    fn from(e: disk::DiskError) -> Self {
+        Self::Setup(RunError::Disk(e))
+    }
+}
+
+/// Live migration or save + restore.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// Live-migrate the owner to a second QEMU process.
+    Live,
+    /// Save the owner to a file, quit its QEMU, restore it in a new one.
+    Save,
+}
+
+impl Mode {
+    /// `live` or `save`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Save => "save",
+        }
+    }
+}
+
+/// Who directs the handoff, and when.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Switch {
+    /// The operator: this many ms after the owner's first I/O.
+    AfterMs(u64),
+    /// A point drawn from the seed (see [`seeded_switch_ms`]).
+    Seeded,
+    /// The owner asks (`migrate_at=N`) after submitting N writes.
+    OwnerRequest(u64),
+}
+
+/// A deliberate failure of the migration itself, to exercise its detection (test hook).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DestinationFault {
+    /// None.
+    None,
+    /// The destination is started without the ivshmem device: it dies on the unknown savevm
+    /// section while the source reports `completed` (qemu-notes.md).
+    WithoutRing,
+}
+
+/// Everything `migrate` needs.
+#[derive(Debug, Clone)]
+pub struct MigrateConfig {
+    /// Live or save.
+    pub mode: Mode,
+    /// Accelerator.
+    pub accel: AccelChoice,
+    /// Distinct blocks.
+    pub blocks: u64,
+    /// Passes.
+    pub passes: u32,
+    /// Queue depth.
+    pub qd: u16,
+    /// Schedule seed.
+    pub seed: u64,
+    /// How the handoff is directed.
+    pub switch: Switch,
+    /// The peer's fault hook.
+    pub peer_fault: Fault,
+    /// Test hook: break the migration.
+    pub destination_fault: DestinationFault,
+    /// Hard timeout of the whole scenario.
+    pub timeout: Duration,
+    /// Guest kernel; default: next to the shim's build output.
+    pub kernel: Option<PathBuf>,
+    /// QEMU binary (name on PATH or path).
+    pub qemu: PathBuf,
+    /// Working directory; default: a fresh temporary directory.
+    pub workdir: Option<PathBuf>,
+    /// Keep the disk image, logs and (temporary) workdir.
+    pub keep: bool,
+    /// Print the progress display on stderr.
+    pub progress: bool,
+}
+
+/// A finished scenario: its report and its working directory.
+#[derive(Debug)]
+pub struct MigrateOutcome {
+    /// The report.
+    pub report: MigrateReport,
+    /// Owns the working directory.
+    pub workdir: Workdir,
+}
+
+/// The switch point drawn from `seed`: `20 + h(seed) mod span` ms after the owner's first I/O,
+/// with `span = writes_total / 32` ms clamped to 50..=1000. Under TCG the owner completes about
+/// 8 writes per ms at QD32, so the point lands in the first quarter of the write phase, leaving
+/// the handoff and the migration time to happen while the owner still works. (A much faster
+/// accelerator needs a larger workload or `--switch-after-ms`; the report says when the owner
+/// finished too early.)
+pub fn seeded_switch_ms(seed: u64, writes_total: u64) -> u64 {
+    let span = (writes_total / 32).clamp(50, 1000);
+    20 + splitmix64(seed ^ 0xba70_5717_c4e5_0000) % span
+}
+
+fn splitmix64(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Why the scenario stopped early.
+#[derive(Debug, thiserror::Error)]
+enum Abort {
+    #[error("timed out after {waited:?} waiting for {what}")]
+    Timeout { what: String, waited: Duration },
+    #[error("the owner's QEMU exited ({0})")]
+    OwnerExited(String),
+    #[error("the peer's QEMU exited ({0})")]
+    PeerExited(String),
+    #[error("{0} reported an error over the control channel")]
+    GuestError(String),
+    #[error("{vm}: QMP `{command}` failed: {source}")]
+    Qmp {
+        vm: String,
+        command: &'static str,
+        #[source]
+        source: qmp::QmpError,
+    },
+    #[error("control channel of the {vm}: {source}")]
+    Channel {
+        vm: String,
+        #[source]
+        source: ChannelError,
+    },
+    #[error("interrupted by a signal")]
+    Interrupted,
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Single-quotes `s` for /bin/sh (QEMU runs `exec:` URIs through the shell).
+fn shell_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', r"'\''"))
+}
+
+/// Renders an error with its sources.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !s.contains(&m) {
+            s.push_str(": ");
+            s.push_str(&m);
+        }
+        cur = c.source();
+    }
+    s
+}
+
+/// Runs the scenario. Failures of the handoff, the migration or the guests end up in the report
+/// (`ok: false`); only set-up problems are errors.
+pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
+    let qemu_bin = qemu::locate_qemu(&cfg.qemu)?;
+    let bios = qemu::locate_bios()?;
+    let kernel = match &cfg.kernel {
+        Some(k) => k.clone(),
+        None => run::default_kernel()?,
+    };
+    if !kernel.is_file() {
+        return Err(RunError::NoKernel(kernel).into());
+    }
+    let (accel, accel_reason) = cfg.accel.resolve()?;
+    let owner_guest = GuestConfig {
+        role: GuestRole::Owner,
+        vm: OWNER_VM,
+        blocks: cfg.blocks,
+        passes: cfg.passes,
+        qd: cfg.qd,
+        seed: cfg.seed,
+        first_lba: 0,
+        disk: DiskMode::Boot,
+        verify: true,
+        panic: false,
+        migrate_at: match cfg.switch {
+            Switch::OwnerRequest(n) => n,
+            _ => 0,
+        },
+        fault: Fault::None,
+    };
+    let peer_guest = GuestConfig {
+        role: GuestRole::Peer,
+        vm: PEER_VM,
+        fault: cfg.peer_fault,
+        ..GuestConfig::default()
+    };
+    let writes_total = owner_guest.schedule().total_writes();
+    if let Switch::OwnerRequest(n) = cfg.switch
+        && (n == 0 || n >= writes_total)
+    {
+        return Err(MigrateError::Config(format!(
+            "--migrate-at {n} must lie in 1..{writes_total} (the workload's writes)"
+        )));
+    }
+    if cfg.destination_fault != DestinationFault::None && cfg.mode != Mode::Live {
+        return Err(MigrateError::Config(
+            "the destination fault hook needs --mode live".into(),
+        ));
+    }
+    let owner_append = owner_guest.to_string();
+    let peer_append = peer_guest.to_string();
+    for a in [&owner_append, &peer_append] {
+        GuestConfig::parse(a).map_err(|e| MigrateError::Config(e.to_string()))?;
+    }
+
+    let workdir = Workdir::create(cfg.workdir.as_deref(), cfg.keep)?;
+    let dir = workdir.path().to_path_buf();
+    let disk_bytes = disk::image_size(0, cfg.blocks)?;
+    let mut image = DiskImage::create(&dir.join("disk.img"), disk_bytes)?;
+    if cfg.keep {
+        image.keep();
+    }
+    let backend = DiskBackend::File(image.path().to_path_buf());
+    let t0 = Instant::now();
+    let mut progress = Progress::new(t0, cfg.progress);
+
+    // The shim listens before QEMU starts: COM2 output without a listener is dropped.
+    let owner_listener = ControlListener::bind(&dir.join("ctl-owner.sock"))?;
+    let peer_listener = ControlListener::bind(&dir.join("ctl-peer.sock"))?;
+    let base = MachineSpec {
+        qemu: qemu_bin,
+        accel,
+        memory_mib: MEMORY_MIB,
+        bios,
+        kernel,
+        append: String::new(),
+        qmp_socket: PathBuf::new(),
+        boot_disk: None,
+        control_socket: None,
+        ring: None,
+        incoming: false,
+    };
+    let peer_spec = MachineSpec {
+        append: peer_append,
+        qmp_socket: dir.join("qmp-peer.sock"),
+        control_socket: Some(peer_listener.path().to_path_buf()),
+        ..base.clone()
+    };
+    let owner_spec = MachineSpec {
+        append: owner_append,
+        qmp_socket: dir.join("qmp-owner.sock"),
+        control_socket: Some(owner_listener.path().to_path_buf()),
+        boot_disk: Some(backend.clone()),
+        ..base
+    };
+
+    let plan = Plan {
+        cfg,
+        guest: &owner_guest,
+        accel: accel.as_str(),
+        accel_reason,
+        disk_bytes,
+        workdir: &workdir,
+        image: &image,
+    };
+    let started = start(
+        cfg,
+        &dir,
+        t0,
+        &owner_spec,
+        &peer_spec,
+        &owner_listener,
+        &peer_listener,
+        &backend,
+        &mut progress,
+    );
+    let report = match started {
+        Ok(mut s) => {
+            let result = s.drive(&mut progress);
+            s.finish(result, &mut progress, &plan)
+        }
+        Err(e) => {
+            let why = chain(&e);
+            progress.say(format!("set-up failed: {why}"));
+            failed_setup_report(&plan, why, progress)
+        }
+    };
+    drop(owner_listener);
+    drop(peer_listener);
+    drop(image);
+    Ok(MigrateOutcome { report, workdir })
+}
+
+/// What the scenario was set up to do (for the report).
+struct Plan<'a> {
+    cfg: &'a MigrateConfig,
+    guest: &'a GuestConfig,
+    accel: &'static str,
+    accel_reason: String,
+    disk_bytes: u64,
+    workdir: &'a Workdir,
+    image: &'a DiskImage,
+}
+
+/// The progress display: timestamped lines on stderr, kept for the report.
+struct Progress {
+    t0: Instant,
+    print: bool,
+    lines: Vec<TimelineEntry>,
+}
+
+impl Progress {
+    fn new(t0: Instant, print: bool) -> Self {
+        Self {
+            t0,
+            print,
+            lines: Vec::new(),
+        }
+    }
+
+    fn say(&mut self, what: String) {
+        let at_ms = ms_between(self.t0, Instant::now());
+        if self.print {
+            eprintln!("[{at_ms:8.1} ms] {what}");
+        }
+        self.lines.push(TimelineEntry { at_ms, what });
+    }
+}
+
+fn ms_between(a: Instant, b: Instant) -> f64 {
+    let d = if b >= a {
+        (b - a).as_secs_f64()
+    } else {
+        -(a - b).as_secs_f64()
+    };
+    (d * 1e4).round() / 10.0
+}
+
+fn phase(a: Option<Instant>, b: Option<Instant>) -> Option<f64> {
+    Some(ms_between(a?, b?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seeded_switch_points_spread_inside_the_window() {
+        let pts: Vec<u64> = (0..10).map(|s| seeded_switch_ms(s, 4096)).collect();
+        assert!(pts.iter().all(|&p| (20..20 + 128).contains(&p)), "{pts:?}");
+        let mut uniq = pts.clone();
+        uniq.sort_unstable();
+        uniq.dedup();
+        assert!(uniq.len() >= 8, "{pts:?}");
+        assert_eq!(seeded_switch_ms(7, 2048), seeded_switch_ms(7, 2048));
+        assert!(seeded_switch_ms(1, 16384) < 20 + 512);
+        assert!(seeded_switch_ms(1, 1 << 30) < 1020);
+        assert!(seeded_switch_ms(1, 1) < 70);
+        let small: Vec<u64> = (1..=10).map(|s| seeded_switch_ms(s, 256)).collect();
+        assert!(small.iter().all(|&p| (20..70).contains(&p)), "{small:?}");
+    }
+
+    #[test]
+    fn event_times_come_from_qemus_stamp() {
+        let now = Instant::now();
+        let wall = std::time::SystemTime::now();
+        let us = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH).unwrap().as_micros() as u64
+        };
+        let ev = |timestamp_us| qmp::Event {
+            name: "DEVICE_DELETED".into(),
+            data: Value::Null,
+            timestamp_us,
+        };
+        let old = ev(us(wall - Duration::from_millis(40)));
+        let at = event_instant(&old, now, wall);
+        assert!((now - at).as_millis().abs_diff(40) <= 1);
+        assert_eq!(event_instant(&ev(0), now, wall), now);
+        let future = ev(us(wall + Duration::from_secs(5)));
+        assert_eq!(event_instant(&future, now, wall), now);
+        let ancient = ev(us(wall - Duration::from_secs(3600)));
+        assert_eq!(event_instant(&ancient, now, wall), now);
+    }
+
+    #[test]
+    fn shell_quoting() {
+        assert_eq!(shell_quote("/a b/c"), "'/a b/c'");
+        assert_eq!(shell_quote("x'y"), r"'x'\''y'");
+    }
+
+    #[test]
+    fn phase_times_are_signed_ms() {
+        let a = Instant::now();
+        let b = a + Duration::from_micros(1500);
+        assert_eq!(phase(Some(a), Some(b)), Some(1.5));
+        assert_eq!(phase(Some(b), Some(a)), Some(-1.5));
+        assert_eq!(phase(None, Some(a)), None);
+    }
+}

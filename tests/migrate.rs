@@ -308,6 +308,9 @@ fn a_faulty_peer_is_detected_and_no_acknowledged_write_is_lost() {
     assert_eq!(u(&rep, "duplicated"), 0, "{}", ctx());
     assert!(u(&rep, "write_errors") > 0, "{}", ctx());
     assert!(u(&rep, "writes_verified") > 0, "{}", ctx());
+    assert!(u(&rep, "requests_queued_at_switch") > 0, "{}", ctx());
+    assert!(u(&rep, "requests_forwarded") > 0, "{}", ctx());
+    assert_eq!(u(&rep, "control_rejected"), 0, "{}", ctx());
     assert_eq!(
         u(&rep, "writes_verified"),
         u(&rep, "writes_acked"),

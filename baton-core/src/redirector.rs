@@ -311,11 +311,25 @@ impl Slot {
 /// Shared by reference between submitters, completers, the control path (transitions) and one
 /// [`Releaser`]; every method takes `&self`.
 pub struct Redirector<const N: usize> {
-    word: AtomicU64,
+    /// The state word, alone on its cache line: every submit and completion CASes it, and
+    /// nothing else should share the line it bounces on.
+    word: CacheLine<AtomicU64>,
     slots: [Slot; N],
     /// The next ticket the releaser dispatches; touched only by the current [`Releaser`].
-    head: AtomicU32,
+    head: CacheLine<AtomicU32>,
     releaser_taken: AtomicBool,
+}
+
+/// Keeps a value on a 64-byte cache line of its own.
+#[repr(align(64))]
+struct CacheLine<T>(T);
+
+impl<T> core::ops::Deref for CacheLine<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 impl<const N: usize> Default for Redirector<N> {
@@ -349,9 +363,9 @@ impl<const N: usize> Redirector<N> {
     pub const fn new() -> Self {
         let _ = Self::CAPACITY; // compile-time check of N
         Redirector {
-            word: AtomicU64::new(0),
+            word: CacheLine(AtomicU64::new(0)),
             slots: [const { Slot::new() }; N],
-            head: AtomicU32::new(0),
+            head: CacheLine(AtomicU32::new(0)),
             releaser_taken: AtomicBool::new(false),
         }
     }
@@ -362,9 +376,9 @@ impl<const N: usize> Redirector<N> {
     pub fn new() -> Self {
         let _ = Self::CAPACITY; // compile-time check of N
         Redirector {
-            word: AtomicU64::new(0),
+            word: CacheLine(AtomicU64::new(0)),
             slots: core::array::from_fn(|_| Slot::new()),
-            head: AtomicU32::new(0),
+            head: CacheLine(AtomicU32::new(0)),
             releaser_taken: AtomicBool::new(false),
         }
     }
@@ -548,6 +562,11 @@ impl<const N: usize> Redirector<N> {
 
     /// Takes the releaser, the single consumer of the queue. `None` while another one exists.
     pub fn releaser(&self) -> Option<Releaser<'_, N>> {
+        // A plain load first: a taken releaser is the common case under contention, and a failed
+        // CAS would still pull the line in exclusive mode.
+        if self.releaser_taken.load(Ordering::Relaxed) {
+            return None;
+        }
         self.releaser_taken
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .ok()?;

@@ -167,6 +167,15 @@ pub enum Workdir {
 
 impl Workdir {
     pub(crate) fn create(dir: Option<&Path>, keep: bool) -> Result<Self, RunError> {
+        Self::create_with_prefix(dir, keep, "baton-run-")
+    }
+
+    /// As [`Workdir::create`], naming a temporary directory `<prefix>XXXXXX`.
+    pub(crate) fn create_with_prefix(
+        dir: Option<&Path>,
+        keep: bool,
+        prefix: &str,
+    ) -> Result<Self, RunError> {
         match dir {
             Some(d) => {
                 std::fs::create_dir_all(d).map_err(|source| RunError::Workdir {
@@ -177,7 +186,7 @@ impl Workdir {
             }
             None => {
                 let t = tempfile::Builder::new()
-                    .prefix("baton-run-")
+                    .prefix(prefix)
                     .tempdir()
                     .map_err(|source| RunError::Workdir {
                         path: std::env::temp_dir(),

@@ -336,7 +336,7 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
         GuestConfig::parse(a).map_err(|e| MigrateError::Config(e.to_string()))?;
     }
 
-    let workdir = Workdir::create(cfg.workdir.as_deref(), cfg.keep)?;
+    let workdir = Workdir::create_with_prefix(cfg.workdir.as_deref(), cfg.keep, "baton-migrate-")?;
     let dir = workdir.path().to_path_buf();
     let disk_bytes = disk::image_size(0, cfg.blocks)?;
     let mut image = DiskImage::create(&dir.join("disk.img"), disk_bytes)?;

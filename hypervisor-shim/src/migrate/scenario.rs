@@ -83,8 +83,6 @@ pub(super) struct Scenario<'a> {
     pub(super) events: Vec<VmEvent>,
     pub(super) guest_error: Option<String>,
     pub(super) peer_fault_injected: bool,
-    /// Live mode: the destination, started while the disk moves.
-    pub(super) pending_dest: Option<Result<PendingDest, Abort>>,
 }
 
 /// Starts both guests and connects everything.
@@ -163,7 +161,6 @@ pub(super) fn start<'a>(
         events: Vec::new(),
         guest_error: None,
         peer_fault_injected: false,
-        pending_dest: None,
     })
 }
 
@@ -212,18 +209,6 @@ impl Scenario<'_> {
         }
         self.wait_device_deleted(p)?;
         self.move_disk(p)?;
-        if self.cfg.mode == Mode::Live {
-            // The owner's device set is final now (no disk, the ivshmem device): start the
-            // destination while the peer brings the disk up.
-            let pd = self.launch_destination("destination");
-            if let Ok(d) = &pd {
-                p.say(format!(
-                    "destination QEMU started (pid {}) with the owner's current device set",
-                    d.vm.qemu.pid()
-                ));
-            }
-            self.pending_dest = Some(pd);
-        }
         let (msg, at) = self.wait_msg(p, Role::Peer, "the peer's `peer-ready`", |m| {
             matches!(m, Message::PeerReady { .. })
         })?;
@@ -910,11 +895,9 @@ impl Scenario<'_> {
     /// Step 4, live: migrate the owner to a second QEMU.
     fn live_migrate(&mut self, p: &mut Progress) -> Result<(), Abort> {
         let _ = self.handoff.shim_moves_to(HandoffState::Migrating);
-        let pending = match self.pending_dest.take() {
-            Some(p) => p,
-            None => self.launch_destination("destination"),
-        };
-        let connected = match pending {
+        // Started only now: a QEMU starting up during the handoff would compete for the CPU with
+        // the guests while the owner's I/O is stalled.
+        let connected = match self.launch_destination("destination") {
             Ok(pd) => Self::connect_destination(pd),
             Err(e) => return self.migration_failed(p, e, None),
         };
@@ -926,7 +909,7 @@ impl Scenario<'_> {
             }
         };
         p.say(format!(
-            "destination connected (pid {}, -incoming defer, no disk, ivshmem in slot {RING_SLOT})",
+            "destination QEMU started (pid {}, -incoming defer, the owner's current device set: no disk, ivshmem in slot {RING_SLOT})",
             dest.qemu.pid()
         ));
         let mig_sock = self.dir.join("migrate.sock");

@@ -106,6 +106,26 @@ fn direct_io_under_tcg() {
 }
 
 #[test]
+fn direct_io_under_kvm_or_a_clear_refusal() {
+    // Whatever BATON_TEST_ACCEL says, KVM is exercised too where /dev/kvm can be opened (even a
+    // software KVM such as PVM, hence the tiny workload); where it cannot, `--accel kvm` must be
+    // refused with a clear error instead of silently falling back.
+    let kvm_usable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .is_ok();
+    let (_dir, out, rep) = run_with("kvm", &["--blocks", "8", "--passes", "2", "--qd", "4"]);
+    if kvm_usable {
+        assert_verified(&out, &rep, 16);
+        assert_eq!(rep["accel"], "kvm");
+    } else {
+        assert_ne!(out.code(), Some(0), "{}", out.dump());
+        assert!(out.stderr.contains("kvm"), "{}", out.dump());
+    }
+}
+
+#[test]
 fn a_guest_panic_is_a_failure_not_a_hang() {
     let (_dir, out, rep) = run(&["--guest-panic"]);
     assert_eq!(out.code(), Some(1), "{}", out.dump());

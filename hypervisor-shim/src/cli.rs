@@ -153,6 +153,9 @@ pub enum ModeArg {
     Live,
     /// Save to a file, quit, restore in a new QEMU process.
     Save,
+    /// The handoff only, no migration: the owner finishes at the source through the peer
+    /// (measures the forwarded path; `bench` uses it).
+    None,
 }
 
 /// The peer's fault hook.
@@ -168,9 +171,12 @@ pub enum PeerFaultArg {
 /// Options of `migrate`.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// Live migration or save + restore.
+    /// Live migration, save + restore, or none (the handoff only).
     #[arg(long, value_enum, default_value_t = ModeArg::Live)]
     pub mode: ModeArg,
+    /// Disk backend (`null`: the I/O path only, nothing verified).
+    #[arg(long, value_enum, default_value_t = Backend::File)]
+    pub backend: Backend,
     /// Accelerator.
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     pub accel: AccelArg,
@@ -244,6 +250,11 @@ impl MigrateArgs {
             mode: match self.mode {
                 ModeArg::Live => Mode::Live,
                 ModeArg::Save => Mode::Save,
+                ModeArg::None => Mode::None,
+            },
+            backend: match self.backend {
+                Backend::File => BackendKind::File,
+                Backend::Null => BackendKind::Null,
             },
             accel: accel_choice(self.accel),
             blocks: self.blocks,

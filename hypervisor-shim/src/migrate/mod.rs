@@ -135,6 +135,9 @@ pub enum Mode {
     Live,
     /// Save the owner to a file, quit its QEMU, restore it in a new one.
     Save,
+    /// The handoff only, no migration: the owner finishes at the source, forwarding through the
+    /// peer (measures the forwarded path without a migration inside it).
+    None,
 }
 
 impl Mode {
@@ -143,6 +146,7 @@ impl Mode {
         match self {
             Self::Live => "live",
             Self::Save => "save",
+            Self::None => "none",
         }
     }
 }
@@ -171,8 +175,11 @@ pub enum DestinationFault {
 /// Everything `migrate` needs.
 #[derive(Debug, Clone)]
 pub struct MigrateConfig {
-    /// Live or save.
+    /// Live, save, or none (the handoff only).
     pub mode: Mode,
+    /// The disk: a raw image (verified on the host) or `null-co` (the I/O path only; nothing kept,
+    /// nothing verified).
+    pub backend: run::BackendKind,
     /// Accelerator.
     pub accel: AccelChoice,
     /// Distinct blocks.
@@ -303,7 +310,8 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
         seed: cfg.seed,
         first_lba: 0,
         disk: DiskMode::Boot,
-        verify: true,
+        // null-co reads zeroes: a read-back check there can only fail.
+        verify: cfg.backend == run::BackendKind::File,
         panic: false,
         migrate_at: match cfg.switch {
             Switch::OwnerRequest(n) => n,
@@ -343,7 +351,10 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
     if cfg.keep {
         image.keep();
     }
-    let backend = DiskBackend::File(image.path().to_path_buf());
+    let backend = match cfg.backend {
+        run::BackendKind::File => DiskBackend::File(image.path().to_path_buf()),
+        run::BackendKind::Null => DiskBackend::Null { size: disk_bytes },
+    };
     let t0 = Instant::now();
     let mut progress = Progress::new(t0, cfg.progress);
 

@@ -18,7 +18,7 @@ pub(super) fn failed_setup_report(
         accel_reason: plan.accel_reason.clone(),
         qemu_version: None,
         qemu_commands: BTreeMap::new(),
-        backend: "file".into(),
+        backend: backend_name(cfg).into(),
         vm: OWNER_VM,
         peer_vm: PEER_VM,
         blocks: g.blocks,
@@ -80,6 +80,13 @@ pub(super) fn failed_setup_report(
     }
 }
 
+fn backend_name(cfg: &MigrateConfig) -> &'static str {
+    match cfg.backend {
+        run::BackendKind::File => "file",
+        run::BackendKind::Null => "null",
+    }
+}
+
 fn switch_report(
     cfg: &MigrateConfig,
     after_ms: Option<u64>,
@@ -122,7 +129,10 @@ pub(super) fn build_report(
     if guest_exit != GuestExit::Success {
         failures.push(format!("owner: {reason}"));
     }
-    if exited && !s.owner_is_destination && s.migration.error.is_none() {
+    if exited && cfg.mode == Mode::None && s.times.forwarding.is_none() {
+        failures.push("the owner finished before the handoff completed (--mode none)".into());
+    }
+    if exited && !s.owner_is_destination && s.migration.error.is_none() && cfg.mode != Mode::None {
         let why = if lines.peer_fault.is_some() {
             "the owner stopped at the source after detecting a peer fault".to_owned()
         } else if s.times.forwarding.is_some() || s.times.directed.is_some() {
@@ -187,6 +197,9 @@ pub(super) fn build_report(
     // Host-side verification, after the peer quit.
     let mut verification: Option<Verification> = None;
     let note = match guest_report.as_ref().map(Acks::from_report) {
+        _ if cfg.backend == run::BackendKind::Null => {
+            "skipped: null-co keeps no data (a measurement run)".to_owned()
+        }
         None => {
             failures.push("disk not verified: no usable owner report".into());
             "skipped: no usable owner report, so the acknowledged writes are unknown".to_owned()
@@ -262,7 +275,7 @@ pub(super) fn build_report(
         accel_reason: plan.accel_reason.clone(),
         qemu_version: s.qemu_version.take(),
         qemu_commands: std::mem::take(&mut s.commands),
-        backend: "file".into(),
+        backend: backend_name(cfg).into(),
         vm: OWNER_VM,
         peer_vm: PEER_VM,
         blocks: guest.blocks,

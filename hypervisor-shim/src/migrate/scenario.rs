@@ -244,6 +244,9 @@ impl Scenario<'_> {
         match self.cfg.mode {
             Mode::Live => self.live_migrate(p)?,
             Mode::Save => self.save_restore(p)?,
+            Mode::None => {
+                p.say("no migration (--mode none): the owner finishes at the source".into())
+            }
         }
         self.wait_owner_exit(p)
     }

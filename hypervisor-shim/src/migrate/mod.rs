@@ -87,6 +87,10 @@ const QMP_POLL: Duration = Duration::from_millis(2);
 const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for each handoff step (drained, released, DEVICE_DELETED, peer-ready, forwarding).
 const STEP_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long the peer's `device_add` is retried while the image is still locked.
+const LOCK_RETRY_FOR: Duration = Duration::from_secs(5);
+/// Pause between those attempts.
+const LOCK_RETRY_EVERY: Duration = Duration::from_millis(2);
 /// Longest wait for a migration (or save) to finish.
 const MIGRATION_TIMEOUT: Duration = Duration::from_secs(90);
 /// Longest wait for the destination to run after the migration completed.

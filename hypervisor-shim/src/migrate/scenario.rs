@@ -330,49 +330,91 @@ impl Scenario<'_> {
         ));
         self.owner_spec.boot_disk = None;
         self.owner_spec.ring = Some(ring);
+        // The peer's block node now, while port 1 drains: `blockdev-add` takes no permission on
+        // the image, so it succeeds while the owner still holds the write lock (only the peer's
+        // `device_add` needs it).
+        self.peer
+            .exec(&BlockdevAdd(self.backend.blockdev_options(DISK_ID)))?;
         Ok(())
     }
 
-    /// Waits for the device-level `DEVICE_DELETED` of the disk (the second one; qemu-notes.md).
+    /// Waits until the owner's QEMU released the disk's drive: the `DEVICE_DELETED` of the
+    /// virtio backend (`.../disk0/virtio-backend`, the first of the two; qemu-notes.md), or of
+    /// `disk0` itself. QOM's `object_finalize` releases the backend's `drive` property (the
+    /// BlockBackend and with it the image's write lock) just before `device_finalize` sends its
+    /// event; the proxy's own event follows ~60 ms later only because its memory regions are
+    /// freed by QEMU's RCU thread, which waits up to 5 × 10 ms for callbacks to pile up
+    /// (util/rcu.c, `call_rcu_thread`). `device_add` in the peer is retried if the lock is still
+    /// held ([`Scenario::add_peer_disk`]).
     fn wait_device_deleted(&mut self, p: &mut Progress) -> Result<(), Abort> {
-        let at = self.wait_until(p, "DEVICE_DELETED of disk0", STEP_TIMEOUT, |s| {
+        let backend = format!("/machine/peripheral/{DISK_ID}/virtio-backend");
+        let (at, what) = self.wait_until(p, "DEVICE_DELETED of disk0", STEP_TIMEOUT, |s| {
             s.owner.pump_events(QMP_POLL);
-            Ok(s.owner
-                .events
-                .iter()
-                .find(|(_, e)| {
-                    e.name == "DEVICE_DELETED"
-                        && e.data.get("device").and_then(Value::as_str) == Some(DISK_ID)
-                })
-                .map(|(at, _)| *at))
+            Ok(s.owner.events.iter().find_map(|(at, e)| {
+                if e.name != "DEVICE_DELETED" {
+                    None
+                } else if e.data.get("device").and_then(Value::as_str) == Some(DISK_ID) {
+                    Some((*at, DISK_ID.to_owned()))
+                } else if e.data.get("path").and_then(Value::as_str) == Some(backend.as_str()) {
+                    Some((*at, format!("{DISK_ID}/virtio-backend")))
+                } else {
+                    None
+                }
+            }))
         })?;
         self.times.device_deleted = Some(at);
         p.say(format!(
-            "device deleted: DEVICE_DELETED {DISK_ID} from the owner's QEMU (image unlocked)"
+            "device deleted: DEVICE_DELETED {what} from the owner's QEMU (drive released, image unlocked)"
         ));
         Ok(())
     }
 
-    /// Step 2: the disk moves from the owner's QEMU to the peer's.
+    /// `device_add` of the disk into the peer, retried for a while if QEMU says the image is still
+    /// locked (the owner's QEMU not yet through releasing it). Returns the attempts made.
+    fn add_peer_disk(&mut self, p: &mut Progress) -> Result<u32, Abort> {
+        let start = Instant::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let r = self.peer.exec(&DeviceAdd {
+                driver: "virtio-blk-pci".into(),
+                id: DISK_ID.into(),
+                props: qemu::virtio_blk_device_props(DISK_ID, PEER_DISK_SLOT),
+            });
+            match r {
+                Ok(_) => return Ok(attempts),
+                Err(Abort::Qmp {
+                    source: qmp::QmpError::Rejected { ref desc, .. },
+                    ..
+                }) if desc.contains("lock") && start.elapsed() < LOCK_RETRY_FOR => {
+                    self.step(p)?;
+                    std::thread::sleep(LOCK_RETRY_EVERY);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Step 2: the disk moves from the owner's QEMU to the peer's (whose block node was added
+    /// when the handoff was directed); the owner's node goes once the peer has the disk.
     fn move_disk(&mut self, p: &mut Progress) -> Result<(), Abort> {
-        self.owner.exec(&BlockdevDel {
-            node_name: DISK_ID.into(),
-        })?;
-        self.peer
-            .exec(&BlockdevAdd(self.backend.blockdev_options(DISK_ID)))?;
-        self.peer.exec(&DeviceAdd {
-            driver: "virtio-blk-pci".into(),
-            id: DISK_ID.into(),
-            props: qemu::virtio_blk_device_props(DISK_ID, PEER_DISK_SLOT),
-        })?;
+        let attempts = self.add_peer_disk(p)?;
         self.send(
             Role::Peer,
             Message::DiskAttached {
                 slot: PEER_DISK_SLOT,
             },
         )?;
+        self.owner.exec(&BlockdevDel {
+            node_name: DISK_ID.into(),
+        })?;
+        let retried = if attempts > 1 {
+            format!(" after {attempts} attempts (image still locked)")
+        } else {
+            String::new()
+        };
         p.say(format!(
-            "disk moved: blockdev-del in the owner; blockdev-add + device_add virtio-blk-pci (slot {PEER_DISK_SLOT}) in the peer; disk-attached sent"
+            "disk moved: device_add virtio-blk-pci (slot {PEER_DISK_SLOT}) in the peer{retried}, disk-attached sent; blockdev-del in the owner"
         ));
         Ok(())
     }

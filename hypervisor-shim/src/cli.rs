@@ -6,6 +6,7 @@ use std::time::Duration;
 use baton_core::cmdline::{MAX_BLOCKS, MAX_PASSES, MAX_QD};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::bench::BenchConfig;
 use crate::migrate::{DEFAULT_SWITCH_AFTER_MS, DestinationFault, MigrateConfig, Mode, Switch};
 use crate::run::{AccelChoice, BackendKind, RunConfig};
 
@@ -36,7 +37,9 @@ pub enum Cmd {
     /// succeeded at the destination and the migration succeeded; 1 otherwise (see the report); 2
     /// when it could not be set up.
     Migrate(MigrateArgs),
-    /// Measure direct-path IOPS (4 KiB writes on null-co) per queue depth and boot to first I/O.
+    /// Measure the handoff and both I/O paths in one run: direct vs forwarded IOPS and latency,
+    /// blackout and phases over repeated handoffs, migration downtime, QEMU start to first I/O,
+    /// idle guest CPU, and the redirector's host bench; a table, JSON and a timeline plot.
     Bench(BenchArgs),
     /// Check the host: QEMU, its firmware, KVM, and the guest kernel.
     Check(CheckArgs),
@@ -287,22 +290,32 @@ pub struct BenchArgs {
     /// Accelerator.
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     pub accel: AccelArg,
-    /// Queue depths to measure (comma-separated).
+    /// Smoke check in under a minute: tiny workloads, 2 handoffs, 2 s idle sample, the quick
+    /// redirector bench.
+    #[arg(long)]
+    pub quick: bool,
+    /// Queue depths of the direct runs (comma-separated).
     #[arg(long, value_delimiter = ',', default_values_t = [1u16, 32],
           value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_QD)))]
     pub qd: Vec<u16>,
-    /// Runs per queue depth (the median is reported).
-    #[arg(long, default_value_t = 5,
-          value_parser = clap::value_parser!(u32).range(1..=100))]
-    pub runs: u32,
-    /// Distinct blocks per run.
-    #[arg(long, default_value_t = 4096,
-          value_parser = clap::value_parser!(u64).range(1..=MAX_BLOCKS))]
-    pub blocks: u64,
-    /// Passes per run.
-    #[arg(long, default_value_t = 4,
-          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PASSES)))]
-    pub passes: u32,
+    /// Direct runs per queue depth (the median is reported) [default: 3, quick 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
+    pub runs: Option<u32>,
+    /// Distinct blocks per direct run [default: 4096, quick 1024].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_BLOCKS))]
+    pub blocks: Option<u64>,
+    /// Passes per direct run [default: 4, quick 2].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PASSES)))]
+    pub passes: Option<u32>,
+    /// Repeated handoffs, live and save alternating [default: 20, quick 2].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub handoffs: Option<u32>,
+    /// Seconds of the idle-guest CPU sample [default: 5, quick 2].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub idle_secs: Option<u64>,
+    /// Do not run the redirector's host bench (`cargo bench`).
+    #[arg(long)]
+    pub no_redirector: bool,
     /// Hard timeout of each run, in seconds.
     #[arg(long, default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
@@ -316,27 +329,33 @@ pub struct BenchArgs {
     /// Write the results as JSON to this file.
     #[arg(long)]
     pub report: Option<PathBuf>,
+    /// Write the handoff timeline plot (SVG) to this file [default: handoff-timeline.svg next to
+    /// the report].
+    #[arg(long)]
+    pub plot: Option<PathBuf>,
+    /// Do not print progress on stderr.
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 impl BenchArgs {
-    /// The run configuration every benchmark run starts from.
-    pub fn base(&self) -> RunConfig {
-        RunConfig {
-            backend: BackendKind::Null,
+    /// The benchmark configuration these options describe.
+    pub fn config(&self) -> BenchConfig {
+        let q = self.quick;
+        BenchConfig {
             accel: accel_choice(self.accel),
-            vm: 1,
-            blocks: self.blocks,
-            passes: self.passes,
-            qd: 1,
-            seed: 1,
-            first_lba: 0,
-            hotplug_disk: false,
-            guest_panic: false,
+            quick: q,
+            depths: self.qd.clone(),
+            runs: self.runs.unwrap_or(if q { 1 } else { 3 }),
+            blocks: self.blocks.unwrap_or(if q { 1024 } else { 4096 }),
+            passes: self.passes.unwrap_or(if q { 2 } else { 4 }),
+            handoffs: self.handoffs.unwrap_or(if q { 2 } else { 20 }),
+            idle: Duration::from_secs(self.idle_secs.unwrap_or(if q { 2 } else { 5 })),
+            redirector: !self.no_redirector,
             timeout: Duration::from_secs(self.timeout_secs),
             kernel: self.kernel.clone(),
             qemu: self.qemu.clone(),
-            workdir: None,
-            keep: false,
+            progress: !self.quiet,
         }
     }
 }

@@ -67,14 +67,20 @@ fn cmd_migrate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
 
 fn cmd_bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
     run::install_interrupt_handler();
-    let report = bench::bench(&args.base(), &args.qd, args.runs)?;
-    if let Some(path) = &args.report {
-        let text = serde_json::to_string_pretty(&report)?;
-        std::fs::write(path, text + "\n")
-            .with_context(|| format!("cannot write the report to {}", path.display()))?;
-    }
+    let mut report = bench::bench(&args.config())?;
+    let plot = bench::write_outputs(&mut report, args.report.as_deref(), args.plot.as_deref())
+        .context("cannot write the report or the plot")?;
     print!("{}", report.markdown());
-    Ok(ExitCode::SUCCESS)
+    match (plot, &report.plot_error) {
+        (Some(p), _) => println!("\nplot: {}", p.display()),
+        (None, Some(e)) => println!("\nno plot: {e}"),
+        (None, None) => println!("\nplot not written (give --report or --plot)"),
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 fn cmd_check(args: &CheckArgs) -> anyhow::Result<ExitCode> {

@@ -1,0 +1,251 @@
+//! CPU use of idle guests: QEMU's `utime + stime` (all its threads, from `/proc/<pid>/stat`) over a
+//! few seconds while the guest waits, as a percentage of one host core.
+//!
+//! Two guests wait at once: a **peer** waiting for its ring (what a standby VM2 does between
+//! handoffs: `hello` answered, nothing more), and an **owner** booted without a disk, waiting for
+//! one to be hot-plugged (`BATON waiting-for-disk`). Both wait the same way: `hlt` between timer
+//! ticks, the tick slowed to 100 Hz after 50 ms without work (kernel `interrupts::idle`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use baton_core::cmdline::{DiskMode, GuestConfig, Role};
+use baton_core::control::Message;
+use serde::Serialize;
+
+use crate::channel::{ControlChannel, ControlListener, Received};
+use crate::console::{Recv, SerialConsole, StderrCapture};
+use crate::qemu::{self, Accel, MachineSpec, QemuProcess};
+
+/// Longest wait for a guest to start waiting.
+const READY_TIMEOUT: Duration = Duration::from_secs(60);
+/// Time given to a waiting guest to settle (its timer slows down after 50 ms idle).
+const SETTLE: Duration = Duration::from_millis(500);
+/// Guest RAM (as in every scenario).
+const MEMORY_MIB: u32 = 128;
+
+/// Result of the idle measurement.
+#[derive(Debug, Clone, Serialize)]
+pub struct IdleResult {
+    /// The peer waiting for its ring: percent of one core.
+    pub peer_waiting_for_ring_percent: f64,
+    /// The owner waiting for a hot-plugged disk: percent of one core.
+    pub owner_waiting_for_disk_percent: f64,
+    /// Length of the sample, in s.
+    pub seconds: f64,
+    /// Clock ticks per second of `/proc/<pid>/stat` (its resolution).
+    pub clk_tck: u64,
+    /// How it was measured.
+    pub method: String,
+}
+
+/// Errors of the idle measurement.
+#[derive(Debug, thiserror::Error)]
+pub enum IdleError {
+    /// QEMU could not be started
+    #[error(transparent)]
+    Qemu(#[from] qemu::QemuError),
+    /// set-up
+    #[error("{0}")]
+    Setup(String),
+}
+
+/// One guest under observation.
+struct Guest {
+    qemu: QemuProcess,
+    serial: Option<SerialConsole>,
+    _stderr: Option<StderrCapture>,
+}
+
+impl Guest {
+    fn spawn(spec: &MachineSpec, dir: &Path, label: &str) -> Result<Self, IdleError> {
+        let mut qemu = spec.spawn()?;
+        let t0 = qemu.started();
+        let serial = match qemu.take_stdout() {
+            Some(out) => Some(
+                SerialConsole::start(out, &dir.join(format!("serial-{label}.log")), t0)
+                    .map_err(|e| IdleError::Setup(format!("serial log: {e}")))?,
+            ),
+            None => None,
+        };
+        let stderr = match qemu.take_stderr() {
+            Some(err) => StderrCapture::start(err, &dir.join(format!("qemu-{label}.stderr"))).ok(),
+            None => None,
+        };
+        Ok(Self {
+            qemu,
+            serial,
+            _stderr: stderr,
+        })
+    }
+
+    /// Drains serial lines; whether one equals `want`.
+    fn saw_line(&mut self, want: &str) -> bool {
+        let mut seen = false;
+        if let Some(s) = &self.serial {
+            while let Recv::Line(l) = s.recv(Duration::ZERO) {
+                seen |= l.text == want;
+            }
+        }
+        seen
+    }
+}
+
+/// `utime + stime` of `pid` in clock ticks.
+pub fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_stat_ticks(&stat)
+}
+
+/// `utime + stime` from the text of `/proc/<pid>/stat` (fields 14 and 15; the command name, field
+/// 2, is in parentheses and may contain spaces).
+fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    let f: Vec<&str> = after.split_whitespace().collect();
+    // `after` starts with field 3 (state): utime is field 14, stime field 15.
+    let utime: u64 = f.get(11)?.parse().ok()?;
+    let stime: u64 = f.get(12)?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn clk_tck() -> u64 {
+    // SAFETY: sysconf takes an integer name and touches no memory of ours.
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    u64::try_from(t).ok().filter(|&t| t > 0).unwrap_or(100)
+}
+
+/// Boots both idle guests, waits until each waits, and samples their CPU use over `sample`.
+pub fn measure(
+    qemu_bin: &Path,
+    kernel: &Path,
+    accel: Accel,
+    sample: Duration,
+    dir: &Path,
+) -> Result<IdleResult, IdleError> {
+    let bios = qemu::locate_bios()?;
+    let listener = ControlListener::bind(&dir.join("ctl-idle-peer.sock"))
+        .map_err(|e| IdleError::Setup(format!("control socket: {e}")))?;
+    let base = MachineSpec {
+        qemu: qemu_bin.to_path_buf(),
+        accel,
+        memory_mib: MEMORY_MIB,
+        bios,
+        kernel: kernel.to_path_buf(),
+        append: String::new(),
+        qmp_socket: dir.join("qmp-idle-peer.sock"),
+        boot_disk: None,
+        control_socket: None,
+        ring: None,
+        incoming: false,
+    };
+    let peer_spec = MachineSpec {
+        append: GuestConfig {
+            role: Role::Peer,
+            vm: 2,
+            ..GuestConfig::default()
+        }
+        .to_string(),
+        control_socket: Some(listener.path().to_path_buf()),
+        ..base.clone()
+    };
+    let owner_spec = MachineSpec {
+        append: GuestConfig {
+            role: Role::Owner,
+            vm: 1,
+            disk: DiskMode::Hotplug,
+            ..GuestConfig::default()
+        }
+        .to_string(),
+        qmp_socket: dir.join("qmp-idle-owner.sock"),
+        ..base
+    };
+    let mut peer = Guest::spawn(&peer_spec, dir, "idle-peer")?;
+    let mut owner = Guest::spawn(&owner_spec, dir, "idle-owner")?;
+    let stream = listener
+        .accept(READY_TIMEOUT, || peer.qemu.alive())
+        .map_err(|e| IdleError::Setup(format!("the idle peer's control channel: {e}")))?;
+    let mut ctl = ControlChannel::new("peer", stream);
+
+    // Both waiting: the peer said hello (and was acknowledged), the owner asked for a disk.
+    let start = Instant::now();
+    let (mut peer_ready, mut owner_ready) = (false, false);
+    while !(peer_ready && owner_ready) {
+        let got = ctl
+            .poll()
+            .map_err(|e| IdleError::Setup(format!("the idle peer's control channel: {e}")))?;
+        peer_ready |= got.iter().any(|r| {
+            matches!(
+                r,
+                Received::Message {
+                    msg: Message::Hello { .. },
+                    ..
+                }
+            )
+        });
+        owner_ready |= owner.saw_line("BATON waiting-for-disk");
+        peer.saw_line("");
+        for (g, name) in [(&mut peer, "peer"), (&mut owner, "owner")] {
+            if !g.qemu.alive() {
+                return Err(IdleError::Setup(format!(
+                    "the idle {name}'s QEMU exited before it waited"
+                )));
+            }
+        }
+        if start.elapsed() >= READY_TIMEOUT {
+            return Err(IdleError::Setup(format!(
+                "idle guests not waiting after {READY_TIMEOUT:?} (peer hello: {peer_ready}, owner waiting-for-disk: {owner_ready})"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let settle_until = Instant::now() + SETTLE;
+    while Instant::now() < settle_until {
+        let _ = ctl.poll();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    let (pp, op) = (peer.qemu.pid(), owner.qemu.pid());
+    let ticks = |pid| {
+        cpu_ticks(pid).ok_or_else(|| IdleError::Setup(format!("cannot read /proc/{pid}/stat")))
+    };
+    let (p0, o0, t0) = (ticks(pp)?, ticks(op)?, Instant::now());
+    let until = t0 + sample;
+    while Instant::now() < until {
+        // Keep the channel served (acks), as the shim does between handoffs.
+        let _ = ctl.poll();
+        peer.saw_line("");
+        owner.saw_line("");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (p1, o1, secs) = (ticks(pp)?, ticks(op)?, t0.elapsed().as_secs_f64());
+    let hz = clk_tck();
+    let pct = |a: u64, b: u64| super::stats::round((b - a) as f64 / hz as f64 / secs * 100.0, 2);
+    let r = IdleResult {
+        peer_waiting_for_ring_percent: pct(p0, p1),
+        owner_waiting_for_disk_percent: pct(o0, o1),
+        seconds: super::stats::round(secs, 2),
+        clk_tck: hz,
+        method: format!(
+            "utime+stime of the QEMU process (all threads) from /proc/<pid>/stat over {secs:.1} s, \
+             {SETTLE:?} after the guest began to wait; {hz} ticks/s"
+        ),
+    };
+    drop(ctl);
+    drop(peer);
+    drop(owner);
+    drop(listener);
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_fields() {
+        let s = "4242 (qemu-system-x86 (x)) S 1 2 3 4 5 6 7 8 9 10 1234 56 0 0 20 0 5 0 100";
+        assert_eq!(parse_stat_ticks(s), Some(1234 + 56));
+        assert_eq!(parse_stat_ticks("garbage"), None);
+        assert!(cpu_ticks(std::process::id()).is_some());
+    }
+}

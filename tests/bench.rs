@@ -1,0 +1,117 @@
+//! `hypervisor-shim bench --quick` end to end: every headline figure of the report is there and
+//! plausible, the targets are listed, and the handoff timeline plot is an SVG.
+//!
+//! The quick workloads are TCG-sized, so this test runs under `--accel auto` (TCG on a host whose
+//! `/dev/kvm` is software-emulated) unless `BATON_TEST_ACCEL=tcg` forces TCG. About 20-40 s under
+//! TCG on 2 cores, most of it the guests and the quick redirector bench (`cargo bench`, which is
+//! reported as unavailable rather than failing when cargo cannot run it).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::time::Duration;
+
+use common::{kernel, report, shim};
+use serde_json::Value;
+
+/// The harness kills the shim after this.
+const HARD_LIMIT: Duration = Duration::from_secs(240);
+
+fn num(v: &Value, k: &str) -> f64 {
+    v[k].as_f64()
+        .unwrap_or_else(|| panic!("`{k}` missing or not a number: {}", v[k]))
+}
+
+#[test]
+fn quick_bench_reports_every_figure_and_a_plot() {
+    let dir = tempfile::Builder::new()
+        .prefix("baton-bench-test-")
+        .tempdir()
+        .unwrap();
+    let json = dir.path().join("b.json");
+    let svg = dir.path().join("plot.svg");
+    let accel = if common::accel() == "tcg" {
+        "tcg"
+    } else {
+        "auto"
+    };
+    let kernel = kernel().display().to_string();
+    let (json_s, svg_s) = (json.display().to_string(), svg.display().to_string());
+    let out = shim(
+        &[
+            "bench", "--quick", "--accel", accel, "--kernel", &kernel, "--report", &json_s,
+            "--plot", &svg_s,
+        ],
+        HARD_LIMIT,
+    );
+    let r = report(&json, &out);
+    let ctx = || out.dump();
+    assert_eq!(out.code(), Some(0), "{}", ctx());
+    assert_eq!(r["ok"], true, "{}", ctx());
+
+    let p50 = num(&r, "blackout_ms_p50");
+    let max = num(&r, "blackout_ms_max");
+    assert!(p50 > 0.0 && p50 <= max && max < 10_000.0, "{}", ctx());
+    for k in [
+        "forwarded_over_direct_iops_qd32",
+        "forwarded_over_direct_latency_qd1",
+    ] {
+        let v = num(&r, k);
+        assert!(v > 0.0 && v < 100.0, "{k} = {v}: {}", ctx());
+    }
+    let downtime = num(&r, "migration_downtime_ms");
+    assert!((0.0..10_000.0).contains(&downtime), "{}", ctx());
+    let boot = num(&r, "boot_to_first_io_ms");
+    assert!(boot > 0.0 && boot < 60_000.0, "{}", ctx());
+    let idle = num(&r, "idle_cpu_percent");
+    assert!((0.0..=200.0).contains(&idle), "{}", ctx());
+    // The redirector's ratios, or a reason why the host bench could not run.
+    let red = &r["redirector_vs_mutex_4_threads"];
+    if red.is_null() {
+        let why = r["redirector"]["error"].as_str().unwrap_or("");
+        assert!(
+            !why.is_empty(),
+            "no redirector figures and no reason: {}",
+            ctx()
+        );
+    } else {
+        assert!(
+            num(red, "direct") > 0.0 && num(red, "forwarding") > 0.0,
+            "{}",
+            ctx()
+        );
+    }
+
+    assert_eq!(r["targets"].as_array().map(Vec::len), Some(6), "{}", ctx());
+    let side = r["side_by_side"].as_array().unwrap();
+    assert_eq!(side.len(), 4, "{}", ctx());
+    for s in side {
+        assert!(s["direct"]["iops"].as_u64().unwrap_or(0) > 0, "{s}");
+        assert!(s["forwarded"]["iops"].as_u64().unwrap_or(0) > 0, "{s}");
+    }
+    assert!(r["handoffs"]["ok"].as_u64().unwrap_or(0) >= 2, "{}", ctx());
+    for mode in ["live", "save"] {
+        assert!(
+            r["migration"][mode]["downtime_ms"]["p50"]
+                .as_f64()
+                .is_some(),
+            "{mode}: {}",
+            ctx()
+        );
+    }
+    // The table on stdout.
+    assert!(
+        out.stdout.contains("| figure | target | measured | met |"),
+        "{}",
+        ctx()
+    );
+
+    // The plot.
+    assert_eq!(r["plot_file"].as_str(), Some(svg_s.as_str()), "{}", ctx());
+    let text = std::fs::read_to_string(&svg).expect("plot written");
+    assert!(text.starts_with("<svg"), "{}", &text[..text.len().min(200)]);
+    assert!(text.trim_end().ends_with("</svg>"));
+    assert!(text.contains("<rect") && text.contains("first forwarded"));
+    assert_eq!(text.matches("<svg").count(), 1);
+}

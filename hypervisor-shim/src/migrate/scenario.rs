@@ -193,6 +193,10 @@ impl Scenario<'_> {
                 "drained: port 1 completed {port1_completed} requests, {held} held at port 2"
             ));
         }
+        // QEMU's DEVICE_DELETED (the drive released) usually comes before the owner's
+        // `released` frame: the peer's `device_add` overlaps the wait for it.
+        self.wait_device_deleted(p)?;
+        let attempts = self.add_peer_disk(p)?;
         let (msg, _) = self.wait_msg(p, Role::Owner, "the owner's `released`", |m| {
             matches!(m, Message::Released { .. })
         })?;
@@ -207,8 +211,7 @@ impl Scenario<'_> {
                 "released: the owner reset the device and ejected slot {slot}"
             ));
         }
-        self.wait_device_deleted(p)?;
-        self.move_disk(p)?;
+        self.move_disk(p, attempts)?;
         let (msg, at) = self.wait_msg(p, Role::Peer, "the peer's `peer-ready`", |m| {
             matches!(m, Message::PeerReady { .. })
         })?;
@@ -395,10 +398,10 @@ impl Scenario<'_> {
         }
     }
 
-    /// Step 2: the disk moves from the owner's QEMU to the peer's (whose block node was added
-    /// when the handoff was directed); the owner's node goes once the peer has the disk.
-    fn move_disk(&mut self, p: &mut Progress) -> Result<(), Abort> {
-        let attempts = self.add_peer_disk(p)?;
+    /// Step 2: the disk has moved from the owner's QEMU to the peer's (block node added when the
+    /// handoff was directed, device after `attempts` `device_add`s): `disk-attached` to the peer;
+    /// the owner's node goes once the peer has the disk.
+    fn move_disk(&mut self, p: &mut Progress, attempts: u32) -> Result<(), Abort> {
         self.send(
             Role::Peer,
             Message::DiskAttached {

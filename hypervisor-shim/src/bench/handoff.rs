@@ -96,9 +96,9 @@ pub struct PhaseTimes {
     pub migration_ms: Option<f64>,
     /// Inside released → peer ready: QEMU's `DEVICE_DELETED` stamp → the shim acting on it.
     pub shim_reaction_ms: Option<f64>,
-    /// Inside released → peer ready: the shim's `device_add` in the peer and `disk-attached`
-    /// (and the owner's `blockdev-del`).
-    pub shim_device_add_ms: Option<f64>,
+    /// Inside released → peer ready: the shim acted on `DEVICE_DELETED` → `disk-attached` sent:
+    /// the peer's `device_add`, overlapping the wait for the owner's `released` frame.
+    pub to_disk_attached_ms: Option<f64>,
     /// Inside released → peer ready: `disk-attached` sent → `peer-ready` received: the peer's
     /// PCI and virtio-blk bring-up, and COM2 both ways.
     pub peer_init_ms: Option<f64>,
@@ -119,7 +119,7 @@ impl PhaseTimes {
             ("migration_setup_ms", self.migration_setup_ms),
             ("migration_ms", self.migration_ms),
             ("shim_reaction_ms", self.shim_reaction_ms),
-            ("shim_device_add_ms", self.shim_device_add_ms),
+            ("to_disk_attached_ms", self.to_disk_attached_ms),
             ("peer_init_ms", self.peer_init_ms),
         ]
     }
@@ -257,7 +257,7 @@ fn figures(plan: &Plan, r: &MigrateReport) -> HandoffRun {
             migration_setup_ms: ph.migration_setup_ms,
             migration_ms: ph.migration_ms,
             shim_reaction_ms: diff(event_at, line("device deleted:")),
-            shim_device_add_ms: diff(line("device deleted:"), line("disk moved:")),
+            to_disk_attached_ms: diff(line("device deleted:"), line("disk moved:")),
             peer_init_ms: diff(line("disk moved:"), line("peer ready:")),
         },
         migration_downtime_ms: r.migration_downtime_ms,

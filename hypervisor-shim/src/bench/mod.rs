@@ -54,6 +54,8 @@ pub struct BenchConfig {
     pub passes: u32,
     /// Repeated handoffs (live and save alternating).
     pub handoffs: u32,
+    /// Repetitions of each side-by-side run (disk × queue depth).
+    pub side_reps: u32,
     /// Length of the idle CPU sample.
     pub idle: Duration,
     /// Run the redirector bench.
@@ -74,8 +76,8 @@ impl BenchConfig {
         match (self.quick, qd) {
             (true, 1) => (512, 4),
             (true, _) => (512, 8),
-            (false, 1) => (2048, 8),
-            (false, _) => (2048, 16),
+            (false, 1) => (2048, 4),
+            (false, _) => (2048, 8),
         }
     }
 
@@ -105,7 +107,7 @@ pub struct DirectRuns {
     pub depths: Vec<DepthResult>,
 }
 
-/// Direct vs forwarded in one handoff run.
+/// Direct vs forwarded: one handoff run per repetition, figures are medians over them.
 #[derive(Debug, Clone, Serialize)]
 pub struct SideBySide {
     /// `null-co` or `tmpfs-file`.
@@ -116,22 +118,74 @@ pub struct SideBySide {
     pub writes: u64,
     /// The owner asked for the handoff after this many writes.
     pub switch_after_writes: u64,
-    /// Port 1: direct (virtio-blk).
+    /// Successful repetitions (the figures below are medians over them).
+    pub reps: usize,
+    /// Port 1: direct (virtio-blk); each field the median over the repetitions.
     pub direct: Option<PortStatsReport>,
-    /// Port 2: forwarded over the ring through the peer.
+    /// Port 2: forwarded over the ring through the peer; medians.
     pub forwarded: Option<PortStatsReport>,
-    /// Forwarded IOPS / direct IOPS.
+    /// Forwarded IOPS / direct IOPS (median of the repetitions' ratios).
     pub iops_ratio: Option<f64>,
-    /// Forwarded p50 latency / direct p50 latency.
+    /// Forwarded p50 latency / direct p50 latency (median of the repetitions' ratios; a p50
+    /// below the histogram's 1 µs resolution counts as 1 µs).
     pub p50_latency_ratio: Option<f64>,
-    /// Forwarded p99 latency / direct p99 latency.
+    /// Forwarded p99 latency / direct p99 latency (median of the repetitions' ratios).
     pub p99_latency_ratio: Option<f64>,
-    /// The run's handoff blackout, ms.
+    /// The handoff blackout, ms (median).
     pub blackout_ms: Option<f64>,
-    /// The run's phases.
-    pub phases: handoff::PhaseTimes,
-    /// The run's verdict.
+    /// Every repetition succeeded.
     pub ok: bool,
+    /// Every repetition.
+    pub runs: Vec<HandoffRun>,
+}
+
+/// Medians of a port's figures over runs.
+fn median_port(ports: &[PortStatsReport]) -> Option<PortStatsReport> {
+    let m = |f: &dyn Fn(&PortStatsReport) -> u64| {
+        let v: Vec<f64> = ports.iter().map(|p| f(p) as f64).collect();
+        stats::median(&v).map(|x| x.round() as u64)
+    };
+    Some(PortStatsReport {
+        port: ports.first()?.port,
+        completions: m(&|p| p.completions)?,
+        iops: m(&|p| p.iops)?,
+        p50_us: m(&|p| p.p50_us)?,
+        p99_us: m(&|p| p.p99_us)?,
+        max_us: m(&|p| p.max_us)?,
+    })
+}
+
+/// The side-by-side figures of `runs` (repetitions of one disk and queue depth).
+fn side_by_side(disk: Disk, qd: u16, writes: u64, runs: Vec<HandoffRun>) -> SideBySide {
+    let good: Vec<&HandoffRun> = runs.iter().filter(|r| r.ok).collect();
+    let ports = |n: u8| -> Vec<PortStatsReport> {
+        good.iter()
+            .filter_map(|r| if n == 1 { r.port1 } else { r.port2 })
+            .collect()
+    };
+    let med_ratio = |f: &dyn Fn(&PortStatsReport) -> u64| {
+        let v: Vec<f64> = good
+            .iter()
+            .filter_map(|r| ratio(r.port2.map(|p| f(&p)), r.port1.map(|p| f(&p).max(1))))
+            .collect();
+        stats::median(&v)
+    };
+    let blackouts: Vec<f64> = good.iter().filter_map(|r| r.blackout_ms).collect();
+    SideBySide {
+        disk: disk.as_str().into(),
+        qd,
+        writes,
+        switch_after_writes: writes / 5,
+        reps: good.len(),
+        direct: median_port(&ports(1)),
+        forwarded: median_port(&ports(2)),
+        iops_ratio: med_ratio(&|p| p.iops),
+        p50_latency_ratio: med_ratio(&|p| p.p50_us),
+        p99_latency_ratio: med_ratio(&|p| p.p99_us),
+        blackout_ms: stats::median(&blackouts),
+        ok: !runs.is_empty() && good.len() == runs.len(),
+        runs,
+    }
 }
 
 /// Blackout and phases over the repeated handoffs.
@@ -442,63 +496,55 @@ pub fn bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
     let mut side = Vec::new();
     for disk in [Disk::Null, Disk::Tmpfs] {
         for qd in [1u16, 32] {
-            check_interrupt()?;
             let (blocks, passes) = cfg.side_workload(qd);
-            let plan = Plan {
-                mode: Mode::None,
-                disk,
-                qd,
-                blocks,
-                passes,
-                switch: Switch::OwnerRequest(blocks * u64::from(passes) / 5),
-                seed: 1,
-            };
-            let o = handoff::run(&plan, &common)?;
-            if let Some(v) = &o.report.qemu_version {
-                qemu_version.clone_from(v);
-            }
-            let r = o.run;
-            if !r.ok {
-                failures.push(format!(
-                    "side-by-side {} QD {qd}: {}",
+            let mut reps = Vec::new();
+            for rep in 0..cfg.side_reps {
+                check_interrupt()?;
+                let plan = Plan {
+                    mode: Mode::None,
+                    disk,
+                    qd,
+                    blocks,
+                    passes,
+                    switch: Switch::OwnerRequest(blocks * u64::from(passes) / 5),
+                    seed: u64::from(rep) + 1,
+                };
+                let o = handoff::run(&plan, &common)?;
+                if let Some(v) = &o.report.qemu_version {
+                    qemu_version.clone_from(v);
+                }
+                let r = o.run;
+                if !r.ok {
+                    failures.push(format!(
+                        "side-by-side {} QD {qd}: {}",
+                        disk.as_str(),
+                        r.failures.join("; ")
+                    ));
+                }
+                let port = |x: &Option<PortStatsReport>| {
+                    x.map_or_else(
+                        || "-".to_owned(),
+                        |p| {
+                            format!(
+                                "{} IOPS, p50/p99/max {}/{}/{} µs",
+                                p.iops, p.p50_us, p.p99_us, p.max_us
+                            )
+                        },
+                    )
+                };
+                p.say(format!(
+                    "side by side {} QD {qd} ({}/{}){}: direct {}; forwarded {}; blackout {} ms",
                     disk.as_str(),
-                    r.failures.join("; ")
+                    rep + 1,
+                    cfg.side_reps,
+                    if r.ok { "" } else { " (FAILED)" },
+                    port(&r.port1),
+                    port(&r.port2),
+                    r.blackout_ms.map_or("-".into(), |b| format!("{b:.1}"))
                 ));
+                reps.push(r);
             }
-            let s = SideBySide {
-                disk: disk.as_str().into(),
-                qd,
-                writes: plan.writes(),
-                switch_after_writes: plan.writes() / 5,
-                direct: r.port1,
-                forwarded: r.port2,
-                iops_ratio: ratio(r.port2.map(|p| p.iops), r.port1.map(|p| p.iops)),
-                p50_latency_ratio: ratio(r.port2.map(|p| p.p50_us), r.port1.map(|p| p.p50_us)),
-                p99_latency_ratio: ratio(r.port2.map(|p| p.p99_us), r.port1.map(|p| p.p99_us)),
-                blackout_ms: r.blackout_ms,
-                phases: r.phases,
-                ok: r.ok,
-            };
-            let port = |x: &Option<PortStatsReport>| {
-                x.map_or_else(
-                    || "-".to_owned(),
-                    |p| {
-                        format!(
-                            "{} IOPS, p50/p99/max {}/{}/{} µs",
-                            p.iops, p.p50_us, p.p99_us, p.max_us
-                        )
-                    },
-                )
-            };
-            p.say(format!(
-                "side by side {} QD {qd}{}: direct {}; forwarded {}; blackout {} ms",
-                disk.as_str(),
-                if r.ok { "" } else { " (FAILED)" },
-                port(&s.direct),
-                port(&s.forwarded),
-                s.blackout_ms.map_or("-".into(), |b| format!("{b:.1}"))
-            ));
-            side.push(s);
+            side.push(side_by_side(disk, qd, blocks * u64::from(passes), reps));
         }
     }
     let pick = |qd: u16| {
@@ -897,12 +943,12 @@ impl BenchReport {
         let _ = writeln!(t);
         let _ = writeln!(
             t,
-            "Direct (port 1) vs forwarded (port 2), one `migrate --mode none` run each, switch 20 % into the workload:"
+            "Direct (port 1) vs forwarded (port 2) on the same QEMU processes: `migrate --mode none` runs, switch 20 % into the workload; medians over the runs:"
         );
         let _ = writeln!(t);
         let _ = writeln!(
             t,
-            "| disk | QD | writes | direct IOPS | forwarded IOPS | IOPS ratio | direct p50/p99/max µs | forwarded p50/p99/max µs | p50 ratio | blackout ms |"
+            "| disk | QD | runs × writes | direct IOPS | forwarded IOPS | IOPS ratio | direct p50/p99/max µs | forwarded p50/p99/max µs | p50 ratio | blackout ms |"
         );
         let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let lat = |p: &Option<PortStatsReport>| {
@@ -914,9 +960,10 @@ impl BenchReport {
         for s in &self.side_by_side {
             let _ = writeln!(
                 t,
-                "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} × {} | {} | {} | {} | {} | {} | {} | {} |",
                 s.disk,
                 s.qd,
+                s.reps,
                 s.writes,
                 iops(&s.direct),
                 iops(&s.forwarded),
@@ -960,8 +1007,8 @@ impl BenchReport {
                 "… of which: DEVICE_DELETED → the shim acts",
             ),
             (
-                "shim_device_add_ms",
-                "… of which: device_add in the peer, disk-attached",
+                "to_disk_attached_ms",
+                "… of which: device_add in the peer ∥ the owner's `released` → disk-attached",
             ),
             (
                 "peer_init_ms",

@@ -310,7 +310,7 @@ pub struct BenchArgs {
     /// Repeated handoffs, live and save alternating [default: 20, quick 2].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub handoffs: Option<u32>,
-    /// Repetitions of each side-by-side run (disk × queue depth; medians reported) [default: 3,
+    /// Repetitions of each side-by-side run (disk × queue depth; medians reported) [default: 5,
     /// quick 1].
     #[arg(long, value_parser = clap::value_parser!(u32).range(1..=100))]
     pub side_reps: Option<u32>,
@@ -354,7 +354,7 @@ impl BenchArgs {
             blocks: self.blocks.unwrap_or(if q { 1024 } else { 4096 }),
             passes: self.passes.unwrap_or(if q { 2 } else { 4 }),
             handoffs: self.handoffs.unwrap_or(if q { 2 } else { 20 }),
-            side_reps: self.side_reps.unwrap_or(if q { 1 } else { 3 }),
+            side_reps: self.side_reps.unwrap_or(if q { 1 } else { 5 }),
             idle: Duration::from_secs(self.idle_secs.unwrap_or(if q { 2 } else { 5 })),
             redirector: !self.no_redirector,
             timeout: Duration::from_secs(self.timeout_secs),

@@ -131,6 +131,10 @@ pub struct SideBySide {
     pub p50_latency_ratio: Option<f64>,
     /// Forwarded p99 latency / direct p99 latency (median of the repetitions' ratios).
     pub p99_latency_ratio: Option<f64>,
+    /// Smallest and largest IOPS ratio of the repetitions.
+    pub iops_ratio_range: Option<(f64, f64)>,
+    /// Smallest and largest p50 latency ratio of the repetitions.
+    pub p50_latency_ratio_range: Option<(f64, f64)>,
     /// The handoff blackout, ms (median).
     pub blackout_ms: Option<f64>,
     /// Every repetition succeeded.
@@ -163,13 +167,15 @@ fn side_by_side(disk: Disk, qd: u16, writes: u64, runs: Vec<HandoffRun>) -> Side
             .filter_map(|r| if n == 1 { r.port1 } else { r.port2 })
             .collect()
     };
-    let med_ratio = |f: &dyn Fn(&PortStatsReport) -> u64| {
+    let ratios = |f: &dyn Fn(&PortStatsReport) -> u64| -> Option<Summary> {
         let v: Vec<f64> = good
             .iter()
             .filter_map(|r| ratio(r.port2.map(|p| f(&p)), r.port1.map(|p| f(&p).max(1))))
             .collect();
-        stats::median(&v)
+        Summary::of(&v)
     };
+    let med_ratio = |f: &dyn Fn(&PortStatsReport) -> u64| ratios(f).map(|s| s.p50);
+    let range = |f: &dyn Fn(&PortStatsReport) -> u64| ratios(f).map(|s| (s.min, s.max));
     let blackouts: Vec<f64> = good.iter().filter_map(|r| r.blackout_ms).collect();
     SideBySide {
         disk: disk.as_str().into(),
@@ -182,6 +188,8 @@ fn side_by_side(disk: Disk, qd: u16, writes: u64, runs: Vec<HandoffRun>) -> Side
         iops_ratio: med_ratio(&|p| p.iops),
         p50_latency_ratio: med_ratio(&|p| p.p50_us),
         p99_latency_ratio: med_ratio(&|p| p.p99_us),
+        iops_ratio_range: range(&|p| p.iops),
+        p50_latency_ratio_range: range(&|p| p.p50_us),
         blackout_ms: stats::median(&blackouts),
         ok: !runs.is_empty() && good.len() == runs.len(),
         runs,
@@ -810,10 +818,14 @@ fn targets(r: &BenchReport) -> Vec<Target> {
     let tcg = r.accel == "tcg";
     let mut out = Vec::new();
     let breakdown = format!(
-        "medians: port-1 drain {} ms (not in the blackout), drive release {} ms, released → peer ready {} ms, peer ready → first forwarded {} ms",
+        "medians: port-1 drain {} ms (before the blackout); in it: QEMU releases the drive {} ms \
+         after `drained`, the shim acts {} ms later, device_add ∥ the owner's `released` {} ms, \
+         the peer's PCI + virtio-blk bring-up {} ms, peer ready → first forwarded {} ms",
         f(ph("directed_to_drained_ms")),
         f(ph("drained_to_deleted_ms")),
-        f(ph("deleted_to_attached_ms")),
+        f(ph("shim_reaction_ms")),
+        f(ph("to_disk_attached_ms")),
+        f(ph("peer_init_ms")),
         f(ph("attached_to_first_forwarded_ms")),
     );
     out.push(Target {
@@ -846,7 +858,16 @@ fn targets(r: &BenchReport) -> Vec<Target> {
         target: "≤ 1.5".into(),
         value: r.forwarded_over_direct_latency_qd1,
         met: r.forwarded_over_direct_latency_qd1.map(|v| v <= 1.5),
-        note: "a forwarded request crosses the ring twice and the peer's virtio queue once".into(),
+        note: format!(
+            "a forwarded request crosses the ring twice and goes through the peer's virtio queue; \
+             at QD 1 the owner's vCPU, the peer's vCPU and the peer QEMU's I/O thread all want a \
+             core ({} CPUs here); p99 ratio {}",
+            r.machine.nproc,
+            f(r.side_by_side
+                .iter()
+                .find(|s| s.disk == Disk::Null.as_str() && s.qd == 1)
+                .and_then(|s| s.p99_latency_ratio))
+        ),
     });
     out.push(Target {
         name: "live migration downtime, 128 MiB guest (median)".into(),
@@ -893,8 +914,13 @@ fn targets(r: &BenchReport) -> Vec<Target> {
         met: worst.map(|v| v >= 3.0),
         note: match (red("direct"), red("forwarding")) {
             (Some(a), Some(b)) => format!(
-                "direct {a:.2}×, forwarding {b:.2}×; {} CPUs for 4 threads",
-                r.machine.nproc
+                "direct {a:.2}×, forwarding {b:.2}×; {} CPUs for 4 threads{}",
+                r.machine.nproc,
+                if r.machine.nproc < 4 {
+                    " (time-sliced, not 4-way contention)"
+                } else {
+                    ""
+                }
             ),
             _ => r
                 .redirector
@@ -911,7 +937,9 @@ impl BenchReport {
     pub fn markdown(&self) -> String {
         let mut t = String::new();
         let f1 = |x: Option<f64>| x.map_or("–".into(), |v| format!("{v:.1}"));
-        let f2 = |x: Option<f64>| x.map_or("–".into(), |v| format!("{v:.2}"));
+        let f3 = |x: Option<f64>| x.map_or("–".into(), |v| format!("{v:.3}"));
+        let span =
+            |x: Option<(f64, f64)>| x.map_or(String::new(), |(a, b)| format!("[{a:.2}–{b:.2}]"));
         let _ = writeln!(
             t,
             "baton bench{}: accel {} ({}), QEMU {}; host {} CPUs, {}, Linux {}; guest {}",
@@ -933,7 +961,7 @@ impl BenchReport {
                 Some(false) => "**no**",
                 None => "n/a",
             };
-            let _ = writeln!(t, "| {} | {} | {} | {met} |", x.name, x.target, f2(x.value));
+            let _ = writeln!(t, "| {} | {} | {} | {met} |", x.name, x.target, f3(x.value));
         }
         let _ = writeln!(
             t,
@@ -948,7 +976,7 @@ impl BenchReport {
         let _ = writeln!(t);
         let _ = writeln!(
             t,
-            "| disk | QD | runs × writes | direct IOPS | forwarded IOPS | IOPS ratio | direct p50/p99/max µs | forwarded p50/p99/max µs | p50 ratio | blackout ms |"
+            "| disk | QD | runs × writes | direct IOPS | forwarded IOPS | IOPS ratio [runs' range] | direct p50/p99/max µs | forwarded p50/p99/max µs | p50 ratio [range] | blackout ms |"
         );
         let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
         let lat = |p: &Option<PortStatsReport>| {
@@ -960,17 +988,19 @@ impl BenchReport {
         for s in &self.side_by_side {
             let _ = writeln!(
                 t,
-                "| {} | {} | {} × {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} × {} | {} | {} | {} {} | {} | {} | {} {} | {} |",
                 s.disk,
                 s.qd,
                 s.reps,
                 s.writes,
                 iops(&s.direct),
                 iops(&s.forwarded),
-                f2(s.iops_ratio),
+                f3(s.iops_ratio),
+                span(s.iops_ratio_range),
                 lat(&s.direct),
                 lat(&s.forwarded),
-                f2(s.p50_latency_ratio),
+                f3(s.p50_latency_ratio),
+                span(s.p50_latency_ratio_range),
                 f1(s.blackout_ms)
             );
         }

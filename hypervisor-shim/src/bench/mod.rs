@@ -851,7 +851,17 @@ fn targets(r: &BenchReport) -> Vec<Target> {
         target: "≥ 0.9".into(),
         value: r.forwarded_over_direct_iops_qd32,
         met: r.forwarded_over_direct_iops_qd32.map(|v| v >= 0.9),
-        note: "same QEMU processes, one run: port 1 before the switch, port 2 after it".into(),
+        note: format!(
+            "port 1 before the switch, port 2 after it, same QEMU processes; forwarding keeps \
+             three threads busy (the owner's vCPU, the peer's vCPU, the peer QEMU's I/O thread) \
+             where direct I/O keeps two, on {} host CPUs; runs' range {}",
+            r.machine.nproc,
+            r.side_by_side
+                .iter()
+                .find(|s| s.disk == Disk::Null.as_str() && s.qd == 32)
+                .and_then(|s| s.iops_ratio_range)
+                .map_or("?".into(), |(a, b)| format!("{a:.2}–{b:.2}"))
+        ),
     });
     out.push(Target {
         name: "forwarded / direct p50 latency, QD 1 (null-co)".into(),

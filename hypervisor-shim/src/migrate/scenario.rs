@@ -286,7 +286,7 @@ impl Scenario<'_> {
         })
     }
 
-    /// Step 1: `redirect` + `device_del`; the ring opened in both guests while port 1 drains.
+    /// Step 1: `device_del` + `redirect`; the ring opened in both guests while port 1 drains.
     fn direct(&mut self, p: &mut Progress) -> Result<(), Abort> {
         if !self.handoff.shim_moves_to(HandoffState::Redirecting) {
             return Err(Abort::Other(format!(
@@ -294,10 +294,14 @@ impl Scenario<'_> {
                 self.handoff.state()
             )));
         }
-        self.send(Role::Owner, Message::Redirect)?;
+        // `device_del` first: it only marks the slot for removal, and nothing is removed before
+        // the owner ejects it. Sent after `redirect`, it raced the owner: with little in flight the
+        // owner drains and ejects at once, QEMU removes the device on the eject alone, and the
+        // late `device_del` fails with DeviceNotFound (seen at QD 1).
         self.times.directed = Some(Instant::now());
         self.owner.exec(&DeviceDel { id: DISK_ID.into() })?;
-        p.say(format!("directed: redirect sent, {DISK_ID} device_del"));
+        self.send(Role::Owner, Message::Redirect)?;
+        p.say(format!("directed: {DISK_ID} device_del, redirect sent"));
         let shm = SharedFile::create(Path::new(shm::SHM_DIR), RING_BYTES)
             .map_err(|e| Abort::Other(chain(&e)))?;
         let ring = RingSpec {

@@ -8,6 +8,38 @@ use std::path::Path;
 
 use serde::Serialize;
 
+/// What a guest's own report says went wrong: writes not all submitted, failed writes, duplicate
+/// completions, read-back mismatches. `who` names the guest in the messages ("guest", "owner").
+pub(crate) fn guest_report_failures(
+    r: &baton_core::report::GuestReport,
+    writes_total: u64,
+    who: &str,
+) -> Vec<String> {
+    let mut failures = Vec::new();
+    if r.writes_submitted != writes_total {
+        failures.push(format!(
+            "the {who} submitted {} of {writes_total} writes",
+            r.writes_submitted
+        ));
+    }
+    if r.write_errors > 0 {
+        failures.push(format!("{} writes failed in the {who}", r.write_errors));
+    }
+    if r.duplicates > 0 {
+        failures.push(format!(
+            "the {who} saw {} duplicate completions",
+            r.duplicates
+        ));
+    }
+    if r.read_mismatches > 0 {
+        failures.push(format!(
+            "the {who}'s read-back found {} wrong blocks",
+            r.read_mismatches
+        ));
+    }
+    failures
+}
+
 /// How the guest (and its QEMU) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]

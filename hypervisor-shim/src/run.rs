@@ -817,27 +817,11 @@ fn build_report(plan: &Plan<'_>, mut s: Session, ending: Ending) -> RunReport {
 
     let acks = guest_report.as_ref().map(Acks::from_report);
     if let Some(r) = &guest_report {
-        if r.writes_submitted != writes_total {
-            failures.push(format!(
-                "guest submitted {} of {writes_total} writes",
-                r.writes_submitted
-            ));
-        }
-        if r.write_errors > 0 {
-            failures.push(format!("{} writes failed in the guest", r.write_errors));
-        }
-        if r.duplicates > 0 {
-            failures.push(format!(
-                "the guest saw {} duplicate completions",
-                r.duplicates
-            ));
-        }
-        if r.read_mismatches > 0 {
-            failures.push(format!(
-                "the guest's read-back found {} wrong blocks",
-                r.read_mismatches
-            ));
-        }
+        failures.extend(crate::report::guest_report_failures(
+            r,
+            writes_total,
+            "guest",
+        ));
     }
 
     // Host-side verification.

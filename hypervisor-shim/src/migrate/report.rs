@@ -168,27 +168,11 @@ pub(super) fn build_report(
     let schedule = guest.schedule();
     let writes_total = schedule.total_writes();
     if let Some(r) = &guest_report {
-        if r.writes_submitted != writes_total {
-            failures.push(format!(
-                "the owner submitted {} of {writes_total} writes",
-                r.writes_submitted
-            ));
-        }
-        if r.write_errors > 0 {
-            failures.push(format!("{} writes failed in the owner", r.write_errors));
-        }
-        if r.duplicates > 0 {
-            failures.push(format!(
-                "the owner saw {} duplicate completions",
-                r.duplicates
-            ));
-        }
-        if r.read_mismatches > 0 {
-            failures.push(format!(
-                "the owner's read-back found {} wrong blocks",
-                r.read_mismatches
-            ));
-        }
+        failures.extend(crate::report::guest_report_failures(
+            r,
+            writes_total,
+            "owner",
+        ));
         if s.times.forwarding.is_some() && r.port2_requests == 0 {
             failures.push("nothing was forwarded over the ring".into());
         }

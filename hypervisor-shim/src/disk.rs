@@ -195,6 +195,22 @@ impl Verification {
         self.lost == 0 && self.stale == 0 && self.corrupt_blocks == 0
     }
 
+    /// Why this verification fails a run (empty when it passes): anything lost, stale or corrupt,
+    /// or nothing acknowledged to check at all.
+    pub fn failures(&self) -> Vec<String> {
+        let mut failures = Vec::new();
+        if !self.clean() {
+            failures.push(format!(
+                "disk verification: {} lost, {} stale, {} corrupt blocks",
+                self.lost, self.stale, self.corrupt_blocks
+            ));
+        }
+        if self.writes_verified == 0 {
+            failures.push("disk verification: no acknowledged write to verify".into());
+        }
+        failures
+    }
+
     fn note(&mut self, msg: impl FnOnce() -> String) {
         if self.problems.len() < MAX_EXAMPLES {
             self.problems.push(msg());

@@ -846,15 +846,7 @@ fn build_report(plan: &Plan<'_>, mut s: Session, ending: Ending) -> RunReport {
         (DiskBackend::File(_), Some(img), Some(Some(acks))) => {
             match disk::verify_image(img.path(), schedule, acks) {
                 Ok(v) => {
-                    if !v.clean() {
-                        failures.push(format!(
-                            "disk verification: {} lost, {} stale, {} corrupt blocks",
-                            v.lost, v.stale, v.corrupt_blocks
-                        ));
-                    }
-                    if v.writes_verified == 0 {
-                        failures.push("disk verification: no acknowledged write to verify".into());
-                    }
+                    failures.extend(v.failures());
                     let n = format!(
                         "host read {} blocks of {} and checked every tag and payload against the schedule",
                         v.blocks_checked,

@@ -196,15 +196,7 @@ pub(super) fn build_report(
         }
         Some(Some(acks)) => match disk::verify_image(plan.image.path(), &schedule, &acks) {
             Ok(v) => {
-                if !v.clean() {
-                    failures.push(format!(
-                        "disk verification: {} lost, {} stale, {} corrupt blocks",
-                        v.lost, v.stale, v.corrupt_blocks
-                    ));
-                }
-                if v.writes_verified == 0 {
-                    failures.push("disk verification: no acknowledged write to verify".into());
-                }
+                failures.extend(v.failures());
                 let n = format!(
                     "host read {} blocks of {} after the peer quit and checked every tag and payload against the schedule",
                     v.blocks_checked,

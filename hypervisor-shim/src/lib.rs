@@ -23,4 +23,6 @@ pub mod qemu;
 pub mod qmp;
 pub mod report;
 pub mod run;
+pub mod setup;
 pub mod shm;
+pub mod vm;

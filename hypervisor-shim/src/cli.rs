@@ -106,7 +106,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout_secs: u64,
-    /// Guest kernel ELF [default: `<shim dir>/../x86_64-unknown-none/release/baton-kernel`].
+    /// Guest kernel ELF [default: <shim dir>/../x86_64-unknown-none/release/baton-kernel].
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// Working directory for the disk image, QMP socket and logs [default: a fresh temp dir].
@@ -219,7 +219,7 @@ pub struct MigrateArgs {
     #[arg(long, default_value_t = 180,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout_secs: u64,
-    /// Guest kernel ELF [default: `<shim dir>/../x86_64-unknown-none/release/baton-kernel`].
+    /// Guest kernel ELF [default: <shim dir>/../x86_64-unknown-none/release/baton-kernel].
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// Working directory for the disk image, sockets, logs and saved state [default: a fresh
@@ -324,7 +324,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout_secs: u64,
-    /// Guest kernel ELF [default: `<shim dir>/../x86_64-unknown-none/release/baton-kernel`].
+    /// Guest kernel ELF [default: <shim dir>/../x86_64-unknown-none/release/baton-kernel].
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// QEMU binary (name on PATH or a path).
@@ -379,7 +379,7 @@ pub struct CheckArgs {
     /// QEMU binary (name on PATH or a path).
     #[arg(long, default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,
-    /// Guest kernel ELF [default: `<shim dir>/../x86_64-unknown-none/release/baton-kernel`].
+    /// Guest kernel ELF [default: <shim dir>/../x86_64-unknown-none/release/baton-kernel].
     #[arg(long)]
     pub kernel: Option<PathBuf>,
 }

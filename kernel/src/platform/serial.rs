@@ -60,7 +60,7 @@ impl core::fmt::Write for Console {
 #[macro_export]
 macro_rules! baton_line {
     ($($arg:tt)*) => {
-        $crate::serial::write_fmt(format_args!("BATON {}\n", format_args!($($arg)*)))
+        $crate::platform::serial::write_fmt(format_args!("BATON {}\n", format_args!($($arg)*)))
     };
 }
 
@@ -74,7 +74,7 @@ impl log::Log for Logger {
 
     fn log(&self, record: &log::Record) {
         if self.enabled(record.metadata()) {
-            let ms = crate::clock::uptime_us() / 1000;
+            let ms = super::clock::uptime_us() / 1000;
             write_fmt(format_args!(
                 "[{:<5} {:>6}ms] {}\n",
                 record.level(),

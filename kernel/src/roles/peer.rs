@@ -9,13 +9,16 @@
 //! Waiting guests must not burn a host core: between polls the peer spins briefly, then halts
 //! until the next timer tick (1 ms).
 
-use crate::blk::{BLOCK_BYTES, BlkDevice, MAX_INFLIGHT, Op, Status};
-use crate::clock::{Deadline, Stopwatch};
 use crate::control::ControlChannel;
-use crate::memory::alloc_zeroed;
-use crate::pci::{self, PortCam};
+use crate::platform::clock::{Deadline, Stopwatch};
+use crate::platform::disk::{self, GuestBlk};
+use crate::platform::hal::BatonHal;
+use crate::platform::pci_cam::{self, PortCam};
+use crate::platform::{interrupts, shm};
+use crate::ports::dma::DmaPages;
+use crate::ports::{self, BLOCK_BYTES, BlockPort, MAX_INFLIGHT, Op, SECTORS_PER_BLOCK};
 use baton_core::cmdline::{Fault, GuestConfig};
-use baton_core::control::{Message, Role};
+use baton_core::control::{Message, PROTOCOL_VERSION, Role};
 use baton_core::ring::{self, RingServer, SharedRegion, Submission};
 use virtio_drivers::transport::pci::bus::PciRoot;
 
@@ -37,12 +40,12 @@ pub fn run(cfg: &GuestConfig) -> ! {
     ctl.send(Message::Hello {
         role: Role::Peer,
         vm: cfg.vm,
-        version: 1,
+        version: PROTOCOL_VERSION,
     });
-    let mut root = pci::root();
+    let mut root = pci_cam::root();
     let deadline = Deadline::after_us(SETUP_WAIT_US);
     let mut region: Option<SharedRegion<'static>> = None;
-    let mut disk: Option<BlkDevice> = None;
+    let mut disk: Option<GuestBlk> = None;
     while region.is_none() || disk.is_none() {
         let Some(msg) = ctl.wait_for(deadline, |m| {
             matches!(m, Message::RingOpened { .. } | Message::DiskAttached { .. })
@@ -50,15 +53,15 @@ pub fn run(cfg: &GuestConfig) -> ! {
             panic!("peer: the shim did not plug the ring and the disk in time");
         };
         match msg {
-            Message::RingOpened { slot } => match crate::shm::open(&mut root, slot) {
+            Message::RingOpened { slot } => match shm::open(&mut root, slot) {
                 Ok(r) => region = Some(r),
                 Err(e) => panic!("peer: ring in slot {slot}: {e:?}"),
             },
             Message::DiskAttached { slot } => {
-                let Some(df) = crate::find_blk(&root, Some(slot)) else {
+                let Some(df) = disk::find_blk(&root, Some(slot)) else {
                     panic!("peer: no virtio-blk in slot {slot}");
                 };
-                disk = Some(crate::open_blk(&mut root, df));
+                disk = Some(disk::open_blk(&mut root, df));
             }
             _ => {}
         }
@@ -66,7 +69,7 @@ pub fn run(cfg: &GuestConfig) -> ! {
     let (Some(region), Some(disk)) = (region, disk) else {
         unreachable!("loop exits only with both set");
     };
-    let capacity_sectors = disk.capacity_blocks() * crate::blk::SECTORS_PER_BLOCK;
+    let capacity_sectors = disk.capacity_blocks() * SECTORS_PER_BLOCK;
     let server = attach_when_formatted(region, capacity_sectors, deadline);
     log::info!("peer: serving the ring, disk {capacity_sectors} sectors");
     ctl.send(Message::PeerReady { capacity_sectors });
@@ -84,7 +87,7 @@ fn attach_when_formatted(
         match RingServer::attach(region, capacity_sectors) {
             Ok(server) => return server,
             Err(e) if deadline.expired() => panic!("peer: ring never became valid: {e}"),
-            Err(_) => crate::interrupts::wait_for_interrupt(),
+            Err(_) => interrupts::wait_for_interrupt(),
         }
     }
 }
@@ -99,18 +102,14 @@ struct InFlight {
 fn serve(
     cfg: &GuestConfig,
     mut server: RingServer<'static>,
-    mut disk: BlkDevice,
+    mut disk: GuestBlk,
     mut ctl: ControlChannel,
     region: SharedRegion<'static>,
     _root: PciRoot<PortCam>,
 ) -> ! {
-    let mut bufs = [core::ptr::null_mut::<u8>(); MAX_INFLIGHT];
-    for b in &mut bufs {
-        *b = match alloc_zeroed(BLOCK_BYTES / 4096) {
-            Some(p) => p as *mut u8,
-            None => panic!("peer: no memory for buffers"),
-        };
-    }
+    let pages: [DmaPages<BatonHal>; MAX_INFLIGHT] =
+        core::array::from_fn(|_| DmaPages::new(BLOCK_BYTES.div_ceil(4096)));
+    let bufs: [*mut u8; MAX_INFLIGHT] = core::array::from_fn(|i| pages[i].as_ptr());
     let mut free: heapless::Vec<usize, MAX_INFLIGHT> = (0..MAX_INFLIGHT).rev().collect();
     let mut inflight: [Option<InFlight>; MAX_INFLIGHT] = [None; MAX_INFLIGHT];
     // A submission taken off the ring that found no free device slot waits here (keeps order).
@@ -161,11 +160,7 @@ fn serve(
             let Some(f) = inflight[i].take() else {
                 continue;
             };
-            let mut status = match status {
-                Status::Ok => ring::Status::Ok,
-                Status::Unsupported => ring::Status::Unsupported,
-                Status::IoError | Status::DriverError => ring::Status::IoError,
-            };
+            let mut status = ports::ring::ring_status(status);
             if f.sub.op == ring::Op::Read && status == ring::Status::Ok {
                 // SAFETY: the buffer is ours and the device finished with it.
                 let data = unsafe { core::slice::from_raw_parts(f.buf, BLOCK_BYTES) };
@@ -183,13 +178,13 @@ fn serve(
         server.heartbeat();
         if busy {
             if idle.elapsed_us() > SPIN_BEFORE_HALT_US {
-                crate::interrupts::busy();
+                interrupts::busy();
             }
             idle = Stopwatch::start();
         } else {
             let idle_us = idle.elapsed_us();
             if idle_us > SPIN_BEFORE_HALT_US {
-                crate::interrupts::idle(idle_us);
+                interrupts::idle(idle_us);
             }
         }
     }
@@ -198,7 +193,7 @@ fn serve(
 /// Submits `sub` to the device with buffer `i`, or answers it with an error completion.
 fn start(
     server: &mut RingServer<'static>,
-    disk: &mut BlkDevice,
+    disk: &mut GuestBlk,
     sub: Submission,
     i: usize,
     buf: *mut u8,
@@ -208,11 +203,11 @@ fn start(
     // SAFETY: `buf` is buffer `i`, not at the device (it was on the free list).
     let data = unsafe { core::slice::from_raw_parts_mut(buf, BLOCK_BYTES) };
     let (op, lba) = match sub.op {
-        ring::Op::Read => (Op::Read, sub.lba / crate::blk::SECTORS_PER_BLOCK),
-        ring::Op::Write => (Op::Write, sub.lba / crate::blk::SECTORS_PER_BLOCK),
+        ring::Op::Read => (Op::Read, sub.lba / SECTORS_PER_BLOCK),
+        ring::Op::Write => (Op::Write, sub.lba / SECTORS_PER_BLOCK),
         ring::Op::Flush => (Op::Flush, 0),
     };
-    let aligned = sub.lba.is_multiple_of(crate::blk::SECTORS_PER_BLOCK)
+    let aligned = sub.lba.is_multiple_of(SECTORS_PER_BLOCK)
         && (sub.op == ring::Op::Flush || sub.len as usize == BLOCK_BYTES);
     let copied = sub.op != ring::Op::Write || server.read_slot(&sub, data).is_ok();
     // SAFETY: `buf` stays allocated and untouched until the device returns slot `i`.
@@ -257,6 +252,6 @@ fn inject_bad_completion(region: SharedRegion<'static>) -> ! {
     log::warn!("peer: injected a malformed completion (fault=bad-completion); serving stops");
     crate::baton_line!("fault-injected");
     loop {
-        crate::interrupts::wait_for_interrupt();
+        interrupts::wait_for_interrupt();
     }
 }

@@ -11,7 +11,7 @@
 #[cfg(target_os = "none")]
 mod guest {
     use baton_core::cmdline::{GuestConfig, Role};
-    use baton_kernel::baton_line;
+    use baton_core::console::{GuestLine, Kind, PREFIX};
     use baton_kernel::platform::exit::{ExitCode, exit};
     use baton_kernel::platform::{boot, clock, gdt, interrupts, memory, serial};
     use baton_kernel::roles::{owner, peer};
@@ -39,7 +39,10 @@ mod guest {
             memory::free_bytes() >> 20,
             clock::tsc_per_us()
         );
-        baton_line!("ready role={} vm={}", cfg.role.as_str(), cfg.vm);
+        serial::print_line(&GuestLine::Ready {
+            role: cfg.role,
+            vm: cfg.vm,
+        });
         if cfg.panic {
             panic!("panic requested on the command line");
         }
@@ -51,7 +54,8 @@ mod guest {
 
     #[panic_handler]
     fn panic(info: &core::panic::PanicInfo) -> ! {
-        serial::write_fmt_emergency(format_args!("BATON panic {}\n", info.message()));
+        // `GuestLine::Panic`'s format, written without the console lock (see `write_fmt_emergency`).
+        serial::write_fmt_emergency(format_args!("{PREFIX}{} {}\n", Kind::Panic, info.message()));
         if let Some(loc) = info.location() {
             serial::write_fmt_emergency(format_args!(
                 "[ERROR] panic at {}:{}\n",

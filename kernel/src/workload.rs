@@ -13,12 +13,14 @@ use crate::platform::serial;
 use crate::ports::{BlockPort, MAX_INFLIGHT, Op, Status};
 use crate::stack::{Completion, ResourceStack, StackError, Tag};
 use baton_core::cmdline::GuestConfig;
+use baton_core::console::GuestLine;
 use baton_core::redirector::Port;
 use baton_core::report::GuestReport;
 use baton_core::stats::{Histogram, PortStats};
 use baton_core::tag;
 use baton_core::timeline::Timeline;
 use baton_core::workload::Schedule;
+use core::fmt::Write;
 use virtio_drivers::Hal;
 
 /// Timeline bins (1 ms each): 16 s of a run.
@@ -222,7 +224,7 @@ impl<'a> Workload<'a> {
             let Some(tag) = stack.alloc() else { break };
             self.sched.fill(self.next_seq, stack.buffer(tag));
             if self.first {
-                crate::baton_line!("first-io");
+                serial::print_line(&GuestLine::FirstIo);
                 self.first = false;
             }
             stack
@@ -275,11 +277,13 @@ impl<'a> Workload<'a> {
         let _ = self.timeline.write_lines(&mut serial::Console);
         for (i, meter) in self.meters.iter().enumerate() {
             if meter.hist.count() > 0 {
-                serial::write_fmt(format_args!("{}\n", meter.stats(i as u8 + 1)));
+                serial::print_line(&GuestLine::PortStats(meter.stats(i as u8 + 1)));
             }
         }
         self.stage = if let Some(e) = stack.ring_fault {
-            crate::baton_line!("peer-fault {e}");
+            let mut message = heapless::String::<128>::new();
+            let _ = write!(message, "{e}");
+            serial::print_line(&GuestLine::PeerFault(&message));
             Stage::Done
         } else if self.cfg.verify {
             self.stall = Deadline::after_us(STALL_US);

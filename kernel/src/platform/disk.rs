@@ -3,11 +3,12 @@
 
 use super::clock::{self, Deadline};
 use super::hal::BatonHal;
-use super::interrupts;
 use super::pci;
 use super::pci_cam::{self, PortCam};
+use super::{interrupts, serial};
 use crate::ports::BlockPort;
 use crate::ports::blk::BlkDevice;
+use baton_core::console::GuestLine;
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 
@@ -24,7 +25,7 @@ pub fn find_blk(root: &PciRoot<PortCam>, slot: Option<u8>) -> Option<DeviceFunct
 
 /// Waits, sleeping between polls, for the ACPI hotplug register to report a new virtio-blk.
 pub fn wait_for_hotplugged_blk(root: &PciRoot<PortCam>) -> DeviceFunction {
-    crate::baton_line!("waiting-for-disk");
+    serial::print_line(&GuestLine::WaitingForDisk);
     let deadline = Deadline::after_us(HOTPLUG_WAIT_US);
     let waited = clock::Stopwatch::start();
     loop {

@@ -5,6 +5,7 @@
 //! the PIT on IRQ 0 (vector 32, through the 8259 PIC), which exists so that an idle guest can
 //! `hlt` instead of spinning; its handler only acknowledges the PIC.
 
+use baton_core::console::{Kind, PREFIX};
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
@@ -149,8 +150,14 @@ struct ExceptionFrame {
 extern "C" fn exception_handler(frame: &ExceptionFrame) -> ! {
     let cr2 = x86_64::registers::control::Cr2::read_raw();
     serial::write_fmt_emergency(format_args!(
-        "BATON panic cpu exception {} error={:#x} rip={:#x} rsp={:#x} rflags={:#x} cr2={:#x}\n",
-        frame.vector, frame.error_code, frame.rip, frame.rsp, frame.rflags, cr2
+        "{PREFIX}{} cpu exception {} error={:#x} rip={:#x} rsp={:#x} rflags={:#x} cr2={:#x}\n",
+        Kind::Panic,
+        frame.vector,
+        frame.error_code,
+        frame.rip,
+        frame.rsp,
+        frame.rflags,
+        cr2
     ));
     exit::exit(exit::ExitCode::Failure)
 }

@@ -13,6 +13,7 @@ use crate::platform::{clock, serial, shm};
 use crate::stack::ResourceStack;
 use crate::workload::Workload;
 use baton_core::cmdline::{DiskMode, GuestConfig};
+use baton_core::console::GuestLine;
 use baton_core::control::Message;
 use baton_core::ring::SharedRegion;
 use virtio_drivers::transport::pci::bus::PciRoot;
@@ -88,7 +89,7 @@ pub fn run(cfg: &GuestConfig) -> ! {
     let mut report = workload.into_report();
     report.held_at_switch = handoff.held_at_switch;
     handoff.flush(2_000_000);
-    serial::write_fmt(format_args!("{report}\n"));
+    serial::print_line(&GuestLine::Result(report));
     let clean = report.write_errors == 0
         && report.read_mismatches == 0
         && report.duplicates == 0

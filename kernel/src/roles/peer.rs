@@ -18,6 +18,7 @@ use crate::platform::{interrupts, shm};
 use crate::ports::dma::DmaPages;
 use crate::ports::{self, BLOCK_BYTES, BlockPort, MAX_INFLIGHT, Op, SECTORS_PER_BLOCK};
 use baton_core::cmdline::{Fault, GuestConfig};
+use baton_core::console::GuestLine;
 use baton_core::control::{Message, PROTOCOL_VERSION, Role};
 use baton_core::ring::{self, RingServer, SharedRegion, Submission};
 use virtio_drivers::transport::pci::bus::PciRoot;
@@ -250,7 +251,7 @@ fn inject_bad_completion(region: SharedRegion<'static>) -> ! {
     core::sync::atomic::fence(core::sync::atomic::Ordering::Release);
     let _ = region.write_u32(ring::offsets::CQ_TAIL, tail.wrapping_add(1));
     log::warn!("peer: injected a malformed completion (fault=bad-completion); serving stops");
-    crate::baton_line!("fault-injected");
+    crate::platform::serial::print_line(&GuestLine::FaultInjected);
     loop {
         interrupts::wait_for_interrupt();
     }

@@ -4,23 +4,23 @@
 //! and `disk-attached <slot>` (the owner's virtio-blk plugged here). The peer attaches to the ring
 //! the owner formatted, brings the disk up (same driver as the owner's port 1), reports
 //! `peer-ready`, then serves: submissions are taken in ring order and submitted to the device in
-//! that order, many at a time; completions go back as the device finishes them.
+//! that order, many at a time; completions go back as the device finishes them ([`super::serve`]).
 //!
 //! Waiting guests must not burn a host core: between polls the peer spins briefly, then halts
 //! until the next timer tick (1 ms).
 
+use super::serve::{RingService, Step};
 use crate::control::ControlChannel;
-use crate::platform::clock::{Deadline, Stopwatch};
+use crate::platform::clock::{self, Deadline, Stopwatch};
 use crate::platform::disk::{self, GuestBlk};
 use crate::platform::hal::BatonHal;
 use crate::platform::pci_cam::{self, PortCam};
 use crate::platform::{interrupts, shm};
-use crate::ports::dma::DmaPages;
-use crate::ports::{self, BLOCK_BYTES, BlockPort, MAX_INFLIGHT, Op, SECTORS_PER_BLOCK};
+use crate::ports::{BlockPort, SECTORS_PER_BLOCK};
 use baton_core::cmdline::{Fault, GuestConfig};
 use baton_core::console::GuestLine;
 use baton_core::control::{Message, PROTOCOL_VERSION, Role};
-use baton_core::ring::{self, RingServer, SharedRegion, Submission};
+use baton_core::ring::{self, RingServer, SharedRegion};
 use virtio_drivers::transport::pci::bus::PciRoot;
 
 /// How long the peer waits for the shim to plug the ring and the disk.
@@ -93,90 +93,28 @@ fn attach_when_formatted(
     }
 }
 
-/// One accepted submission at the device.
-#[derive(Clone, Copy)]
-struct InFlight {
-    sub: Submission,
-    buf: *mut u8,
-}
-
 fn serve(
     cfg: &GuestConfig,
-    mut server: RingServer<'static>,
-    mut disk: GuestBlk,
+    server: RingServer<'static>,
+    disk: GuestBlk,
     mut ctl: ControlChannel,
     region: SharedRegion<'static>,
     _root: PciRoot<PortCam>,
 ) -> ! {
-    let pages: [DmaPages<BatonHal>; MAX_INFLIGHT] =
-        core::array::from_fn(|_| DmaPages::new(BLOCK_BYTES.div_ceil(4096)));
-    let bufs: [*mut u8; MAX_INFLIGHT] = core::array::from_fn(|i| pages[i].as_ptr());
-    let mut free: heapless::Vec<usize, MAX_INFLIGHT> = (0..MAX_INFLIGHT).rev().collect();
-    let mut inflight: [Option<InFlight>; MAX_INFLIGHT] = [None; MAX_INFLIGHT];
-    // A submission taken off the ring that found no free device slot waits here (keeps order).
-    let mut pending: Option<Submission> = None;
-    let mut completed: u64 = 0;
+    let fault_after = (cfg.fault == Fault::BadCompletion).then_some(GOOD_COMPLETIONS_BEFORE_FAULT);
+    let mut service: RingService<'_, BatonHal, GuestBlk> =
+        RingService::new(server, disk, fault_after);
+    let now_us = clock::uptime_us;
     let mut idle = Stopwatch::start();
     loop {
-        let mut busy = false;
         if let Some(msg) = ctl.poll() {
             log::warn!("peer: ignoring {}", msg.name());
         }
-        // Take submissions in ring order while device slots are free.
-        loop {
-            let sub = match pending.take() {
-                Some(sub) => sub,
-                None => match server.poll_submission() {
-                    None => break,
-                    Some(Ok(sub)) => sub,
-                    Some(Err(e)) => {
-                        busy = true;
-                        if server.fault().is_some() {
-                            log::error!("peer: the owner broke the ring protocol: {e}");
-                        } else {
-                            log::warn!("peer: rejected a submission: {e}");
-                        }
-                        continue;
-                    }
-                },
-            };
-            let Some(i) = free.pop() else {
-                pending = Some(sub);
-                break;
-            };
-            busy = true;
-            start(
-                &mut server,
-                &mut disk,
-                sub,
-                i,
-                bufs[i],
-                &mut inflight,
-                &mut free,
-            );
-        }
-        // Completions from the device back to the ring.
-        while let Some((i, status)) = disk.poll() {
-            busy = true;
-            let Some(f) = inflight[i].take() else {
-                continue;
-            };
-            let mut status = ports::ring::ring_status(status);
-            if f.sub.op == ring::Op::Read && status == ring::Status::Ok {
-                // SAFETY: the buffer is ours and the device finished with it.
-                let data = unsafe { core::slice::from_raw_parts(f.buf, BLOCK_BYTES) };
-                if server.write_slot(&f.sub, data).is_err() {
-                    status = ring::Status::IoError;
-                }
-            }
-            completed += 1;
-            if cfg.fault == Fault::BadCompletion && completed > GOOD_COMPLETIONS_BEFORE_FAULT {
-                inject_bad_completion(region);
-            }
-            complete(&mut server, &f.sub, status);
-            let _ = free.push(i);
-        }
-        server.heartbeat();
+        let busy = match service.step(&now_us) {
+            Step::FaultDue => inject_bad_completion(region),
+            Step::Busy => true,
+            Step::Idle => false,
+        };
         if busy {
             if idle.elapsed_us() > SPIN_BEFORE_HALT_US {
                 interrupts::busy();
@@ -186,51 +124,6 @@ fn serve(
             let idle_us = idle.elapsed_us();
             if idle_us > SPIN_BEFORE_HALT_US {
                 interrupts::idle(idle_us);
-            }
-        }
-    }
-}
-
-/// Submits `sub` to the device with buffer `i`, or answers it with an error completion.
-fn start(
-    server: &mut RingServer<'static>,
-    disk: &mut GuestBlk,
-    sub: Submission,
-    i: usize,
-    buf: *mut u8,
-    inflight: &mut [Option<InFlight>; MAX_INFLIGHT],
-    free: &mut heapless::Vec<usize, MAX_INFLIGHT>,
-) {
-    // SAFETY: `buf` is buffer `i`, not at the device (it was on the free list).
-    let data = unsafe { core::slice::from_raw_parts_mut(buf, BLOCK_BYTES) };
-    let (op, lba) = match sub.op {
-        ring::Op::Read => (Op::Read, sub.lba / SECTORS_PER_BLOCK),
-        ring::Op::Write => (Op::Write, sub.lba / SECTORS_PER_BLOCK),
-        ring::Op::Flush => (Op::Flush, 0),
-    };
-    let aligned = sub.lba.is_multiple_of(SECTORS_PER_BLOCK)
-        && (sub.op == ring::Op::Flush || sub.len as usize == BLOCK_BYTES);
-    let copied = sub.op != ring::Op::Write || server.read_slot(&sub, data).is_ok();
-    // SAFETY: `buf` stays allocated and untouched until the device returns slot `i`.
-    let started = aligned && copied && unsafe { disk.submit(i, op, lba, buf) }.is_ok();
-    if started {
-        inflight[i] = Some(InFlight { sub, buf });
-    } else {
-        let _ = free.push(i);
-        complete(server, &sub, ring::Status::IoError);
-    }
-}
-
-/// Publishes a completion, waiting (bounded) while the owner has not consumed earlier ones.
-fn complete(server: &mut RingServer<'static>, sub: &Submission, status: ring::Status) {
-    let deadline = Deadline::after_us(10_000_000);
-    loop {
-        match server.complete(sub, status) {
-            Ok(()) => return,
-            Err(ring::RingError::Full) if !deadline.expired() => core::hint::spin_loop(),
-            Err(e) => {
-                log::error!("peer: cannot complete request {}: {e}", sub.id);
-                return;
             }
         }
     }

@@ -5,8 +5,9 @@
 //! - [`ports`]: port 1, any [`ports::BlockPort`] (the virtio-blk driver [`ports::blk`], generic over
 //!   virtio-drivers' `Hal` and `Transport`), and port 2, the shared-memory ring;
 //! - [`roles`]: the owner's handoff driver ([`roles::handoff`], written against the
-//!   [`roles::ControlLink`] and [`roles::OwnerPlatform`] traits), the owner's and the peer's main
-//!   loops;
+//!   [`roles::ControlLink`] and [`roles::OwnerPlatform`] traits), the peer's ring server
+//!   ([`roles::serve`]), and, on the machine only, the owner's and the peer's main loops and the
+//!   wiring of the guest's disk;
 //! - [`platform`]: everything that touches the machine (PVH boot, GDT, interrupts, clock, frames,
 //!   DMA `Hal`, COM1, PCI configuration access and BAR placement, ivshmem, exit).
 //!

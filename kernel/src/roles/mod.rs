@@ -6,6 +6,8 @@
 //! [`ControlLink`] (the control channel: `baton_core::control` messages, delivered reliably and
 //! once) and [`OwnerPlatform`] (the clock, the ACPI eject, the ivshmem device).
 
+#[cfg(target_os = "none")]
+pub mod disk;
 pub mod handoff;
 #[cfg(target_os = "none")]
 pub mod owner;

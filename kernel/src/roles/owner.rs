@@ -2,10 +2,10 @@
 //! polling the handoff, report (docs/guest-interface.md). This is the owner's main loop; the
 //! workload only submits and completes, the handoff driver only moves the disk.
 
+use super::disk::{self, GuestBlk};
 use super::handoff::OwnerHandoff;
 use super::{ControlLink, OwnerPlatform};
 use crate::control::ControlChannel;
-use crate::platform::disk::{self, GuestBlk};
 use crate::platform::exit::{ExitCode, exit};
 use crate::platform::hal::BatonHal;
 use crate::platform::pci_cam::{self, PortCam};

@@ -9,10 +9,10 @@
 //! Waiting guests must not burn a host core: between polls the peer spins briefly, then halts
 //! until the next timer tick (1 ms).
 
+use super::disk::{self, GuestBlk};
 use super::serve::{RingService, Step};
 use crate::control::ControlChannel;
 use crate::platform::clock::{self, Deadline, Stopwatch};
-use crate::platform::disk::{self, GuestBlk};
 use crate::platform::hal::BatonHal;
 use crate::platform::pci_cam::{self, PortCam};
 use crate::platform::{interrupts, shm};

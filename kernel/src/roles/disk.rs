@@ -1,11 +1,11 @@
 //! The guest's disks: finding a virtio-blk function (at boot, or hot-plugged by the shim),
 //! placing its BARs and bringing it up as a [`GuestBlk`] behind virtio-drivers' `PciTransport`.
 
-use super::clock::{self, Deadline};
-use super::hal::BatonHal;
-use super::pci;
-use super::pci_cam::{self, PortCam};
-use super::{interrupts, serial};
+use crate::platform::clock::{self, Deadline};
+use crate::platform::hal::BatonHal;
+use crate::platform::pci;
+use crate::platform::pci_cam::{self, PortCam};
+use crate::platform::{interrupts, serial};
 use crate::ports::BlockPort;
 use crate::ports::blk::BlkDevice;
 use baton_core::console::GuestLine;

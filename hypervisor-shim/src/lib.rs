@@ -12,8 +12,10 @@
 //! [`qmp`] is the QMP client; [`console`] reads the guest's serial console (its `BATON` lines are
 //! typed in `baton_core::console`); [`disk`] creates images and verifies them; [`run`] is the
 //! direct-I/O scenario; [`migrate`] is the handoff and the migration (with [`channel`], the guests'
-//! control channels, and [`shm`], the ring's shared-memory file); [`report`] holds both JSON
-//! reports; [`mod@bench`] repeats `run` to measure; [`cli`] is the command line.
+//! control channels, and [`shm`], the ring's shared-memory file); [`steps`] is the typed record of
+//! each handoff (which step happened when) and [`progress`] the timestamped progress display;
+//! [`report`] holds both JSON reports; [`mod@bench`] repeats `run` and `migrate` to measure;
+//! [`cli`] is the command line.
 
 pub mod bench;
 pub mod channel;
@@ -21,10 +23,12 @@ pub mod cli;
 pub mod console;
 pub mod disk;
 pub mod migrate;
+pub mod progress;
 pub mod qemu;
 pub mod qmp;
 pub mod report;
 pub mod run;
 pub mod setup;
 pub mod shm;
+pub mod steps;
 pub mod vm;

@@ -12,13 +12,13 @@
 //! Layout: this file holds the configuration and the entry point; `session` follows the guest;
 //! `verdict` turns the facts of a finished run into its failures; `assemble` builds the report.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use baton_core::cmdline::{DiskMode, GuestConfig, Role};
 
 use crate::disk::{self, DiskImage};
-use crate::qemu::DiskBackend;
+use crate::qemu::{Accel, DiskBackend, MachineSpec};
 use crate::report::RunReport;
 use crate::setup::{self, Binaries};
 
@@ -26,6 +26,7 @@ mod assemble;
 mod session;
 mod verdict;
 
+// Set-up and exit items under the paths `migrate`, `bench` and the CLI have imported them from.
 pub use crate::setup::{
     AccelChoice, BackendKind, SetupError as RunError, Workdir, default_kernel,
     install_interrupt_handler,
@@ -149,13 +150,13 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, RunError> {
 /// The guest's machine: the disk at boot unless it is to be hot-added.
 fn qemu_spec(
     bins: &Binaries,
-    accel: crate::qemu::Accel,
+    accel: Accel,
     append: String,
-    dir: &std::path::Path,
+    dir: &Path,
     cfg: &RunConfig,
     backend: &DiskBackend,
-) -> crate::qemu::MachineSpec {
-    crate::qemu::MachineSpec {
+) -> MachineSpec {
+    MachineSpec {
         boot_disk: (!cfg.hotplug_disk).then(|| backend.clone()),
         ..bins.machine(accel, append, setup::qmp_socket(dir, None))
     }

@@ -1,7 +1,13 @@
 //! Time: the TSC, calibrated once at boot against PIT channel 2.
+//!
+//! Depends on nothing else in the kernel (the interrupt setup imports [`PIT_HZ`] from here), so
+//! the logger can read the clock without an import circle.
 
 use core::sync::atomic::{AtomicU64, Ordering};
 use x86_64::instructions::port::Port;
+
+/// PIT input clock, Hz (channel 2 calibrates the TSC here, channel 0 is the interrupt timer).
+pub const PIT_HZ: u64 = 1_193_182;
 
 static TSC_PER_US: AtomicU64 = AtomicU64::new(0);
 static BOOT_TSC: AtomicU64 = AtomicU64::new(0);
@@ -17,7 +23,7 @@ pub fn rdtsc() -> u64 {
 pub fn init() {
     BOOT_TSC.store(rdtsc(), Ordering::Relaxed);
     const CALIBRATION_US: u64 = 20_000;
-    let count = (crate::interrupts::PIT_HZ * CALIBRATION_US / 1_000_000) as u16;
+    let count = (PIT_HZ * CALIBRATION_US / 1_000_000) as u16;
     // SAFETY: PIT channel 2 gated through port 0x61 (speaker output off); the kernel owns both.
     let (start, end) = unsafe {
         let mut gate = Port::<u8>::new(0x61);

@@ -11,7 +11,7 @@ pub struct BatonHal;
 // alive; there is no IOMMU or bounce buffering, so `unshare` has nothing to copy back.
 unsafe impl Hal for BatonHal {
     fn dma_alloc(pages: usize, _direction: BufferDirection) -> (PhysAddr, NonNull<u8>) {
-        let Some(paddr) = crate::memory::alloc_zeroed(pages) else {
+        let Some(paddr) = super::memory::alloc_zeroed(pages) else {
             panic!("out of DMA memory ({pages} pages)");
         };
         let Some(vaddr) = NonNull::new(paddr as *mut u8) else {
@@ -21,7 +21,7 @@ unsafe impl Hal for BatonHal {
     }
 
     unsafe fn dma_dealloc(paddr: PhysAddr, _vaddr: NonNull<u8>, pages: usize) -> i32 {
-        crate::memory::free(paddr, pages);
+        super::memory::free(paddr, pages);
         0
     }
 

@@ -1,6 +1,7 @@
 //! COM1 console: the `log` backend and the `BATON ...` protocol lines the shim reads
 //! (docs/guest-interface.md).
 
+use baton_core::console::GuestLine;
 use core::fmt::Write;
 use spin::Mutex;
 use uart_16550::SerialPort;
@@ -56,12 +57,10 @@ impl core::fmt::Write for Console {
     }
 }
 
-/// Prints a protocol line: `BATON <args>\n`.
-#[macro_export]
-macro_rules! baton_line {
-    ($($arg:tt)*) => {
-        $crate::serial::write_fmt(format_args!("BATON {}\n", format_args!($($arg)*)))
-    };
+/// Prints one protocol line (`BATON ...\n`) in its one format, `baton_core::console::GuestLine`,
+/// which the shim parses with the matching parser.
+pub fn print_line(line: &GuestLine<'_>) {
+    write_fmt(format_args!("{line}\n"));
 }
 
 struct Logger;
@@ -74,7 +73,7 @@ impl log::Log for Logger {
 
     fn log(&self, record: &log::Record) {
         if self.enabled(record.metadata()) {
-            let ms = crate::clock::uptime_us() / 1000;
+            let ms = super::clock::uptime_us() / 1000;
             write_fmt(format_args!(
                 "[{:<5} {:>6}ms] {}\n",
                 record.level(),

@@ -5,6 +5,7 @@
 //! the PIT on IRQ 0 (vector 32, through the 8259 PIC), which exists so that an idle guest can
 //! `hlt` instead of spinning; its handler only acknowledges the PIC.
 
+use baton_core::console::{Kind, PREFIX};
 use core::arch::global_asm;
 use core::sync::atomic::{AtomicU64, Ordering};
 use spin::Once;
@@ -12,12 +13,13 @@ use x86_64::VirtAddr;
 use x86_64::instructions::port::Port;
 use x86_64::structures::idt::InterruptDescriptorTable;
 
+use super::clock::PIT_HZ;
+use super::{exit, gdt, serial};
+
 /// Timer interrupt vector (PIC master remapped to 32..40).
 const TIMER_VECTOR: u8 = 32;
 /// COM2's interrupt (IRQ 3): received control bytes wake a halted guest at once.
 pub const COM2_IRQ: u8 = 3;
-/// PIT input clock, Hz.
-pub const PIT_HZ: u64 = 1_193_182;
 /// Timer interrupts per second while the guest expects work.
 pub const TICK_HZ: u64 = 1000;
 /// Timer interrupts per second after a long idle stretch: each tick costs the host a wake-up, and
@@ -147,11 +149,17 @@ struct ExceptionFrame {
 
 extern "C" fn exception_handler(frame: &ExceptionFrame) -> ! {
     let cr2 = x86_64::registers::control::Cr2::read_raw();
-    crate::serial::write_fmt_emergency(format_args!(
-        "BATON panic cpu exception {} error={:#x} rip={:#x} rsp={:#x} rflags={:#x} cr2={:#x}\n",
-        frame.vector, frame.error_code, frame.rip, frame.rsp, frame.rflags, cr2
+    serial::write_fmt_emergency(format_args!(
+        "{PREFIX}{} cpu exception {} error={:#x} rip={:#x} rsp={:#x} rflags={:#x} cr2={:#x}\n",
+        Kind::Panic,
+        frame.vector,
+        frame.error_code,
+        frame.rip,
+        frame.rsp,
+        frame.rflags,
+        cr2
     ));
-    crate::exit::exit(crate::exit::ExitCode::Failure)
+    exit::exit(exit::ExitCode::Failure)
 }
 
 extern "C" fn timer_tick() {
@@ -181,7 +189,7 @@ pub fn init() {
                 .set_handler_addr(addr(baton_exception_7));
             idt.double_fault
                 .set_handler_addr(addr(baton_exception_8))
-                .set_stack_index(crate::gdt::DOUBLE_FAULT_IST);
+                .set_stack_index(gdt::DOUBLE_FAULT_IST);
             idt.invalid_tss.set_handler_addr(addr(baton_exception_10));
             idt.segment_not_present
                 .set_handler_addr(addr(baton_exception_11));

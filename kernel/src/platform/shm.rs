@@ -2,7 +2,8 @@
 //! memory shared with another guest. The shim hot-plugs it into both guests when it opens the ring
 //! for a handoff; the guest places its BARs like any other hot-added device.
 
-use crate::pci::{self, PortCam};
+use super::pci::{self, PciSetupError};
+use super::pci_cam::{self, PortCam};
 use baton_core::ring::SharedRegion;
 use virtio_drivers::transport::pci::bus::{BarInfo, PciRoot};
 
@@ -11,12 +12,11 @@ const IVSHMEM_ID: (u16, u16) = (0x1af4, 0x1110);
 
 /// Why the shared region is not usable.
 #[derive(Debug)]
-#[allow(dead_code)]
 pub enum ShmError {
     /// No ivshmem function in the slot the shim named.
     NotFound(u8),
     /// Its BARs could not be placed.
-    Setup(pci::PciSetupError),
+    Setup(PciSetupError),
     /// BAR2 is missing or not memory.
     NoSharedMemory,
     /// BAR2 is placed outside the identity-mapped 4 GiB or is not aligned.
@@ -29,10 +29,10 @@ pub fn open(root: &mut PciRoot<PortCam>, slot: u8) -> Result<SharedRegion<'stati
         df.device == slot && (i.vendor_id, i.device_id) == IVSHMEM_ID
     })
     .ok_or(ShmError::NotFound(slot))?;
-    pci::setup_device(root, df).map_err(ShmError::Setup)?;
+    pci_cam::setup_device(root, df).map_err(ShmError::Setup)?;
     let bar = root
         .bar_info(df, 2)
-        .map_err(|e| ShmError::Setup(pci::PciSetupError::Bar(e)))?;
+        .map_err(|e| ShmError::Setup(PciSetupError::Bar(e)))?;
     let Some(BarInfo::Memory { address, size, .. }) = bar else {
         return Err(ShmError::NoSharedMemory);
     };

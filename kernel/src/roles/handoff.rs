@@ -1,24 +1,27 @@
 //! The owner's side of the handoff (docs/design.md, "The handoff"; US 20070204265A1 claim 1).
 //!
-//! Driven from the workload's poll loop:
+//! Polled from the owner's main loop, next to the workload:
 //! 1. `redirect` from the shim (sent when the operator directs a save/migrate, or after this guest
 //!    asked with `migrate-request`): the redirector switches; new requests are held for port 2
 //!    while port 1 drains.
-//! 2. When port 1 has nothing in flight: the device is reset and its slot ejected through the ACPI
-//!    hotplug register; the guest reports `drained` and `released`.
+//! 2. When port 1 has nothing in flight (redirector `Drained`): the device is reset and its slot
+//!    ejected through the ACPI hotplug register; the guest reports `drained` and `released`.
 //! 3. `ring-opened <slot>` (may arrive any time after `redirect`): the ivshmem device is set up
 //!    and the ring formatted; it becomes port 2.
 //! 4. `open-port2`: the held requests, then all new ones, are forwarded over the ring in order;
 //!    the guest reports `forwarding`.
+//!
+//! Where the owner is in the handoff is the redirector's own [`State`] (read from the stack), not
+//! a second copy of it: `Direct` before `redirect`, `Draining`/`Drained` until the release,
+//! `Released` until `open-port2`, `Forwarding` after.
 
-use crate::clock;
-use crate::control::ControlChannel;
-use crate::pci::{self, PortCam};
+use super::{ControlLink, OwnerPlatform};
+use crate::ports::BlockPort;
 use crate::stack::ResourceStack;
-use baton_core::control::{Message, Role};
+use baton_core::control::{Message, PROTOCOL_VERSION, Role};
 use baton_core::redirector::State;
 use baton_core::ring::RingClient;
-use virtio_drivers::transport::pci::bus::PciRoot;
+use virtio_drivers::Hal;
 
 /// Error codes sent in `error` messages.
 pub mod codes {
@@ -33,51 +36,42 @@ pub mod codes {
 /// Control-channel polls are spaced this far apart (port I/O is a VM exit).
 const POLL_INTERVAL_US: u64 = 500;
 
-/// Where the owner is in the handoff.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Phase {
-    /// Port 1 in use.
-    Direct,
-    /// Switch directed; port 1 draining.
-    Draining,
-    /// Device released; waiting for `open-port2`.
-    Released,
-    /// Port 2 forwarding.
-    Forwarding,
-}
-
-/// The owner's handoff driver.
-pub struct OwnerHandoff {
-    ctl: Option<ControlChannel>,
-    root: PciRoot<PortCam>,
+/// The owner's handoff driver, over control link `C` and platform `P`.
+pub struct OwnerHandoff<C: ControlLink, P: OwnerPlatform> {
+    ctl: Option<C>,
+    platform: P,
     disk_slot: u8,
-    phase: Phase,
     migrate_asked: bool,
-    next_poll_tsc: u64,
+    next_poll_us: u64,
     /// Requests held at port 2 when port 1 finished draining.
     pub held_at_switch: u64,
 }
 
-impl OwnerHandoff {
-    /// A driver for the disk in PCI slot `disk_slot`; says hello on the control channel.
-    pub fn new(root: PciRoot<PortCam>, disk_slot: u8, vm: u32) -> Self {
-        let mut ctl = ControlChannel::open();
+impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
+    /// A driver for the disk in PCI slot `disk_slot`; says hello on `ctl` (`None`: the guest has
+    /// no control channel, so no handoff can be directed).
+    pub fn new(ctl: Option<C>, platform: P, disk_slot: u8, vm: u32) -> Self {
+        let mut ctl = ctl;
         if let Some(ctl) = ctl.as_mut() {
             ctl.send(Message::Hello {
                 role: Role::Owner,
                 vm,
-                version: 1,
+                version: PROTOCOL_VERSION,
             });
         }
         OwnerHandoff {
             ctl,
-            root,
+            platform,
             disk_slot,
-            phase: Phase::Direct,
             migrate_asked: false,
-            next_poll_tsc: 0,
+            next_poll_us: 0,
             held_at_switch: 0,
         }
+    }
+
+    /// The control link, for tests and diagnostics.
+    pub fn link(&mut self) -> Option<&mut C> {
+        self.ctl.as_mut()
     }
 
     /// Asks the shim to migrate this guest (once).
@@ -91,68 +85,73 @@ impl OwnerHandoff {
         }
     }
 
-    /// One step: finish the drain if it is done, and act on at most one control message.
-    pub fn poll(&mut self, stack: &mut ResourceStack) {
-        if self.phase == Phase::Draining && stack.state() == State::Drained {
+    /// One step: finish the drain if it is done, and act on at most one control message
+    /// (messages are read at most every [`POLL_INTERVAL_US`]).
+    pub fn poll<H: Hal, B: BlockPort>(&mut self, stack: &mut ResourceStack<H, B>) {
+        if stack.state() == State::Drained {
             self.release_device(stack);
         }
-        let now = clock::rdtsc();
-        if now < self.next_poll_tsc {
+        let now = self.platform.now_us();
+        if now < self.next_poll_us {
             return;
         }
-        self.next_poll_tsc = now + POLL_INTERVAL_US * clock::tsc_per_us();
+        self.next_poll_us = now + POLL_INTERVAL_US;
         let Some(ctl) = self.ctl.as_mut() else {
             return;
         };
         let Some(msg) = ctl.poll() else { return };
-        match (msg, self.phase) {
-            (Message::Redirect, Phase::Direct) => {
+        self.on_message(stack, msg);
+    }
+
+    /// Acts on one message from the shim in the redirector's current state.
+    fn on_message<H: Hal, B: BlockPort>(&mut self, stack: &mut ResourceStack<H, B>, msg: Message) {
+        let state = stack.state();
+        match (msg, state) {
+            (Message::Redirect, State::Direct) => {
                 match stack.direct_switch() {
                     Ok(state) => log::info!("handoff: redirect directed, redirector {state:?}"),
                     Err(e) => panic!("handoff: {e}"),
                 }
-                self.phase = Phase::Draining;
                 if stack.state() == State::Drained {
                     self.release_device(stack);
                 }
             }
-            (Message::RingOpened { slot }, Phase::Draining | Phase::Released)
+            (Message::RingOpened { slot }, State::Draining | State::Drained | State::Released)
                 if !stack.has_port2() =>
             {
-                match crate::shm::open(&mut self.root, slot)
-                    .map_err(|e| log::error!("handoff: ring in slot {slot}: {e:?}"))
-                    .and_then(|region| {
-                        RingClient::format(region)
-                            .map_err(|e| log::error!("handoff: cannot format the ring: {e}"))
-                    }) {
-                    Ok(client) => {
+                let client = self.platform.open_ring(slot).and_then(|region| {
+                    RingClient::format(region)
+                        .map_err(|e| log::error!("handoff: cannot format the ring: {e}"))
+                        .ok()
+                });
+                match client {
+                    Some(client) => {
                         log::info!(
                             "handoff: ring formatted, {} slots",
                             client.layout().slot_count()
                         );
                         stack.attach_port2(client);
                     }
-                    Err(()) => self.send(Message::Error {
+                    None => self.send(Message::Error {
                         code: codes::RING_UNUSABLE,
                     }),
                 }
             }
-            (Message::OpenPort2, Phase::Released) if stack.has_port2() => {
+            (Message::OpenPort2, State::Released) if stack.has_port2() => {
                 match stack.open_port2() {
                     Ok(state) => log::info!("handoff: port 2 open, redirector {state:?}"),
                     Err(e) => panic!("handoff: {e}"),
                 }
-                self.phase = Phase::Forwarding;
                 self.send(Message::Forwarding);
             }
             (Message::OpenPort2, _) => {
-                log::warn!("handoff: open-port2 in phase {:?}", self.phase);
+                log::warn!("handoff: open-port2 in state {state:?}");
                 self.send(Message::Error {
                     code: codes::NOT_READY,
                 });
             }
-            (msg, phase) => {
-                log::warn!("handoff: unexpected {} in phase {phase:?}", msg.name());
+            (msg, state) => {
+                log::warn!("handoff: unexpected {} in state {state:?}", msg.name());
                 self.send(Message::Error {
                     code: codes::UNEXPECTED_MESSAGE,
                 });
@@ -161,14 +160,14 @@ impl OwnerHandoff {
     }
 
     /// Port 1 drained: quiesce the device, eject it, tell the shim.
-    fn release_device(&mut self, stack: &mut ResourceStack) {
+    fn release_device<H: Hal, B: BlockPort>(&mut self, stack: &mut ResourceStack<H, B>) {
         let held = stack.held();
         self.held_at_switch = u64::from(held);
         let completed = stack.port1_requests;
         if let Some(dev) = stack.detach_port1() {
             dev.release();
         }
-        pci::hotplug::eject(self.disk_slot);
+        self.platform.eject(self.disk_slot);
         if let Err(e) = stack.device_released() {
             panic!("handoff: {e}");
         }
@@ -176,7 +175,6 @@ impl OwnerHandoff {
             "handoff: port 1 drained ({completed} requests), {held} held, slot {} ejected",
             self.disk_slot
         );
-        self.phase = Phase::Released;
         self.send(Message::Drained {
             port1_completed: completed,
             held: u32::from(held),
@@ -196,9 +194,9 @@ impl OwnerHandoff {
 
     /// Keeps the control channel moving until everything queued was acknowledged or `us` passed.
     pub fn flush(&mut self, us: u64) {
-        let deadline = clock::Deadline::after_us(us);
+        let deadline = self.platform.now_us().saturating_add(us);
         if let Some(ctl) = self.ctl.as_mut() {
-            while !ctl.idle() && !deadline.expired() {
+            while !ctl.idle() && self.platform.now_us() < deadline {
                 if let Some(msg) = ctl.poll() {
                     log::warn!("handoff: ignoring {} after the workload", msg.name());
                 }
@@ -207,3 +205,7 @@ impl OwnerHandoff {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "handoff_tests.rs"]
+mod tests;

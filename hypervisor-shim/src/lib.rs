@@ -11,7 +11,7 @@
 //! [`run`] is the direct-I/O scenario; [`migrate`] is the handoff and the migration (with
 //! [`channel`], the guests' control channels, and [`shm`], the ring's shared-memory file);
 //! [`steps`] is the typed record of each handoff (which step happened when) and [`progress`] the
-//! timestamped progress display; [`report`] holds both JSON reports; [`bench`] repeats `run` and
+//! timestamped progress display; [`report`] holds both JSON reports; [`bench`](mod@bench) repeats `run` and
 //! `migrate` to measure; [`cli`] is the command line.
 
 pub mod bench;

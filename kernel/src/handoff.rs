@@ -63,11 +63,7 @@ impl OwnerHandoff {
     pub fn new(root: PciRoot<PortCam>, disk_slot: u8, vm: u32) -> Self {
         let mut ctl = ControlChannel::open();
         if let Some(ctl) = ctl.as_mut() {
-            ctl.send(Message::Hello {
-                role: Role::Owner,
-                vm,
-                version: 1,
-            });
+            ctl.send(Message::hello(Role::Owner, vm));
         }
         OwnerHandoff {
             ctl,

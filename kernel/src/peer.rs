@@ -34,11 +34,7 @@ pub fn run(cfg: &GuestConfig) -> ! {
     let Some(mut ctl) = ControlChannel::open() else {
         panic!("role=peer needs the control channel on COM2");
     };
-    ctl.send(Message::Hello {
-        role: Role::Peer,
-        vm: cfg.vm,
-        version: 1,
-    });
+    ctl.send(Message::hello(Role::Peer, cfg.vm));
     let mut root = pci::root();
     let deadline = Deadline::after_us(SETUP_WAIT_US);
     let mut region: Option<SharedRegion<'static>> = None;

@@ -79,8 +79,8 @@ pub enum ChannelError {
         #[source]
         source: ControlError,
     },
-    /// the shim may not send this message
-    #[error("`{name}` is a guest message")]
+    /// the shim does not queue this message (a guest message, or an ack)
+    #[error("`{name}` is not a message the shim queues")]
     NotShims {
         /// Message name.
         name: &'static str,
@@ -277,6 +277,7 @@ impl ControlChannel {
                 source,
             },
             SendError::WrongSide(kind) => ChannelError::NotShims { name: kind.name() },
+            SendError::Ack => ChannelError::NotShims { name: msg.name() },
         })?;
         self.transmit()
     }

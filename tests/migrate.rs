@@ -125,9 +125,13 @@ fn assert_handoff_ok(out: &Output, rep: &Value, mode: &str, qd32: bool) {
         e.find(needle)
             .unwrap_or_else(|| panic!("progress line `{needle}` missing: {}", ctx()))
     };
+    // Each step's line carries the step's name (`steps::Step::label`).
+    assert!(pos("directed:") < pos("ring opened:"), "{}", ctx());
     assert!(pos("directed:") < pos("drained:"), "{}", ctx());
-    assert!(pos("drained:") < pos("device deleted:"), "{}", ctx());
-    assert!(pos("peer ready:") < pos("forwarding:"), "{}", ctx());
+    assert!(pos("drained:") < pos("drive released:"), "{}", ctx());
+    assert!(pos("drive released:") < pos("attached:"), "{}", ctx());
+    assert!(pos("attached:") < pos("ready:"), "{}", ctx());
+    assert!(pos("ready:") < pos("port open:"), "{}", ctx());
     assert!(e.contains(if mode == "live" {
         "migrated:"
     } else {

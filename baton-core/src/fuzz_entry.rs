@@ -6,7 +6,10 @@
 
 use core::sync::atomic::AtomicU64;
 
-use crate::control::{self, Decoder, HandoffState, MAX_FRAME_LEN, Role, SeqTracker};
+use crate::control::{
+    self, Decoder, Endpoint, Event, HandoffGate, HandoffState, MAX_FRAME_LEN, Received, Role,
+    SeqTracker, Side,
+};
 use crate::ring::{
     self, MAX_SLOTS, MIN_REGION_LEN, Op, RingClient, RingServer, SECTOR_SIZE, SLOT_SIZE,
     SharedRegion, Status, Submission,
@@ -296,10 +299,15 @@ fn script(region: SharedRegion<'_>, capacity: u64, data: &[u8]) {
     }
 }
 
-/// Feeds bytes to a [`Decoder`] and checks every frame it accepts.
+/// Feeds bytes to a [`Decoder`] and to a shim-side [`Endpoint`], and checks every frame they
+/// accept.
 struct Feeder {
     decoder: Decoder,
     seqs: SeqTracker,
+    endpoint: Endpoint<4>,
+    gate: HandoffGate,
+    /// The fuzzer's clock for the endpoint's retransmissions, in microseconds.
+    now_us: u64,
     /// The bytes since the last `@` (the frame being received).
     current: [u8; MAX_FRAME_LEN],
     current_len: usize,
@@ -308,9 +316,15 @@ struct Feeder {
 
 impl Feeder {
     fn new() -> Feeder {
+        let mut endpoint = Endpoint::new(Side::Shim, 1_000);
+        // One message outstanding, so acks in the input have something to match.
+        let _ = endpoint.send(control::Message::Redirect);
         Feeder {
             decoder: Decoder::new(),
             seqs: SeqTracker::new(),
+            endpoint,
+            gate: HandoffGate::new(1, 2),
+            now_us: 0,
             current: [0; MAX_FRAME_LEN],
             current_len: 0,
             accepted: 0,
@@ -318,6 +332,7 @@ impl Feeder {
     }
 
     fn feed(&mut self, byte: u8) {
+        self.feed_endpoint(byte);
         if byte == b'@' {
             self.current_len = 0;
         }
@@ -338,20 +353,59 @@ impl Feeder {
             "accepted a non-canonical frame"
         );
         let _ = self.seqs.check(frame.seq);
-        for state in [
-            HandoffState::Booting,
-            HandoffState::Direct,
-            HandoffState::Redirecting,
-            HandoffState::Drained,
-            HandoffState::Released,
-            HandoffState::PeerReady,
-            HandoffState::Forwarding,
-            HandoffState::Migrating,
-            HandoffState::Failed,
-        ] {
-            let _ = control::accepts_from(Role::Owner, state, &frame.msg);
-            let _ = control::accepts_from(Role::Peer, state, &frame.msg);
+        for state in HandoffState::ALL {
+            for from in [Role::Owner, Role::Peer] {
+                let event = Event::Guest {
+                    from,
+                    msg: frame.msg,
+                };
+                let stepped = control::step(state, event);
+                assert_eq!(
+                    stepped.is_ok(),
+                    control::accepts_from(from, state, &frame.msg)
+                );
+            }
             let _ = state.after(&frame.msg);
+        }
+    }
+
+    /// The endpoint must count what it is fed, hand out only frames that decode, and deliver
+    /// only messages a guest may send.
+    fn feed_endpoint(&mut self, byte: u8) {
+        let before = self.endpoint.stats();
+        let Some(received) = self.endpoint.push(byte) else {
+            return;
+        };
+        let after = self.endpoint.stats();
+        match received {
+            Received::Message { msg, .. } => {
+                assert!(msg.sent_by_guest());
+                let from = if self.accepted.is_multiple_of(2) {
+                    Role::Owner
+                } else {
+                    Role::Peer
+                };
+                let state = self.gate.state();
+                if self.gate.offer(from, &msg).is_err() {
+                    assert_eq!(self.gate.state(), state, "a rejection moved the handoff");
+                }
+            }
+            Received::Bad(_) => assert_eq!(after.bad_frames, before.bad_frames + 1),
+            Received::Duplicate { .. } => assert_eq!(after.duplicates, before.duplicates + 1),
+            Received::StrayAck { .. } => assert_eq!(after.stray_acks, before.stray_acks + 1),
+            Received::Acked { .. } => assert!(self.endpoint.idle()),
+        }
+        self.now_us = self.now_us.saturating_add(u64::from(byte));
+        let mut out = [0u8; MAX_FRAME_LEN];
+        let mut frames = 0;
+        while let Some(n) = self.endpoint.poll_transmit(self.now_us, &mut out) {
+            let line = out.get(..n.saturating_sub(1)).unwrap_or_default();
+            assert!(
+                control::decode_line(line).is_ok(),
+                "sent an undecodable frame"
+            );
+            frames += 1;
+            assert!(frames <= control::ACK_BACKLOG + 1, "transmit did not stop");
         }
     }
 }
@@ -362,8 +416,13 @@ impl Feeder {
 /// trailer before it is fed, so the fuzzer reaches the grammar behind the checksum; otherwise
 /// (every seed starting with `@`) all bytes are fed as they are.
 ///
+/// The same bytes also go to a shim-side [`Endpoint`] whose accepted messages are offered to a
+/// [`HandoffGate`].
+///
 /// Invariants: no panic; every accepted frame is exactly the canonical encoding of what it
-/// decoded to (the parser is strict) and fits [`MAX_FRAME_LEN`]; the state check never panics.
+/// decoded to (the parser is strict) and fits [`MAX_FRAME_LEN`]; [`control::step`] and
+/// [`control::accepts_from`] agree; the endpoint counts what it reports, delivers only guest
+/// messages and sends only frames that decode; a rejected message leaves the handoff's state.
 pub fn fuzz_control_decoder(data: &[u8]) {
     let mut feeder = Feeder::new();
     match data.split_first() {

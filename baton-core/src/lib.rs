@@ -8,6 +8,7 @@
 //! - [`tag`]: the self-describing 4 KiB block format the workload writes.
 //! - [`workload`]: the deterministic write schedule.
 //! - [`cmdline`]: the guest kernel command line.
+//! - [`console`]: every `BATON` line the guest prints, typed, with one parser.
 //! - [`report`]: the guest's `BATON result` line.
 //! - [`redirector`]: the lock-free port redirector (port 1 = device, port 2 = ring).
 //! - [`stats`]: latency histograms and the per-port `BATON port-stats` line.
@@ -18,6 +19,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod cmdline;
+pub mod console;
 pub mod control;
 pub mod crc32;
 #[doc(hidden)]

@@ -71,36 +71,51 @@ impl<const BINS: usize> Timeline<BINS> {
     /// Writes the timeline as lines (each ending in `\n`) to `out`.
     pub fn write_lines(&self, out: &mut impl core::fmt::Write) -> core::fmt::Result {
         for (chunk_index, chunk) in self.counts().chunks(BINS_PER_LINE).enumerate() {
-            write!(
+            write_line(
                 out,
-                "{PREFIX}start_us={} bin_us={} from={} counts=",
                 self.start_us,
                 self.bin_us,
-                chunk_index * BINS_PER_LINE
+                (chunk_index * BINS_PER_LINE) as u64,
+                chunk,
             )?;
-            let mut i = 0;
-            let mut first = true;
-            while i < chunk.len() {
-                let c = chunk[i];
-                let run = chunk[i..].iter().take_while(|&&x| x == c).count();
-                if !first {
-                    out.write_str(",")?;
-                }
-                first = false;
-                if run > 2 {
-                    write!(out, "{c}*{run}")?;
-                } else {
-                    write!(out, "{c}")?;
-                    if run == 2 {
-                        write!(out, ",{c}")?;
-                    }
-                }
-                i += run;
-            }
             out.write_str("\n")?;
         }
         Ok(())
     }
+}
+
+/// Writes one line (without its `\n`): the prefix, the keys and `counts` run-length compressed.
+fn write_line(
+    out: &mut impl core::fmt::Write,
+    start_us: u64,
+    bin_us: u64,
+    from: u64,
+    counts: &[u16],
+) -> core::fmt::Result {
+    write!(
+        out,
+        "{PREFIX}start_us={start_us} bin_us={bin_us} from={from} counts="
+    )?;
+    let mut i = 0;
+    let mut first = true;
+    while i < counts.len() {
+        let c = counts[i];
+        let run = counts[i..].iter().take_while(|&&x| x == c).count();
+        if !first {
+            out.write_str(",")?;
+        }
+        first = false;
+        if run > 2 {
+            write!(out, "{c}*{run}")?;
+        } else {
+            write!(out, "{c}")?;
+            if run == 2 {
+                write!(out, ",{c}")?;
+            }
+        }
+        i += run;
+    }
+    Ok(())
 }
 
 /// One parsed timeline line.
@@ -118,10 +133,37 @@ pub struct TimelineLine {
 }
 
 impl TimelineLine {
+    /// A line carrying `counts` (1 to [`BINS_PER_LINE`] bins) from bin `from` on; `None` when the
+    /// counts do not fit one line or `bin_us` is zero (what [`parse_line`] would reject).
+    #[must_use]
+    pub fn new(start_us: u64, bin_us: u64, from: u64, counts: &[u16]) -> Option<Self> {
+        if counts.is_empty() || counts.len() > BINS_PER_LINE || bin_us == 0 {
+            return None;
+        }
+        let mut all = [0u16; BINS_PER_LINE];
+        all[..counts.len()].copy_from_slice(counts);
+        Some(TimelineLine {
+            start_us,
+            bin_us,
+            from,
+            len: counts.len(),
+            counts: all,
+        })
+    }
+
     /// The counts on this line.
     #[must_use]
     pub fn counts(&self) -> &[u16] {
-        &self.counts[..self.len]
+        // `len` is public; a value past the array reads as the whole array instead of panicking.
+        self.counts.get(..self.len).unwrap_or(&self.counts)
+    }
+}
+
+impl core::fmt::Display for TimelineLine {
+    /// Renders the line as the guest prints it (without the `\n`), e.g.
+    /// `BATON timeline start_us=5 bin_us=1000 from=0 counts=2,1,0*293,1`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        write_line(f, self.start_us, self.bin_us, self.from, self.counts())
     }
 }
 
@@ -264,7 +306,32 @@ mod tests {
         assert!(parse_line(&std::format!("{ok} extra=1")).is_err());
     }
 
+    #[test]
+    fn one_line_renders_and_parses_back() {
+        let l = TimelineLine::new(5, 1000, 256, &[2, 1, 0, 0, 0, 7, 7]).unwrap();
+        let text = std::format!("{l}");
+        assert_eq!(
+            text,
+            "BATON timeline start_us=5 bin_us=1000 from=256 counts=2,1,0*3,7,7"
+        );
+        assert_eq!(parse_line(&text), Ok(l));
+        assert!(TimelineLine::new(0, 1000, 0, &[]).is_none());
+        assert!(TimelineLine::new(0, 0, 0, &[1]).is_none());
+        assert!(TimelineLine::new(0, 1, 0, &[1; BINS_PER_LINE + 1]).is_none());
+    }
+
     proptest! {
+        #[test]
+        fn line_display_round_trips(
+            start in any::<u64>(), bin in 1u64.., from in any::<u64>(),
+            counts in proptest::collection::vec(prop_oneof![Just(0u16), Just(1), any::<u16>()], 1..=BINS_PER_LINE),
+        ) {
+            let l = TimelineLine::new(start, bin, from, &counts).unwrap();
+            let text = std::format!("{l}");
+            prop_assert!(text.len() <= MAX_LINE_LEN);
+            prop_assert_eq!(parse_line(&text), Ok(l));
+        }
+
         #[test]
         fn round_trips(times in proptest::collection::vec(0u64..3_000_000, 0..2000)) {
             let mut t: Timeline<2048> = Timeline::new(0, 1000);

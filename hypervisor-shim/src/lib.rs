@@ -10,8 +10,9 @@
 //! [`console`] reads the guest's serial console; [`disk`] creates images and verifies them;
 //! [`run`] is the direct-I/O scenario; [`migrate`] is the handoff and the migration (with
 //! [`channel`], the guests' control channels, and [`shm`], the ring's shared-memory file);
-//! [`report`] holds both JSON reports; [`bench`] repeats `run` to measure; [`cli`] is the command
-//! line.
+//! [`steps`] is the typed record of each handoff (which step happened when) and [`progress`] the
+//! timestamped progress display; [`report`] holds both JSON reports; [`bench`] repeats `run` and
+//! `migrate` to measure; [`cli`] is the command line.
 
 pub mod bench;
 pub mod channel;
@@ -19,8 +20,10 @@ pub mod cli;
 pub mod console;
 pub mod disk;
 pub mod migrate;
+pub mod progress;
 pub mod qemu;
 pub mod qmp;
 pub mod report;
 pub mod run;
 pub mod shm;
+pub mod steps;

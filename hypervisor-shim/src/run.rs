@@ -13,7 +13,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use baton_core::cmdline::{DiskMode, GuestConfig, Role};
-use baton_core::report::{GuestReport, parse_line};
+use baton_core::console::{GuestLine, Kind, LineError};
+use baton_core::report::GuestReport;
 use baton_core::workload::Schedule;
 use serde_json::Value;
 
@@ -372,6 +373,15 @@ impl GuestLines {
             self.notes.push(n);
         }
     }
+
+    /// The first `BATON result` line, well-formed or not, is the one the report uses.
+    fn on_result(&mut self, r: Result<GuestReport, String>) {
+        if self.result.is_some() {
+            self.note("repeated `BATON result` ignored".into());
+        } else {
+            self.result = Some(r);
+        }
+    }
 }
 
 /// A running guest: QEMU, its console, its QMP session.
@@ -559,20 +569,19 @@ impl Session {
         at: Instant,
         hotplug: Option<&DiskBackend>,
     ) -> Result<(), String> {
-        let Some(rest) = text.strip_prefix("BATON ") else {
+        let Some(parsed) = GuestLine::parse(text) else {
             return Ok(());
         };
-        let (word, args) = rest.split_once(' ').unwrap_or((rest, ""));
         let lines = &mut self.lines;
-        match word {
-            "ready" => {
+        match parsed {
+            Ok(GuestLine::Ready { .. }) => {
                 if lines.ready.is_some() {
                     lines.note("repeated `BATON ready`".into());
                 } else {
                     lines.ready = Some(at);
                 }
             }
-            "waiting-for-disk" => match hotplug {
+            Ok(GuestLine::WaitingForDisk) => match hotplug {
                 Some(backend) if lines.waiting_for_disk.is_none() => {
                     lines.waiting_for_disk = Some(at);
                     self.hot_add_disk(backend)?;
@@ -583,35 +592,44 @@ impl Session {
                     lines.note("`BATON waiting-for-disk` but the disk was present at boot".into())
                 }
             },
-            "first-io" => {
+            Ok(GuestLine::FirstIo) => {
                 if lines.first_io.is_none() {
                     lines.first_io = Some(at);
                 }
             }
-            "result" => {
-                if lines.result.is_some() {
-                    lines.note("repeated `BATON result` ignored".into());
-                } else {
-                    lines.result = Some(parse_line(text).map_err(|e| e.to_string()));
-                }
-            }
-            "panic" => {
+            Ok(GuestLine::Result(r)) => lines.on_result(Ok(r)),
+            Err(e @ LineError::Result(_)) => lines.on_result(Err(e.to_string())),
+            Ok(GuestLine::Panic(message)) => {
                 if lines.panic.is_none() {
-                    lines.panic = Some(args.to_owned());
+                    lines.panic = Some(message.to_owned());
                 }
             }
-            "port-stats" => match baton_core::stats::parse_line(text) {
-                Ok(ps) if lines.port_stats.len() < 2 => lines.port_stats.push(ps.into()),
-                Ok(_) => lines.note("extra `BATON port-stats` line ignored".into()),
-                Err(e) => lines.note(format!("malformed `BATON port-stats` line: {e}")),
-            },
+            Ok(GuestLine::PortStats(ps)) if lines.port_stats.len() < 2 => {
+                lines.port_stats.push(ps.into())
+            }
+            Ok(GuestLine::PortStats(_)) => {
+                lines.note("extra `BATON port-stats` line ignored".into())
+            }
             // The completion timeline is for the handoff plot (`migrate`); a direct run has none
             // to show.
-            "timeline" => {}
-            other => {
-                let w: String = other.chars().take(32).collect();
+            Ok(GuestLine::Timeline(_)) | Err(LineError::Timeline(_)) => {}
+            Ok(l @ (GuestLine::PeerFault(_) | GuestLine::FaultInjected)) => {
+                let word = l.kind().map_or("", Kind::word);
+                lines.note(format!(
+                    "unexpected guest line `BATON {word}` (no peer in this run)"
+                ));
+            }
+            Ok(GuestLine::Unknown(rest)) => {
+                let w: String = rest
+                    .split(' ')
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(32)
+                    .collect();
                 lines.note(format!("unknown guest line `BATON {w}`"));
             }
+            Err(e) => lines.note(format!("malformed `BATON {}` line: {e}", e.kind())),
         }
         Ok(())
     }

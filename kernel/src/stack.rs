@@ -1,18 +1,23 @@
 //! The resource stack: the block API the workload sees (allocate a request, fill its buffer,
 //! submit, poll for completions), on top of the port redirector and its two ports.
 //!
-//! Port 1 is the assigned virtio-blk device ([`BlkDevice`]); port 2 is the shared-memory ring to
-//! the peer guest ([`RingClient`]). [`Redirector`] decides per request (US 20070204265A1 claim 1):
+//! Port 1 is any [`BlockPort`] (in the guest the assigned virtio-blk device,
+//! [`crate::ports::blk::BlkDevice`]); port 2 is the shared-memory ring to the peer guest
+//! ([`RingClient`]). [`Redirector`] decides per request (US 20070204265A1 claim 1):
 //! port 1 until the switch, then requests are held while port 1 drains, and after the device was
 //! released and the ring opened they are forwarded in submission order.
 //!
-//! Each request owns one 4 KiB DMA buffer for its whole life: port 1 transfers straight from it,
-//! port 2 copies it into a ring slot (and back, for reads).
+//! Each request owns one 4 KiB DMA buffer ([`DmaPages`]) for its whole life: port 1 transfers
+//! straight from it, port 2 copies it into a ring slot (and back, for reads).
+//!
+//! Hardware-independent: generic over the DMA [`Hal`] and the port-1 [`BlockPort`], unit-tested on
+//! the host (`stack_tests.rs`) with a fake port 1 and a real ring over host memory.
 
-use crate::blk::{BLOCK_BYTES, BlkDevice, BlkError, MAX_INFLIGHT, Op, SECTORS_PER_BLOCK, Status};
-use crate::memory::alloc_zeroed;
+use crate::ports::dma::DmaPages;
+use crate::ports::{self, BLOCK_BYTES, BlkError, BlockPort, MAX_INFLIGHT, Op, Status};
 use baton_core::redirector::{Port, RedirectError, Redirector, Route, State};
-use baton_core::ring::{self, RingClient, RingError, Submission};
+use baton_core::ring::{RingClient, RingError};
+use virtio_drivers::Hal;
 
 /// Identifies one outstanding request (an index into the stack's request table).
 pub type Tag = usize;
@@ -22,7 +27,6 @@ const REDIRECTOR_SLOTS: usize = 2 * MAX_INFLIGHT;
 
 /// Why a submission was refused.
 #[derive(Debug)]
-#[allow(dead_code)]
 pub enum StackError {
     /// No device behind the port the redirector chose.
     NoDevice,
@@ -47,7 +51,6 @@ pub struct Completion {
 
 #[derive(Clone, Copy)]
 struct Entry {
-    buf: *mut u8,
     op: Op,
     lba: u64,
     /// Ring slot while the request is at port 2.
@@ -55,11 +58,13 @@ struct Entry {
 }
 
 /// The block API over the redirector's ports.
-pub struct ResourceStack {
+pub struct ResourceStack<H: Hal, P: BlockPort> {
     redirector: Redirector<REDIRECTOR_SLOTS>,
-    port1: Option<BlkDevice>,
+    port1: Option<P>,
     port2: Option<RingClient<'static>>,
     entries: [Entry; MAX_INFLIGHT],
+    /// Request `tag`'s block buffer.
+    bufs: [DmaPages<H>; MAX_INFLIGHT],
     free: heapless::Vec<u8, MAX_INFLIGHT>,
     /// Completions decided by the stack itself (port failures), delivered by `poll`.
     failed: heapless::Deque<(Tag, Port, Status), MAX_INFLIGHT>,
@@ -71,42 +76,46 @@ pub struct ResourceStack {
     pub ring_fault: Option<RingError>,
 }
 
-impl ResourceStack {
-    /// A stack with no device yet; `None` when there is no memory for the request buffers.
-    pub fn new() -> Option<Self> {
-        let mut entries = [Entry {
-            buf: core::ptr::null_mut(),
+impl<H: Hal, P: BlockPort> Default for ResourceStack<H, P> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<H: Hal, P: BlockPort> ResourceStack<H, P> {
+    /// A stack with no device yet and [`MAX_INFLIGHT`] request buffers from `H`.
+    pub fn new() -> Self {
+        let entries = [Entry {
             op: Op::Read,
             lba: 0,
             ring_slot: None,
         }; MAX_INFLIGHT];
-        for e in &mut entries {
-            e.buf = alloc_zeroed(BLOCK_BYTES / 4096)? as *mut u8;
-        }
+        let bufs = core::array::from_fn(|_| DmaPages::new(BLOCK_BYTES.div_ceil(4096)));
         let mut free = heapless::Vec::new();
         for tag in (0..MAX_INFLIGHT as u8).rev() {
             let _ = free.push(tag);
         }
-        Some(ResourceStack {
+        ResourceStack {
             redirector: Redirector::new(),
             port1: None,
             port2: None,
             entries,
+            bufs,
             free,
             failed: heapless::Deque::new(),
             port1_requests: 0,
             port2_requests: 0,
             ring_fault: None,
-        })
+        }
     }
 
     /// Puts `dev` behind port 1.
-    pub fn attach_port1(&mut self, dev: BlkDevice) {
+    pub fn attach_port1(&mut self, dev: P) {
         self.port1 = Some(dev);
     }
 
     /// Takes the device away from port 1 (after the drain) so it can be quiesced and ejected.
-    pub fn detach_port1(&mut self) -> Option<BlkDevice> {
+    pub fn detach_port1(&mut self) -> Option<P> {
         self.port1.take()
     }
 
@@ -149,7 +158,7 @@ impl ResourceStack {
 
     /// Size of the port-1 disk in 4 KiB blocks.
     pub fn capacity_blocks(&self) -> Option<u64> {
-        self.port1.as_ref().map(BlkDevice::capacity_blocks)
+        self.port1.as_ref().map(P::capacity_blocks)
     }
 
     /// Takes a free request; `None` when [`MAX_INFLIGHT`] are outstanding.
@@ -169,9 +178,10 @@ impl ResourceStack {
 
     /// The buffer of request `tag`: fill it before a write, read it after a read completed.
     pub fn buffer(&mut self, tag: Tag) -> &mut [u8; BLOCK_BYTES] {
-        // SAFETY: each entry owns its DMA page; the caller only asks for the buffer of a request
-        // it holds and that is not outstanding at a port, and `&mut self` makes it unique.
-        unsafe { &mut *(self.entries[tag].buf as *mut [u8; BLOCK_BYTES]) }
+        // SAFETY: each request owns its DMA page (at least BLOCK_BYTES); the caller only asks for
+        // the buffer of a request it holds and that is not outstanding at a port, and `&mut self`
+        // makes it unique.
+        unsafe { &mut *(self.bufs[tag].as_ptr() as *mut [u8; BLOCK_BYTES]) }
     }
 
     /// Sends request `tag` to the port the redirector chooses (or holds it there).
@@ -199,10 +209,11 @@ impl ResourceStack {
 
     fn send_port1(&mut self, tag: Tag) -> Result<(), StackError> {
         let e = self.entries[tag];
+        let buf = self.bufs[tag].as_ptr();
         let dev = self.port1.as_mut().ok_or(StackError::NoDevice)?;
-        // SAFETY: the entry's buffer is a DMA page that stays allocated for the stack's lifetime
+        // SAFETY: the request's buffer is a DMA page that stays allocated for the stack's lifetime
         // and is not handed out again until the completion for `tag` has been returned.
-        unsafe { dev.submit(tag, e.op, e.lba, e.buf) }.map_err(StackError::Port1)?;
+        unsafe { dev.submit(tag, e.op, e.lba, buf) }.map_err(StackError::Port1)?;
         self.port1_requests += 1;
         Ok(())
     }
@@ -214,35 +225,9 @@ impl ResourceStack {
             return;
         };
         let e = self.entries[tag];
-        let result = (|| {
-            let slot = client.reserve_slot()?;
-            let op = match e.op {
-                Op::Read => ring::Op::Read,
-                Op::Write => ring::Op::Write,
-                Op::Flush => ring::Op::Flush,
-            };
-            if e.op == Op::Write {
-                // SAFETY: the request's buffer, not at any port (it was held by the redirector).
-                let data = unsafe { core::slice::from_raw_parts(e.buf, BLOCK_BYTES) };
-                client.write_slot(slot, data)?;
-            }
-            let (lba, len) = match e.op {
-                Op::Flush => (0, 0),
-                _ => (e.lba * SECTORS_PER_BLOCK, BLOCK_BYTES as u32),
-            };
-            let sub = Submission {
-                op,
-                id: tag as u64,
-                lba,
-                len,
-                slot,
-            };
-            if let Err(err) = client.submit(&sub) {
-                let _ = client.release_slot(slot);
-                return Err(err);
-            }
-            Ok(slot)
-        })();
+        // SAFETY: the request's own buffer, not at any port (it was held by the redirector).
+        let data = unsafe { &*(self.bufs[tag].as_ptr() as *const [u8; BLOCK_BYTES]) };
+        let result = ports::ring::forward(client, tag as u64, e.op, e.lba, data);
         match result {
             Ok(slot) => {
                 self.entries[tag].ring_slot = Some(slot);
@@ -308,7 +293,7 @@ impl ResourceStack {
         if let Some((tag, port, status)) = self.failed.pop_front() {
             return Some(self.completion(tag, port, status));
         }
-        if let Some((tag, status)) = self.port1.as_mut().and_then(BlkDevice::poll) {
+        if let Some((tag, status)) = self.port1.as_mut().and_then(P::poll) {
             self.completed(Port::One);
             return Some(self.completion(tag, Port::One, status));
         }
@@ -331,15 +316,12 @@ impl ResourceStack {
                     return self.abandon_port2();
                 }
                 let e = self.entries[tag];
-                let mut status = match c.status {
-                    ring::Status::Ok => Status::Ok,
-                    ring::Status::IoError => Status::IoError,
-                    ring::Status::Unsupported => Status::Unsupported,
-                    ring::Status::Malformed => Status::DriverError,
-                };
+                let mut status = ports::ring::block_status(c.status);
                 if e.op == Op::Read && status == Status::Ok {
                     // SAFETY: the request's own buffer; the request is complete at port 2.
-                    let buf = unsafe { core::slice::from_raw_parts_mut(e.buf, BLOCK_BYTES) };
+                    let buf = unsafe {
+                        core::slice::from_raw_parts_mut(self.bufs[tag].as_ptr(), BLOCK_BYTES)
+                    };
                     if client.read_slot(c.slot, buf).is_err() {
                         status = Status::DriverError;
                     }
@@ -387,3 +369,7 @@ impl ResourceStack {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "stack_tests.rs"]
+mod tests;

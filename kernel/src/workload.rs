@@ -4,35 +4,47 @@
 //! Two writes to the same block are never outstanding together, so the order in which writes to a
 //! block are acknowledged is the order the schedule issued them, and the host can tell exactly
 //! which write each block must hold (docs/guest-interface.md).
+//!
+//! The workload only submits and completes: [`Workload::step`] does one round of each, and the
+//! owner's main loop (`roles::owner`) calls it between polls of the handoff.
 
-use crate::blk::{MAX_INFLIGHT, Op, Status};
-use crate::clock::{self, Deadline};
-use crate::handoff::OwnerHandoff;
-use crate::stack::{Completion, ResourceStack, Tag};
+use crate::platform::clock::{self, Deadline};
+use crate::platform::serial;
+use crate::ports::{BlockPort, MAX_INFLIGHT, Op, Status};
+use crate::stack::{Completion, ResourceStack, StackError, Tag};
 use baton_core::cmdline::GuestConfig;
+use baton_core::console::GuestLine;
 use baton_core::redirector::Port;
 use baton_core::report::GuestReport;
 use baton_core::stats::{Histogram, PortStats};
+use baton_core::tag;
 use baton_core::timeline::Timeline;
+use baton_core::workload::Schedule;
+use core::fmt::Write;
+use virtio_drivers::Hal;
 
 /// Timeline bins (1 ms each): 16 s of a run.
 const TIMELINE_BINS: usize = 16_384;
-use baton_core::tag;
-use baton_core::workload::Schedule;
-
 /// A run with no completion for this long is declared stuck (a handoff takes far less).
 const STALL_US: u64 = 60_000_000;
 
 /// Why the workload stopped early (reported through `Debug`).
 #[derive(Debug)]
-#[allow(dead_code)]
 pub enum WorkloadError {
-    /// The disk is smaller than the schedule needs.
-    DiskTooSmall { needed: u64, have: u64 },
+    /// The disk is smaller than the schedule needs (4 KiB blocks).
+    DiskTooSmall {
+        /// Blocks the schedule touches.
+        needed: u64,
+        /// Blocks the disk has.
+        have: u64,
+    },
     /// No completion arrived for [`STALL_US`].
-    Stalled { outstanding: usize },
+    Stalled {
+        /// Requests outstanding when the run gave up.
+        outstanding: usize,
+    },
     /// The stack refused a request.
-    Submit(crate::stack::StackError),
+    Submit(StackError),
 }
 
 /// Tracks the longest gap between two completions (the blackout a handoff causes).
@@ -90,222 +102,298 @@ impl PortMeter {
     }
 }
 
-/// Runs the schedule of `cfg` and returns the report to print. `handoff` is polled all along, so
-/// the shim can move the disk away in the middle of the run.
-pub fn run(
-    cfg: &GuestConfig,
-    stack: &mut ResourceStack,
-    handoff: &mut OwnerHandoff,
-) -> Result<GuestReport, WorkloadError> {
-    let sched = cfg.schedule();
-    let needed = cfg.first_lba + cfg.blocks;
-    let have = stack.capacity_blocks().unwrap_or(0);
-    if have < needed {
-        return Err(WorkloadError::DiskTooSmall { needed, have });
-    }
-    let mut report = GuestReport::new(cfg);
-    let qd = usize::from(cfg.qd).clamp(1, MAX_INFLIGHT);
-    let mut total = sched.total_writes();
+/// Where the run is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Writing the schedule.
+    Write,
+    /// Reading every block back: next block to read, blocks done.
+    Verify { next: u64, done: u64 },
+    /// The report is ready.
+    Done,
+}
 
-    // Write phase.
-    let mut seq_of_tag = [0u64; MAX_INFLIGHT];
-    let mut next_seq = 1u64;
-    let mut done = 0u64;
-    let mut stall = Deadline::after_us(STALL_US);
-    let start = clock::rdtsc();
-    let mut first = true;
-    let mut gaps = GapMeter::new();
-    let mut submitted_at = [0u64; MAX_INFLIGHT];
-    let mut meters = [PortMeter::new(), PortMeter::new()];
-    let mut timeline: Timeline<TIMELINE_BINS> = Timeline::new(clock::uptime_us(), 1000);
-    while done < total {
-        handoff.poll(stack);
-        if cfg.migrate_at != 0 && next_seq > cfg.migrate_at {
-            handoff.request_migration();
+/// One run of the schedule of a [`GuestConfig`].
+pub struct Workload<'a> {
+    cfg: &'a GuestConfig,
+    sched: Schedule,
+    report: GuestReport,
+    qd: usize,
+    total: u64,
+    stage: Stage,
+    /// Schedule sequence number of the write outstanding under each tag (0: none).
+    seq_of_tag: [u64; MAX_INFLIGHT],
+    next_seq: u64,
+    done: u64,
+    stall: Deadline,
+    start: u64,
+    first: bool,
+    gaps: GapMeter,
+    submitted_at: [u64; MAX_INFLIGHT],
+    meters: [PortMeter; 2],
+    timeline: Timeline<TIMELINE_BINS>,
+}
+
+impl<'a> Workload<'a> {
+    /// A run of `cfg`'s schedule on the stack's disk. Errors: [`WorkloadError::DiskTooSmall`].
+    pub fn new<H: Hal, P: BlockPort>(
+        cfg: &'a GuestConfig,
+        stack: &ResourceStack<H, P>,
+    ) -> Result<Self, WorkloadError> {
+        let sched = cfg.schedule();
+        let needed = cfg.first_lba + cfg.blocks;
+        let have = stack.capacity_blocks().unwrap_or(0);
+        if have < needed {
+            return Err(WorkloadError::DiskTooSmall { needed, have });
         }
-        if stack.ring_fault.is_some() && next_seq <= total {
+        let total = sched.total_writes();
+        Ok(Workload {
+            cfg,
+            sched,
+            report: GuestReport::new(cfg),
+            qd: usize::from(cfg.qd).clamp(1, MAX_INFLIGHT),
+            total,
+            stage: Stage::Write,
+            seq_of_tag: [0; MAX_INFLIGHT],
+            next_seq: 1,
+            done: 0,
+            stall: Deadline::after_us(STALL_US),
+            start: clock::rdtsc(),
+            first: true,
+            gaps: GapMeter::new(),
+            submitted_at: [0; MAX_INFLIGHT],
+            meters: [PortMeter::new(), PortMeter::new()],
+            timeline: Timeline::new(clock::uptime_us(), 1000),
+        })
+    }
+
+    /// Writes of the schedule submitted so far.
+    pub fn writes_submitted(&self) -> u64 {
+        self.next_seq - 1
+    }
+
+    /// One round: submit up to the queue depth, take at most one completion. Returns `true` once
+    /// the run is over ([`into_report`](Self::into_report) then gives the report).
+    /// Errors: [`WorkloadError::Stalled`], [`WorkloadError::Submit`].
+    pub fn step<H: Hal, P: BlockPort>(
+        &mut self,
+        stack: &mut ResourceStack<H, P>,
+    ) -> Result<bool, WorkloadError> {
+        match self.stage {
+            Stage::Write => self.write_step(stack)?,
+            Stage::Verify { .. } => self.verify_step(stack)?,
+            Stage::Done => {}
+        }
+        if self.stage == Stage::Done {
+            self.report.port1_requests = stack.port1_requests;
+            self.report.port2_requests = stack.port2_requests;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The report of the run (the caller adds what only it knows, e.g. `held_at_switch`).
+    pub fn into_report(self) -> GuestReport {
+        self.report
+    }
+
+    fn write_step<H: Hal, P: BlockPort>(
+        &mut self,
+        stack: &mut ResourceStack<H, P>,
+    ) -> Result<(), WorkloadError> {
+        if self.done >= self.total {
+            self.finish_writes(stack);
+            return Ok(());
+        }
+        if stack.ring_fault.is_some() && self.next_seq <= self.total {
             // The peer broke the ring protocol: nothing more can be written safely. Let what is
             // in flight fail and report.
             log::error!(
                 "workload: stopping after seq {} (port 2 faulted)",
-                next_seq - 1
+                self.next_seq - 1
             );
-            total = next_seq - 1;
+            self.total = self.next_seq - 1;
         }
-        while stack.outstanding() < qd && next_seq <= total {
-            let Some(lba) = sched.lba_of(next_seq) else {
+        while stack.outstanding() < self.qd && self.next_seq <= self.total {
+            let Some(lba) = self.sched.lba_of(self.next_seq) else {
                 break;
             };
-            if lba_busy(&seq_of_tag, stack, &sched, lba) {
+            if self.lba_busy(stack, lba) {
                 break;
             }
             let Some(tag) = stack.alloc() else { break };
-            sched.fill(next_seq, stack.buffer(tag));
-            if first {
-                crate::baton_line!("first-io");
-                first = false;
+            self.sched.fill(self.next_seq, stack.buffer(tag));
+            if self.first {
+                serial::print_line(&GuestLine::FirstIo);
+                self.first = false;
             }
             stack
                 .submit(tag, Op::Write, lba)
                 .map_err(WorkloadError::Submit)?;
-            seq_of_tag[tag] = next_seq;
-            submitted_at[tag] = clock::rdtsc();
-            next_seq += 1;
-            report.writes_submitted += 1;
+            self.seq_of_tag[tag] = self.next_seq;
+            self.submitted_at[tag] = clock::rdtsc();
+            self.next_seq += 1;
+            self.report.writes_submitted += 1;
         }
         match stack.poll() {
             Some(c) => {
-                if first_completion(&mut gaps, &mut report, &seq_of_tag, c) {
-                    continue;
+                if self.first_completion(c) {
+                    return Ok(());
                 }
-                let latency_us = (clock::rdtsc() - submitted_at[c.tag]) / clock::tsc_per_us();
-                meters[usize::from(c.port == Port::Two)].record(latency_us);
-                timeline.record(clock::uptime_us());
-                let seq = seq_of_tag[c.tag];
-                seq_of_tag[c.tag] = 0;
+                let latency_us = (clock::rdtsc() - self.submitted_at[c.tag]) / clock::tsc_per_us();
+                self.meters[usize::from(c.port == Port::Two)].record(latency_us);
+                self.timeline.record(clock::uptime_us());
+                let seq = self.seq_of_tag[c.tag];
+                self.seq_of_tag[c.tag] = 0;
                 stack.release(c.tag);
-                done += 1;
+                self.done += 1;
                 if c.status == Status::Ok {
-                    report.writes_acked += 1;
+                    self.report.writes_acked += 1;
                 } else {
                     log::warn!("write seq {seq} lba {} failed: {:?}", c.lba, c.status);
-                    report.record_write_error(seq);
+                    self.report.record_write_error(seq);
                 }
-                stall = Deadline::after_us(STALL_US);
+                self.stall = Deadline::after_us(STALL_US);
             }
-            None if stall.expired() => {
+            None if self.stall.expired() => {
                 return Err(WorkloadError::Stalled {
                     outstanding: stack.outstanding(),
                 });
             }
             None => core::hint::spin_loop(),
         }
-    }
-    report.elapsed_us = (clock::rdtsc() - start) / clock::tsc_per_us();
-    report.iops = report.writes_acked * 1_000_000 / report.elapsed_us.max(1);
-
-    report.max_gap_us = gaps.max_us();
-    let _ = timeline.write_lines(&mut crate::serial::Console);
-    for (i, meter) in meters.iter().enumerate() {
-        if meter.hist.count() > 0 {
-            crate::serial::write_fmt(format_args!("{}\n", meter.stats(i as u8 + 1)));
+        if self.done >= self.total {
+            self.finish_writes(stack);
         }
+        Ok(())
     }
-    if let Some(e) = stack.ring_fault {
-        crate::baton_line!("peer-fault {e}");
-    } else if cfg.verify {
-        verify(cfg, &sched, stack, handoff, &mut report)?;
-    }
-    report.held_at_switch = handoff.held_at_switch;
-    report.port1_requests = stack.port1_requests;
-    report.port2_requests = stack.port2_requests;
-    Ok(report)
-}
 
-/// Counts the completion for the blackout meter; returns `true` (and counts a duplicate) when
-/// `c` is for a request that is not outstanding, which must then be ignored.
-fn first_completion(
-    gaps: &mut GapMeter,
-    report: &mut GuestReport,
-    seq_of_tag: &[u64],
-    c: Completion,
-) -> bool {
-    gaps.tick();
-    if seq_of_tag[c.tag] == 0 {
-        log::error!("duplicate completion for request {}", c.tag);
-        report.duplicates += 1;
-        return true;
-    }
-    false
-}
-
-/// Whether a write to `lba` is outstanding.
-fn lba_busy(seq_of_tag: &[u64], stack: &ResourceStack, sched: &Schedule, lba: u64) -> bool {
-    stack.outstanding() > 0
-        && seq_of_tag
-            .iter()
-            .any(|&s| s != 0 && sched.lba_of(s) == Some(lba))
-}
-
-/// The write block `lba` must hold: the last acknowledged one (errors are never acknowledged).
-fn expected_seq(cfg: &GuestConfig, sched: &Schedule, report: &GuestReport, lba: u64) -> u64 {
-    let errors = report.error_seqs();
-    (0..cfg.passes)
-        .rev()
-        .filter_map(|p| sched.seq_of(p, lba))
-        .find(|s| !errors.contains(s))
-        .unwrap_or(0)
-}
-
-/// Reads every block back, `qd` deep, and checks it holds its last acknowledged write.
-fn verify(
-    cfg: &GuestConfig,
-    sched: &Schedule,
-    stack: &mut ResourceStack,
-    handoff: &mut OwnerHandoff,
-    report: &mut GuestReport,
-) -> Result<(), WorkloadError> {
-    let qd = usize::from(cfg.qd).clamp(1, MAX_INFLIGHT);
-    let end = cfg.first_lba + cfg.blocks;
-    let mut next = cfg.first_lba;
-    let mut done = cfg.first_lba;
-    let mut stall = Deadline::after_us(STALL_US);
-    while done < end {
-        handoff.poll(stack);
-        while stack.outstanding() < qd && next < end {
-            let Some(tag) = stack.alloc() else { break };
-            stack
-                .submit(tag, Op::Read, next)
-                .map_err(WorkloadError::Submit)?;
-            next += 1;
+    /// The write phase is over: figures, the timeline and per-port lines, then the read-back.
+    fn finish_writes<H: Hal, P: BlockPort>(&mut self, stack: &ResourceStack<H, P>) {
+        let report = &mut self.report;
+        report.elapsed_us = (clock::rdtsc() - self.start) / clock::tsc_per_us();
+        report.iops = report.writes_acked * 1_000_000 / report.elapsed_us.max(1);
+        report.max_gap_us = self.gaps.max_us();
+        let _ = self.timeline.write_lines(&mut serial::Console);
+        for (i, meter) in self.meters.iter().enumerate() {
+            if meter.hist.count() > 0 {
+                serial::print_line(&GuestLine::PortStats(meter.stats(i as u8 + 1)));
+            }
         }
-        match stack.poll() {
-            Some(c) => {
-                done += 1;
-                let ok = c.status == Status::Ok
-                    && block_matches(cfg, sched, report, stack, c.tag, c.lba);
-                stack.release(c.tag);
-                if ok {
-                    report.reads_verified += 1;
-                } else {
-                    report.read_mismatches += 1;
+        self.stage = if let Some(e) = stack.ring_fault {
+            let mut message = heapless::String::<128>::new();
+            let _ = write!(message, "{e}");
+            serial::print_line(&GuestLine::PeerFault(&message));
+            Stage::Done
+        } else if self.cfg.verify {
+            self.stall = Deadline::after_us(STALL_US);
+            Stage::Verify {
+                next: self.cfg.first_lba,
+                done: self.cfg.first_lba,
+            }
+        } else {
+            Stage::Done
+        };
+    }
+
+    /// Counts the completion for the blackout meter; returns `true` (and counts a duplicate) when
+    /// `c` is for a request that is not outstanding, which must then be ignored.
+    fn first_completion(&mut self, c: Completion) -> bool {
+        self.gaps.tick();
+        if self.seq_of_tag[c.tag] == 0 {
+            log::error!("duplicate completion for request {}", c.tag);
+            self.report.duplicates += 1;
+            return true;
+        }
+        false
+    }
+
+    /// Whether a write to `lba` is outstanding.
+    fn lba_busy<H: Hal, P: BlockPort>(&self, stack: &ResourceStack<H, P>, lba: u64) -> bool {
+        stack.outstanding() > 0
+            && self
+                .seq_of_tag
+                .iter()
+                .any(|&s| s != 0 && self.sched.lba_of(s) == Some(lba))
+    }
+
+    /// One round of the read-back, `qd` deep: every block must hold its last acknowledged write.
+    fn verify_step<H: Hal, P: BlockPort>(
+        &mut self,
+        stack: &mut ResourceStack<H, P>,
+    ) -> Result<(), WorkloadError> {
+        let Stage::Verify { mut next, mut done } = self.stage else {
+            return Ok(());
+        };
+        let end = self.cfg.first_lba + self.cfg.blocks;
+        if done < end {
+            while stack.outstanding() < self.qd && next < end {
+                let Some(tag) = stack.alloc() else { break };
+                stack
+                    .submit(tag, Op::Read, next)
+                    .map_err(WorkloadError::Submit)?;
+                next += 1;
+            }
+            match stack.poll() {
+                Some(c) => {
+                    done += 1;
+                    let ok = c.status == Status::Ok && self.block_matches(stack, c.tag, c.lba);
+                    stack.release(c.tag);
+                    if ok {
+                        self.report.reads_verified += 1;
+                    } else {
+                        self.report.read_mismatches += 1;
+                    }
+                    self.stall = Deadline::after_us(STALL_US);
                 }
-                stall = Deadline::after_us(STALL_US);
+                None if self.stall.expired() => {
+                    return Err(WorkloadError::Stalled {
+                        outstanding: stack.outstanding(),
+                    });
+                }
+                None => core::hint::spin_loop(),
             }
-            None if stall.expired() => {
-                return Err(WorkloadError::Stalled {
-                    outstanding: stack.outstanding(),
-                });
-            }
-            None => core::hint::spin_loop(),
         }
+        self.stage = if done < end {
+            Stage::Verify { next, done }
+        } else {
+            Stage::Done
+        };
+        Ok(())
     }
-    Ok(())
-}
 
-fn block_matches(
-    cfg: &GuestConfig,
-    sched: &Schedule,
-    report: &GuestReport,
-    stack: &mut ResourceStack,
-    tag: Tag,
-    lba: u64,
-) -> bool {
-    let want = expected_seq(cfg, sched, report, lba);
-    match tag::check_block(stack.buffer(tag)) {
-        Ok(t) if t.lba == lba && t.vm == cfg.vm && t.seq == want => true,
-        Ok(t) => {
-            log::warn!(
-                "lba {lba}: holds vm {} seq {} lba {}, want seq {want}",
-                t.vm,
-                t.seq,
-                t.lba
-            );
-            false
-        }
-        Err(e) => {
-            log::warn!("lba {lba}: bad block ({e:?}), want seq {want}");
-            false
+    /// The write block `lba` must hold: the last acknowledged one (errors are never acknowledged).
+    fn expected_seq(&self, lba: u64) -> u64 {
+        let errors = self.report.error_seqs();
+        (0..self.cfg.passes)
+            .rev()
+            .filter_map(|p| self.sched.seq_of(p, lba))
+            .find(|s| !errors.contains(s))
+            .unwrap_or(0)
+    }
+
+    fn block_matches<H: Hal, P: BlockPort>(
+        &self,
+        stack: &mut ResourceStack<H, P>,
+        tag: Tag,
+        lba: u64,
+    ) -> bool {
+        let want = self.expected_seq(lba);
+        match tag::check_block(stack.buffer(tag)) {
+            Ok(t) if t.lba == lba && t.vm == self.cfg.vm && t.seq == want => true,
+            Ok(t) => {
+                log::warn!(
+                    "lba {lba}: holds vm {} seq {} lba {}, want seq {want}",
+                    t.vm,
+                    t.seq,
+                    t.lba
+                );
+                false
+            }
+            Err(e) => {
+                log::warn!("lba {lba}: bad block ({e:?}), want seq {want}");
+                false
+            }
         }
     }
 }

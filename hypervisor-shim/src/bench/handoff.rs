@@ -1,5 +1,5 @@
 //! Handoff runs for the benchmark: `migrate` scenarios ([`crate::migrate`]) and the figures the
-//! benchmark takes from their reports.
+//! benchmark takes from each run's report and its handoff record ([`crate::steps`]).
 //!
 //! Two uses. **Side by side** (`--mode none`, the handoff only): the switch is directed 20 % into
 //! the workload, so one run gives port 1 (direct, virtio-blk) and port 2 (forwarded over the ring
@@ -15,6 +15,7 @@ use serde::Serialize;
 use crate::migrate::{self, DestinationFault, MigrateConfig, MigrateError, Mode, Switch};
 use crate::report::{CompletionTimeline, MigrateReport, PortStatsReport};
 use crate::run::{AccelChoice, BackendKind};
+use crate::steps::{self, HandoffRecord, Span};
 
 /// Where the disk lives in a handoff run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,34 +78,60 @@ impl Plan {
     }
 }
 
-/// The handoff's phases of one run, in ms (the `migrate` report's `phases`).
+/// The handoff's phases of one run, in ms, from the run's [`HandoffRecord`]. Each field is one
+/// span of [`crate::steps::SPANS`] (its `bench` name; the first seven are the `migrate` report's
+/// `phases` under the bench's shorter names, e.g. `drained_to_deleted_ms` is the report's
+/// `drained_to_device_deleted_ms`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct PhaseTimes {
-    /// `redirect` sent → the owner's `drained`.
+    /// `redirect` sent → the owner's `drained` ([`steps::DIRECTED_TO_DRAINED`]).
     pub directed_to_drained_ms: Option<f64>,
-    /// `drained` → the owner's QEMU released the drive (`DEVICE_DELETED`).
+    /// `drained` → the owner's QEMU released the drive (`DEVICE_DELETED`)
+    /// ([`steps::DRAINED_TO_DRIVE_RELEASED`]).
     pub drained_to_deleted_ms: Option<f64>,
-    /// Released → the peer's `peer-ready` (disk moved and initialised, ring attached).
+    /// Released → the peer's `peer-ready` (disk moved and initialised, ring attached)
+    /// ([`steps::DRIVE_RELEASED_TO_READY`]).
     pub deleted_to_attached_ms: Option<f64>,
-    /// `peer-ready` → the first forwarded completion on the ring.
+    /// `peer-ready` → the first forwarded completion on the ring
+    /// ([`steps::READY_TO_FIRST_COMPLETION`]).
     pub attached_to_first_forwarded_ms: Option<f64>,
-    /// `redirect` sent → the owner's `forwarding`.
+    /// `redirect` sent → the owner's `forwarding` ([`steps::HANDOFF`]).
     pub handoff_ms: Option<f64>,
-    /// `forwarding` → `migrate` issued (destination started and connected, capabilities).
+    /// `forwarding` → `migrate` issued (destination started and connected, capabilities)
+    /// ([`steps::MIGRATION_SETUP`]).
     pub migration_setup_ms: Option<f64>,
-    /// `migrate` issued → the owner runs at the destination (or restored).
+    /// `migrate` issued → the owner runs at the destination (or restored) ([`steps::MIGRATION`]).
     pub migration_ms: Option<f64>,
-    /// Inside released → peer ready: QEMU's `DEVICE_DELETED` stamp → the shim acting on it.
+    /// Inside released → peer ready: QEMU's `DEVICE_DELETED` stamp → the shim acting on it
+    /// ([`steps::SHIM_REACTION`]).
     pub shim_reaction_ms: Option<f64>,
     /// Inside released → peer ready: the shim acted on `DEVICE_DELETED` → `disk-attached` sent:
-    /// the peer's `device_add`, overlapping the wait for the owner's `released` frame.
+    /// the peer's `device_add`, overlapping the wait for the owner's `released` frame
+    /// ([`steps::TO_ATTACHED`]).
     pub to_disk_attached_ms: Option<f64>,
     /// Inside released → peer ready: `disk-attached` sent → `peer-ready` received: the peer's
-    /// PCI and virtio-blk bring-up, and COM2 both ways.
+    /// PCI and virtio-blk bring-up, and COM2 both ways ([`steps::PEER_INIT`]).
     pub peer_init_ms: Option<f64>,
 }
 
 impl PhaseTimes {
+    /// The phases of `record` (all null without one).
+    pub fn from_record(record: Option<&HandoffRecord>) -> Self {
+        let ms = |s: &Span| record.and_then(|r| r.span_ms(s));
+        Self {
+            directed_to_drained_ms: ms(&steps::DIRECTED_TO_DRAINED),
+            drained_to_deleted_ms: ms(&steps::DRAINED_TO_DRIVE_RELEASED),
+            deleted_to_attached_ms: ms(&steps::DRIVE_RELEASED_TO_READY),
+            attached_to_first_forwarded_ms: ms(&steps::READY_TO_FIRST_COMPLETION),
+            handoff_ms: ms(&steps::HANDOFF),
+            migration_setup_ms: ms(&steps::MIGRATION_SETUP),
+            migration_ms: ms(&steps::MIGRATION),
+            shim_reaction_ms: ms(&steps::SHIM_REACTION),
+            to_disk_attached_ms: ms(&steps::TO_ATTACHED),
+            peer_init_ms: ms(&steps::PEER_INIT),
+        }
+    }
+
     /// `(name, value)` pairs, in order.
     pub fn named(&self) -> [(&'static str, Option<f64>); 10] {
         [
@@ -211,11 +238,12 @@ pub fn run(plan: &Plan, common: &Common) -> Result<Outcome, MigrateError> {
     let report = outcome.report;
     drop(outcome.workdir);
     drop(tmpfs);
-    let run = figures(plan, &report);
+    let run = figures(plan, &report, outcome.handoffs.first());
     Ok(Outcome { run, report })
 }
 
-fn figures(plan: &Plan, r: &MigrateReport) -> HandoffRun {
+/// The figures of one run: its report's, and its handoff's phases from the record.
+fn figures(plan: &Plan, r: &MigrateReport, record: Option<&HandoffRecord>) -> HandoffRun {
     let port = |n: u8| r.port_stats.iter().find(|p| p.port == n).copied();
     let max_gap_ms = r.blackout_ms;
     let (blackout_ms, blackout_from) = match (&r.completion_timeline, r.port1_requests) {
@@ -224,19 +252,6 @@ fn figures(plan: &Plan, r: &MigrateReport) -> HandoffRun {
             None => (None, "unavailable: no port-2 completion in the timeline"),
         },
         _ => (None, "unavailable: no completion timeline or port-1 count"),
-    };
-    let ph = &r.phases;
-    // Sub-phases from the progress display (the shim's clock, when each step was acted on).
-    let line = |prefix: &str| {
-        r.timeline
-            .iter()
-            .find(|l| l.what.starts_with(prefix))
-            .map(|l| l.at_ms)
-    };
-    let diff = |a: Option<f64>, b: Option<f64>| Some(super::stats::round(b? - a?, 1));
-    let event_at = match (line("drained:"), ph.drained_to_device_deleted_ms) {
-        (Some(d), Some(x)) => Some(d + x),
-        _ => None,
     };
     HandoffRun {
         mode: plan.mode.as_str().into(),
@@ -248,18 +263,7 @@ fn figures(plan: &Plan, r: &MigrateReport) -> HandoffRun {
         blackout_ms,
         blackout_from,
         max_gap_ms,
-        phases: PhaseTimes {
-            directed_to_drained_ms: ph.directed_to_drained_ms,
-            drained_to_deleted_ms: ph.drained_to_device_deleted_ms,
-            deleted_to_attached_ms: ph.device_deleted_to_attached_ms,
-            attached_to_first_forwarded_ms: ph.attached_to_first_forwarded_ms,
-            handoff_ms: ph.handoff_ms,
-            migration_setup_ms: ph.migration_setup_ms,
-            migration_ms: ph.migration_ms,
-            shim_reaction_ms: diff(event_at, line("device deleted:")),
-            to_disk_attached_ms: diff(line("device deleted:"), line("disk moved:")),
-            peer_init_ms: diff(line("disk moved:"), line("peer ready:")),
-        },
+        phases: PhaseTimes::from_record(record),
         migration_downtime_ms: r.migration_downtime_ms,
         migration_total_ms: r.migration_total_ms,
         port1: port(1),
@@ -323,6 +327,39 @@ mod tests {
             bin_us: 1000,
             counts: counts.to_vec(),
         }
+    }
+
+    /// The bench's phases carry exactly the spans the table gives a bench name, in its order.
+    #[test]
+    fn phase_names_are_the_span_tables_bench_names() {
+        let named: Vec<&str> = PhaseTimes::default()
+            .named()
+            .iter()
+            .map(|(n, _)| *n)
+            .collect();
+        let table: Vec<&str> = steps::SPANS.iter().filter_map(|s| s.bench).collect();
+        assert_eq!(named, table);
+        let v = serde_json::to_value(PhaseTimes::default()).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), table.len());
+        for n in table {
+            assert!(v.get(n).is_some(), "{n}");
+        }
+    }
+
+    #[test]
+    fn phases_come_from_the_record() {
+        use crate::steps::{Direction, Step};
+        use std::time::{Duration, Instant};
+        let t = Instant::now();
+        let mut r = HandoffRecord::new(Direction::OWNER_TO_PEER);
+        for (i, s) in Step::ALL.iter().enumerate() {
+            r.record(*s, t + Duration::from_millis(10 * i as u64));
+        }
+        let p = PhaseTimes::from_record(Some(&r));
+        assert_eq!(p.directed_to_drained_ms, Some(20.0));
+        assert_eq!(p.shim_reaction_ms, Some(10.0));
+        assert_eq!(p.peer_init_ms, Some(10.0));
+        assert_eq!(PhaseTimes::from_record(None), PhaseTimes::default());
     }
 
     #[test]

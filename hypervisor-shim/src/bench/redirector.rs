@@ -32,7 +32,7 @@ pub struct RedirectorResult {
 /// The workspace root: where this crate was built from, if it is still there, else two levels
 /// above the shim's `target/<profile>` directory.
 pub fn workspace_root() -> Option<PathBuf> {
-    let has_bench = |d: &Path| d.join("baton-core/benches/redirector.rs").is_file();
+    let has_bench = |d: &Path| d.join("baton-core/benches/redirector/main.rs").is_file();
     let built = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()?
         .to_path_buf();

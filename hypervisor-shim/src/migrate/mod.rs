@@ -6,18 +6,27 @@
 //! handoff is directed — by the operator (`--switch-after-ms`, or a point drawn from `--seed`) or
 //! by the owner itself (`migrate_at=N` → `migrate-request`):
 //!
-//! 1. `redirect` to the owner, `device_del disk0` (the owner completes the ACPI eject itself);
-//!    while port 1 drains: a fresh `/dev/shm` file, `object-add` + `device_add ivshmem-plain` into
-//!    both guests (owner `master=on`), `ring-opened 6` to both;
-//! 2. `drained`, `released` from the owner; the device-level `DEVICE_DELETED`; `blockdev-del` in
-//!    the owner; `blockdev-add` + `device_add virtio-blk-pci` (slot 4) in the peer; `disk-attached`;
-//! 3. `peer-ready` from the peer; `open-port2` to the owner; `forwarding` back;
+//! 1. `device_del disk0` in the owner's QEMU (it only marks the slot; the owner completes the ACPI
+//!    eject itself), then `redirect` to the owner ([`Step::Directed`]); while port 1 drains: a
+//!    fresh `/dev/shm` file, `object-add` + `device_add ivshmem-plain` into both guests (owner
+//!    `master=on`), `ring-opened 6` to both ([`Step::RingOpened`]); `blockdev-add` of the disk in
+//!    the peer;
+//! 2. `drained` from the owner ([`Step::Drained`]); the first `DEVICE_DELETED` of the owner's disk
+//!    (its virtio backend: the drive released, [`Step::DriveReleased`]); `device_add
+//!    virtio-blk-pci` (slot 4) in the peer, retried while the image is still locked; `released`
+//!    from the owner ([`Step::Released`]); `disk-attached` to the peer ([`Step::Attached`]);
+//!    `blockdev-del` in the owner;
+//! 3. `peer-ready` from the peer ([`Step::Ready`]); `open-port2` to the owner; `forwarding` back
+//!    ([`Step::PortOpen`]); the first forwarded completion on the ring
+//!    ([`Step::FirstCompletion`]);
 //! 4. live: a destination QEMU (the owner's current device set: no disk, the ivshmem device,
 //!    `-incoming defer`, its own control socket), `x-ignore-shared` on both sides, the QEMU 7.2
 //!    BAR2 workaround (qemu-notes.md), `migrate-incoming` + `migrate` over a Unix socket; the
 //!    destination's status decides success, and a failed migration resumes the source.
 //!    save: `migrate` to `exec:cat > vm1.state`, `quit` the source, a restore QEMU with
-//!    `-incoming defer` + the same workaround, `migrate-incoming exec:cat vm1.state`;
+//!    `-incoming defer` + the same workaround, `migrate-incoming exec:cat vm1.state`
+//!    ([`Step::MigrationStarted`] → [`Step::Migrated`]; save also [`Step::Saved`],
+//!    [`Step::RestoreStarted`], [`Step::Restored`]);
 //! 5. the owner finishes its workload at the destination through the peer; the peer is quit over
 //!    QMP (which flushes the image) and the host verifies every block ([`crate::disk`]).
 //!
@@ -25,8 +34,15 @@
 //! owned by a guard. Guest bytes are untrusted (I6): serial lines are bounded and parsed strictly,
 //! control messages pass the [`Handoff`] gate.
 //!
+//! Each step is recorded in the scenario's [`HandoffRecord`] (the shim's monotonic time, where it
+//! happens) and shown on the progress display under its [`Step`] name; the report's `phases` are
+//! computed from that record ([`crate::steps::SPANS`]).
+//!
 //! Layout: this file holds the configuration, the entry point and small helpers; `vm` one QEMU
-//! process (console, QMP, exit); `scenario` the steps above; `report` the JSON report.
+//! process (console, QMP, exit); `scenario` the running scenario's state, the order of the steps and
+//! the clean-up; `handoff` steps 1-3; `migration` step 4; `events` the control messages, consoles,
+//! QMP events and the waits built on them; `verdict` the failures from the facts; `report` the JSON
+//! report.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::net::UnixStream;
@@ -43,6 +59,7 @@ use serde_json::Value;
 use crate::channel::{ChannelError, ControlChannel, ControlListener, Handoff, Received};
 use crate::console::{Recv, SerialConsole, StderrCapture};
 use crate::disk::{self, Acks, DiskImage, Verification};
+use crate::progress::Progress;
 use crate::qemu::{
     self, DISK_ID, DiskBackend, EXIT_SUCCESS, MachineSpec, PEER_DISK_SLOT, QemuProcess,
     RING_DEVICE_ID, RING_MEMDEV_ID, RING_SLOT, RingSpec,
@@ -52,12 +69,17 @@ use crate::qmp::{
     MigrateIncoming, MigrateSetCapabilities, MigrationCapability, MigrationInfo, ObjectAdd, Qmp,
     QueryMigrate, QueryPci, QueryStatus, QueryVersion, Quit,
 };
-use crate::report::{GuestExit, MigrateReport, Phases, SwitchReport, TimelineEntry, VmEvent};
+use crate::report::{GuestExit, MigrateReport, Phases, SwitchReport, VmEvent};
 use crate::run::{self, AccelChoice, Ending, RunError, SocketPath, Workdir};
 use crate::shm::{self, RingWatch, SharedFile};
+use crate::steps::{self, Direction, HandoffRecord, Step, ms_between};
 
+mod events;
+mod handoff;
+mod migration;
 mod report;
 mod scenario;
+mod verdict;
 mod vm;
 
 use report::{build_report, failed_setup_report};
@@ -214,11 +236,14 @@ pub struct MigrateConfig {
     pub progress: bool,
 }
 
-/// A finished scenario: its report and its working directory.
+/// A finished scenario: its report, the record of its handoff and its working directory.
 #[derive(Debug)]
 pub struct MigrateOutcome {
     /// The report.
     pub report: MigrateReport,
+    /// When each step of each handoff happened (one record per handoff, in order; none when the
+    /// scenario could not start). The report's `phases` are computed from the first.
+    pub handoffs: Vec<HandoffRecord>,
     /// Owns the working directory.
     pub workdir: Workdir,
 }
@@ -412,21 +437,26 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
         &backend,
         &mut progress,
     );
-    let report = match started {
+    let (report, handoffs) = match started {
         Ok(mut s) => {
             let result = s.drive(&mut progress);
-            s.finish(result, &mut progress, &plan)
+            let record = s.record;
+            (s.finish(result, &mut progress, &plan), vec![record])
         }
         Err(e) => {
             let why = chain(&e);
             progress.say(format!("set-up failed: {why}"));
-            failed_setup_report(&plan, why, progress)
+            (failed_setup_report(&plan, why, progress), Vec::new())
         }
     };
     drop(owner_listener);
     drop(peer_listener);
     drop(image);
-    Ok(MigrateOutcome { report, workdir })
+    Ok(MigrateOutcome {
+        report,
+        handoffs,
+        workdir,
+    })
 }
 
 /// What the scenario was set up to do (for the report).
@@ -438,44 +468,6 @@ struct Plan<'a> {
     disk_bytes: u64,
     workdir: &'a Workdir,
     image: &'a DiskImage,
-}
-
-/// The progress display: timestamped lines on stderr, kept for the report.
-struct Progress {
-    t0: Instant,
-    print: bool,
-    lines: Vec<TimelineEntry>,
-}
-
-impl Progress {
-    fn new(t0: Instant, print: bool) -> Self {
-        Self {
-            t0,
-            print,
-            lines: Vec::new(),
-        }
-    }
-
-    fn say(&mut self, what: String) {
-        let at_ms = ms_between(self.t0, Instant::now());
-        if self.print {
-            eprintln!("[{at_ms:8.1} ms] {what}");
-        }
-        self.lines.push(TimelineEntry { at_ms, what });
-    }
-}
-
-fn ms_between(a: Instant, b: Instant) -> f64 {
-    let d = if b >= a {
-        (b - a).as_secs_f64()
-    } else {
-        -(a - b).as_secs_f64()
-    };
-    (d * 1e4).round() / 10.0
-}
-
-fn phase(a: Option<Instant>, b: Option<Instant>) -> Option<f64> {
-    Some(ms_between(a?, b?))
 }
 
 #[cfg(test)]
@@ -524,14 +516,5 @@ mod tests {
     fn shell_quoting() {
         assert_eq!(shell_quote("/a b/c"), "'/a b/c'");
         assert_eq!(shell_quote("x'y"), r"'x'\''y'");
-    }
-
-    #[test]
-    fn phase_times_are_signed_ms() {
-        let a = Instant::now();
-        let b = a + Duration::from_micros(1500);
-        assert_eq!(phase(Some(a), Some(b)), Some(1.5));
-        assert_eq!(phase(Some(b), Some(a)), Some(-1.5));
-        assert_eq!(phase(None, Some(a)), None);
     }
 }

@@ -1,11 +1,14 @@
-//! The `migrate` report: built from the finished scenario and the host's verification.
+//! The `migrate` report, assembled from the finished scenario, the host's disk check and the
+//! verdict ([`super::verdict`]).
 
+use super::verdict::{self, DiskCheck};
 use super::*;
 
+/// The report of a scenario that could not start its guests.
 pub(super) fn failed_setup_report(
     plan: &Plan<'_>,
     why: String,
-    progress: Progress,
+    mut progress: Progress,
 ) -> MigrateReport {
     let cfg = plan.cfg;
     let g = plan.guest;
@@ -70,8 +73,8 @@ pub(super) fn failed_setup_report(
         guest_report_error: None,
         iops: None,
         guest_elapsed_us: None,
-        elapsed_ms: ms_between(progress.t0, Instant::now()),
-        timeline: progress.lines,
+        elapsed_ms: ms_between(progress.t0(), Instant::now()),
+        timeline: progress.take_lines(),
         qmp_events: Vec::new(),
         notes: Vec::new(),
         serial_logs: BTreeMap::new(),
@@ -105,6 +108,53 @@ fn switch_report(
     }
 }
 
+/// The host's check of the image, after the peer quit (it flushed the image).
+fn check_disk(plan: &Plan<'_>, guest_report: Option<&GuestReport>, p: &mut Progress) -> DiskCheck {
+    let skipped = |note: &str, problem: Option<&str>| DiskCheck {
+        verification: None,
+        note: note.to_owned(),
+        problem: problem.map(str::to_owned),
+    };
+    if plan.cfg.backend == run::BackendKind::Null {
+        return skipped("skipped: null-co keeps no data (a measurement run)", None);
+    }
+    let schedule = plan.guest.schedule();
+    match guest_report.map(Acks::from_report) {
+        None => skipped(
+            "skipped: no usable owner report, so the acknowledged writes are unknown",
+            Some("disk not verified: no usable owner report"),
+        ),
+        Some(None) => skipped(
+            "skipped: the owner's report does not name every failed write",
+            Some("disk not verified: the owner listed fewer failed writes than it counted"),
+        ),
+        Some(Some(acks)) => match disk::verify_image(plan.image.path(), &schedule, &acks) {
+            Ok(v) => {
+                p.say(format!(
+                    "disk verified on the host: {} of {} acknowledged writes found, lost {}, stale {}",
+                    v.writes_verified, v.writes_acked, v.lost, v.stale
+                ));
+                DiskCheck {
+                    note: format!(
+                        "host read {} blocks of {} after the peer quit and checked every tag and payload against the schedule",
+                        v.blocks_checked,
+                        plan.image.path().display()
+                    ),
+                    verification: Some(v),
+                    problem: None,
+                }
+            }
+            Err(e) => DiskCheck {
+                verification: None,
+                note: format!("failed: {}", chain(&e)),
+                problem: Some(format!("disk verification failed: {}", chain(&e))),
+            },
+        },
+    }
+}
+
+/// The report of a finished scenario: the owner's lines, the host's disk check and the verdict
+/// ([`verdict::failures`]), the handoff's phases from its record.
 pub(super) fn build_report(
     mut s: Scenario<'_>,
     plan: &Plan<'_>,
@@ -113,42 +163,18 @@ pub(super) fn build_report(
 ) -> MigrateReport {
     let cfg = plan.cfg;
     let guest = plan.guest;
-    let lines = std::mem::take(&mut s.owner_lines);
+    let lines = std::mem::take(&mut s.facts.owner_lines);
     let (guest_exit, reason, qemu_exit_code) =
         run::classify(&ending, lines.panic.as_ref(), cfg.timeout);
-    let mut failures = std::mem::take(&mut s.failures);
     let exited = matches!(ending, Ending::Exited(_));
     let where_ = exited.then(|| {
-        if s.owner_is_destination {
-            s.owner.label.to_owned()
+        if s.vms.owner_is_destination {
+            s.vms.owner.label.to_owned()
         } else {
             "source".to_owned()
         }
     });
-    let at_destination = exited && s.owner_is_destination;
-    if guest_exit != GuestExit::Success {
-        failures.push(format!("owner: {reason}"));
-    }
-    if exited && cfg.mode == Mode::None && s.times.forwarding.is_none() {
-        failures.push("the owner finished before the handoff completed (--mode none)".into());
-    }
-    if exited && !s.owner_is_destination && s.migration.error.is_none() && cfg.mode != Mode::None {
-        let why = if lines.peer_fault.is_some() {
-            "the owner stopped at the source after detecting a peer fault".to_owned()
-        } else if s.times.forwarding.is_some() || s.times.directed.is_some() {
-            "the owner finished at the source before the migration: the switch came too late for \
-             this workload (use a smaller --switch-after-ms or a larger --blocks/--passes)"
-                .to_owned()
-        } else {
-            "the owner finished at the source before the switch was directed: the switch came too \
-             late for this workload (use a smaller --switch-after-ms or a larger --blocks/--passes)"
-                .to_owned()
-        };
-        failures.push(why);
-    }
-    if let Some(m) = &lines.peer_fault {
-        failures.push(format!("the owner detected a peer fault: {m}"));
-    }
+    let at_destination = exited && s.vms.owner_is_destination;
 
     let mut guest_report = None;
     let mut guest_report_error = None;
@@ -160,70 +186,25 @@ pub(super) fn build_report(
         Some(Err(e)) => guest_report_error = Some(format!("malformed `BATON result` line: {e}")),
         None => guest_report_error = Some("the owner printed no `BATON result` line".into()),
     }
-    if let Some(e) = &guest_report_error
-        && (guest_exit == GuestExit::Success || lines.result_from.is_some())
-    {
-        failures.push(e.clone());
-    }
-    let schedule = guest.schedule();
-    let writes_total = schedule.total_writes();
-    if let Some(r) = &guest_report {
-        failures.extend(crate::report::guest_report_failures(
-            r,
-            writes_total,
-            "owner",
-        ));
-        if s.times.forwarding.is_some() && r.port2_requests == 0 {
-            failures.push("nothing was forwarded over the ring".into());
-        }
-    }
-
-    // Host-side verification, after the peer quit.
-    let mut verification: Option<Verification> = None;
-    let note = match guest_report.as_ref().map(Acks::from_report) {
-        _ if cfg.backend == run::BackendKind::Null => {
-            "skipped: null-co keeps no data (a measurement run)".to_owned()
-        }
-        None => {
-            failures.push("disk not verified: no usable owner report".into());
-            "skipped: no usable owner report, so the acknowledged writes are unknown".to_owned()
-        }
-        Some(None) => {
-            failures.push(
-                "disk not verified: the owner listed fewer failed writes than it counted".into(),
-            );
-            "skipped: the owner's report does not name every failed write".to_owned()
-        }
-        Some(Some(acks)) => match disk::verify_image(plan.image.path(), &schedule, &acks) {
-            Ok(v) => {
-                failures.extend(v.failures());
-                let n = format!(
-                    "host read {} blocks of {} after the peer quit and checked every tag and payload against the schedule",
-                    v.blocks_checked,
-                    plan.image.path().display()
-                );
-                p.say(format!(
-                    "disk verified on the host: {} of {} acknowledged writes found, lost {}, stale {}",
-                    v.writes_verified, v.writes_acked, v.lost, v.stale
-                ));
-                verification = Some(v);
-                n
-            }
-            Err(e) => {
-                failures.push(format!("disk verification failed: {}", chain(&e)));
-                format!("failed: {}", chain(&e))
-            }
-        },
-    };
-    if let (Some(v), Some(r)) = (&verification, &guest_report)
-        && v.writes_acked != r.writes_acked
-    {
-        failures.push(format!(
-            "the owner says {} writes acked, its submitted and failed seqs imply {}",
-            r.writes_acked, v.writes_acked
-        ));
-    }
-    let rejected = s.handoff.rejected();
+    let writes_total = guest.schedule().total_writes();
+    let disk = check_disk(plan, guest_report.as_ref(), p);
+    let failures = verdict::failures(verdict::Evidence {
+        mode: cfg.mode,
+        run_failures: std::mem::take(&mut s.out.failures),
+        guest_exit,
+        exit_reason: &reason,
+        exited,
+        owner_is_destination: s.vms.owner_is_destination,
+        migration_failed: s.facts.migration.error.is_some(),
+        peer_fault: lines.peer_fault.as_deref(),
+        record: &s.record,
+        guest_report: guest_report.as_ref(),
+        guest_report_error: guest_report_error.as_deref(),
+        result_line_seen: lines.result_from.is_some(),
+        writes_total,
+        disk: &disk,
+    });
+    let rejected = s.ctl.handoff.rejected();
     if rejected > 0 {
         s.note(format!(
             "{rejected} control messages were rejected (wrong state or wrong guest)"
@@ -231,17 +212,17 @@ pub(super) fn build_report(
     }
 
     let g = guest_report.as_ref();
-    let t = s.times;
     let mut control = BTreeMap::new();
-    control.insert("owner".to_owned(), s.owner_ctl.stats());
-    control.insert("peer".to_owned(), s.peer_ctl.stats());
+    control.insert("owner".to_owned(), s.ctl.owner.stats());
+    control.insert("peer".to_owned(), s.ctl.peer.stats());
     let queued = g
         .map(|r| r.held_at_switch)
-        .or(s.drained.map(|(_, h)| u64::from(h)));
-    let directed_at_ms = t.directed.map(|d| ms_between(s.t0, d));
-    let timeline = std::mem::take(&mut p.lines);
+        .or(s.facts.drained.map(|(_, h)| u64::from(h)));
+    let directed_at_ms = s.record.since(s.t0, Step::Directed);
+    let timeline = p.take_lines();
     let elapsed_ms = ms_between(s.t0, Instant::now());
     let ok = failures.is_empty();
+    let verification = disk.verification;
     MigrateReport {
         scenario: "migrate".into(),
         mode: cfg.mode.as_str().into(),
@@ -249,8 +230,8 @@ pub(super) fn build_report(
         failures,
         accel: plan.accel.into(),
         accel_reason: plan.accel_reason.clone(),
-        qemu_version: s.qemu_version.take(),
-        qemu_commands: std::mem::take(&mut s.commands),
+        qemu_version: s.out.qemu_version.take(),
+        qemu_commands: std::mem::take(&mut s.out.commands),
         backend: backend_name(cfg).into(),
         vm: OWNER_VM,
         peer_vm: PEER_VM,
@@ -260,7 +241,7 @@ pub(super) fn build_report(
         seed: guest.seed,
         disk_bytes: plan.disk_bytes,
         writes_total,
-        switch: switch_report(cfg, s.switch_ms, directed_at_ms),
+        switch: switch_report(cfg, s.facts.switch_ms, directed_at_ms),
         peer_fault: cfg.peer_fault.as_str().into(),
         peer_fault_detected: lines.peer_fault.is_some(),
         peer_fault_message: lines.peer_fault,
@@ -271,27 +252,15 @@ pub(super) fn build_report(
         completion_timeline: lines.timeline,
         duplicated: g.map(|r| r.duplicates),
         blackout_ms: g.map(|r| r.max_gap_us as f64 / 1000.0),
-        migration_status: s.migration.status.take(),
-        destination_status: s.migration.destination_status.take(),
-        migration_downtime_ms: s.migration.downtime_ms,
-        migration_total_ms: s.migration.total_ms,
-        migration_error: s.migration.error.take(),
-        source_resumed: s.migration.source_resumed,
-        phases: Phases {
-            directed_to_drained_ms: phase(t.directed, t.drained),
-            drained_to_device_deleted_ms: phase(t.drained, t.device_deleted),
-            device_deleted_to_attached_ms: phase(t.device_deleted, t.peer_ready),
-            attached_to_first_forwarded_ms: phase(t.peer_ready, t.first_forwarded),
-            first_forwarded_detected_by:
-                "host read-only mmap of the ring file: the completion tail (CQ_TAIL) moved".into(),
-            handoff_ms: phase(t.directed, t.forwarding),
-            migration_setup_ms: phase(t.forwarding, t.migrate_cmd),
-            migration_ms: phase(t.migrate_cmd, t.migrated),
-            save_ms: phase(t.migrate_cmd, t.save_done),
-            restore_ms: phase(t.restore_start, t.restore_done),
-        },
+        migration_status: s.facts.migration.status.take(),
+        destination_status: s.facts.migration.destination_status.take(),
+        migration_downtime_ms: s.facts.migration.downtime_ms,
+        migration_total_ms: s.facts.migration.total_ms,
+        migration_error: s.facts.migration.error.take(),
+        source_resumed: s.facts.migration.source_resumed,
+        phases: Phases::from_record(Some(&s.record)),
         control_rejected: rejected,
-        control_rejections: s.handoff.rejections().to_vec(),
+        control_rejections: s.ctl.handoff.rejections().to_vec(),
         control,
         writes_submitted: g.map(|r| r.writes_submitted),
         writes_acked: verification
@@ -300,7 +269,7 @@ pub(super) fn build_report(
             .or(g.map(|r| r.writes_acked)),
         write_errors: g.map(|r| r.write_errors),
         verified: verification.is_some(),
-        verification: note,
+        verification: disk.note,
         writes_verified: verification.as_ref().map(|v| v.writes_verified),
         lost: verification.as_ref().map(|v| v.lost),
         stale: verification.as_ref().map(|v| v.stale),
@@ -320,9 +289,9 @@ pub(super) fn build_report(
         guest_elapsed_us: g.map(|r| r.elapsed_us),
         elapsed_ms,
         timeline,
-        qmp_events: std::mem::take(&mut s.events),
-        notes: std::mem::take(&mut s.notes),
-        serial_logs: std::mem::take(&mut s.serial_logs),
+        qmp_events: std::mem::take(&mut s.facts.events),
+        notes: std::mem::take(&mut s.out.notes),
+        serial_logs: std::mem::take(&mut s.out.serial_logs),
         workdir: plan.workdir.path().display().to_string(),
         artifacts_kept: plan.workdir.kept(),
     }

@@ -1,0 +1,283 @@
+//! The guest's protocol lines on COM1 (`BATON <word> ...`, docs/guest-interface.md), typed: one
+//! [`GuestLine`] per line the guest prints, its `Display` (the line as printed, without the `\n`)
+//! and one parser, [`GuestLine::parse`], which the shim uses for every guest it follows.
+//!
+//! The lines with a body of their own keep their formatter and strict parser next to their data:
+//! `BATON result` in [`crate::report`], `BATON port-stats` in [`crate::stats`], `BATON timeline` in
+//! [`crate::timeline`]; this module dispatches on the word and checks the short lines itself.
+//!
+//! Guest output is untrusted (invariant I6): parsing never panics, allocates nothing and borrows
+//! the free-text parts (panic and peer-fault messages) from the input. A line that is not a
+//! protocol line (free-form log output such as `[INFO ] ...`) parses to `None`; a protocol line
+//! that is malformed parses to `Some(Err(..))` naming its [`Kind`], so callers can say which line
+//! was bad and how.
+
+use crate::cmdline::Role;
+use crate::report::{self, GuestReport, ReportError};
+use crate::stats::{self, PortStats, StatsError};
+use crate::text::{ShortStr, parse_u64};
+use crate::timeline::{self, TimelineError, TimelineLine};
+
+/// What every protocol line starts with.
+pub const PREFIX: &str = "BATON ";
+
+/// The word after [`PREFIX`]: which protocol line it is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// `ready role=<role> vm=<id>`: booted, command line accepted.
+    Ready,
+    /// `waiting-for-disk`: booted with `disk=hotplug`, polling for the hot-added disk.
+    WaitingForDisk,
+    /// `first-io`: the first request was submitted to a device.
+    FirstIo,
+    /// `port-stats ...`: one port's completions and latency ([`crate::stats`]).
+    PortStats,
+    /// `timeline ...`: completions per bin of the workload ([`crate::timeline`]).
+    Timeline,
+    /// `peer-fault <message>`: the peer broke the ring protocol.
+    PeerFault,
+    /// `fault-injected`: a peer started with `fault=bad-completion` published its bad entry.
+    FaultInjected,
+    /// `result ...`: the workload's report ([`crate::report`]).
+    Result,
+    /// `panic <message>`: the guest panicked (it then exits with failure).
+    Panic,
+}
+
+impl Kind {
+    /// Every kind, in the order docs/guest-interface.md lists them.
+    pub const ALL: [Kind; 9] = [
+        Kind::Ready,
+        Kind::WaitingForDisk,
+        Kind::FirstIo,
+        Kind::PortStats,
+        Kind::Timeline,
+        Kind::PeerFault,
+        Kind::FaultInjected,
+        Kind::Result,
+        Kind::Panic,
+    ];
+
+    /// The word as printed after [`PREFIX`].
+    #[must_use]
+    pub fn word(self) -> &'static str {
+        match self {
+            Kind::Ready => "ready",
+            Kind::WaitingForDisk => "waiting-for-disk",
+            Kind::FirstIo => "first-io",
+            Kind::PortStats => "port-stats",
+            Kind::Timeline => "timeline",
+            Kind::PeerFault => "peer-fault",
+            Kind::FaultInjected => "fault-injected",
+            Kind::Result => "result",
+            Kind::Panic => "panic",
+        }
+    }
+
+    /// The kind printed as `word`, if any.
+    #[must_use]
+    pub fn from_word(word: &str) -> Option<Kind> {
+        Kind::ALL.into_iter().find(|k| k.word() == word)
+    }
+}
+
+impl core::fmt::Display for Kind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+/// One protocol line of the guest, borrowing its free text from the parsed input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GuestLine<'a> {
+    /// `BATON ready role=<role> vm=<id>`.
+    Ready {
+        /// The role the guest took from its command line.
+        role: Role,
+        /// Its VM id.
+        vm: u32,
+    },
+    /// `BATON waiting-for-disk`.
+    WaitingForDisk,
+    /// `BATON first-io`.
+    FirstIo,
+    /// `BATON port-stats port=.. completions=.. ...`.
+    PortStats(PortStats),
+    /// `BATON timeline start_us=.. bin_us=.. from=.. counts=..`.
+    Timeline(TimelineLine),
+    /// `BATON peer-fault <message>`.
+    PeerFault(&'a str),
+    /// `BATON fault-injected`.
+    FaultInjected,
+    /// `BATON result key=value ...`.
+    Result(GuestReport),
+    /// `BATON panic <message>` (the message may be empty).
+    Panic(&'a str),
+    /// `BATON <word> ...` with a word this version does not know: everything after the prefix.
+    Unknown(&'a str),
+}
+
+impl<'a> GuestLine<'a> {
+    /// Parses one console line (a trailing `\r`/`\n` is ignored).
+    ///
+    /// `None`: not a protocol line (it does not start with [`PREFIX`]). `Some(Err(e))`: a protocol
+    /// line of kind [`LineError::kind`] that is malformed. Strict: words without a body take no
+    /// arguments; `result`, `port-stats` and `timeline` are checked by their own parsers (with
+    /// their length limits). Never panics.
+    #[must_use]
+    pub fn parse(line: &'a str) -> Option<Result<GuestLine<'a>, LineError>> {
+        let text = line.trim_end_matches(['\r', '\n']);
+        let rest = text.strip_prefix(PREFIX)?;
+        let (word, args) = rest.split_once(' ').unwrap_or((rest, ""));
+        let Some(kind) = Kind::from_word(word) else {
+            return Some(Ok(GuestLine::Unknown(rest)));
+        };
+        let bare = |l: GuestLine<'a>| {
+            if rest.len() == word.len() {
+                Ok(l)
+            } else {
+                Err(LineError::UnexpectedArgs(kind))
+            }
+        };
+        Some(match kind {
+            Kind::Ready => parse_ready(args),
+            Kind::WaitingForDisk => bare(GuestLine::WaitingForDisk),
+            Kind::FirstIo => bare(GuestLine::FirstIo),
+            Kind::FaultInjected => bare(GuestLine::FaultInjected),
+            Kind::PortStats => stats::parse_line(text)
+                .map(GuestLine::PortStats)
+                .map_err(LineError::PortStats),
+            Kind::Timeline => timeline::parse_line(text)
+                .map(GuestLine::Timeline)
+                .map_err(LineError::Timeline),
+            Kind::Result => report::parse_line(text)
+                .map(GuestLine::Result)
+                .map_err(LineError::Result),
+            Kind::PeerFault => Ok(GuestLine::PeerFault(args)),
+            Kind::Panic => Ok(GuestLine::Panic(args)),
+        })
+    }
+
+    /// Which line this is; `None` for [`GuestLine::Unknown`].
+    #[must_use]
+    pub fn kind(&self) -> Option<Kind> {
+        Some(match self {
+            GuestLine::Ready { .. } => Kind::Ready,
+            GuestLine::WaitingForDisk => Kind::WaitingForDisk,
+            GuestLine::FirstIo => Kind::FirstIo,
+            GuestLine::PortStats(_) => Kind::PortStats,
+            GuestLine::Timeline(_) => Kind::Timeline,
+            GuestLine::PeerFault(_) => Kind::PeerFault,
+            GuestLine::FaultInjected => Kind::FaultInjected,
+            GuestLine::Result(_) => Kind::Result,
+            GuestLine::Panic(_) => Kind::Panic,
+            GuestLine::Unknown(_) => return None,
+        })
+    }
+}
+
+fn parse_ready(args: &str) -> Result<GuestLine<'static>, LineError> {
+    let mut words = args.split(' ');
+    let mut value = |key: &'static str| {
+        words
+            .next()
+            .and_then(|w| w.strip_prefix(key))
+            .and_then(|w| w.strip_prefix('='))
+            .ok_or(LineError::Ready(ReadyError::Expected(key)))
+    };
+    let role_word = value("role")?;
+    let vm_word = value("vm")?;
+    if words.next().is_some() {
+        return Err(LineError::Ready(ReadyError::Extra));
+    }
+    let role = Role::from_word(role_word).ok_or(LineError::Ready(ReadyError::BadValue(
+        ShortStr::new(role_word),
+    )))?;
+    let vm = parse_u64(vm_word)
+        .and_then(|v| u32::try_from(v).ok())
+        .ok_or(LineError::Ready(ReadyError::BadValue(ShortStr::new(
+            vm_word,
+        ))))?;
+    Ok(GuestLine::Ready { role, vm })
+}
+
+impl core::fmt::Display for GuestLine<'_> {
+    /// The line as the guest prints it, without the trailing `\n`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let word = |k: Kind| k.word();
+        match self {
+            GuestLine::Ready { role, vm } => write!(f, "{PREFIX}ready role={role} vm={vm}"),
+            GuestLine::WaitingForDisk => write!(f, "{PREFIX}{}", word(Kind::WaitingForDisk)),
+            GuestLine::FirstIo => write!(f, "{PREFIX}{}", word(Kind::FirstIo)),
+            GuestLine::FaultInjected => write!(f, "{PREFIX}{}", word(Kind::FaultInjected)),
+            GuestLine::PortStats(s) => write!(f, "{s}"),
+            GuestLine::Timeline(t) => write!(f, "{t}"),
+            GuestLine::Result(r) => write!(f, "{r}"),
+            GuestLine::PeerFault(m) => write!(f, "{PREFIX}{} {m}", word(Kind::PeerFault)),
+            GuestLine::Panic(m) => write!(f, "{PREFIX}{} {m}", word(Kind::Panic)),
+            GuestLine::Unknown(rest) => write!(f, "{PREFIX}{rest}"),
+        }
+    }
+}
+
+/// Why a `BATON ready` line was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReadyError {
+    /// The key expected next (`role`, then `vm`) is absent or another word is there.
+    Expected(&'static str),
+    /// Words after `vm=..`.
+    Extra,
+    /// An unknown role or a VM id that is not a `u32` (the offending text, possibly truncated).
+    BadValue(ShortStr),
+}
+
+/// Why a protocol line was rejected. `Display` for `result`, `port-stats` and `timeline` is that of
+/// the line's own parser error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LineError {
+    /// A malformed `BATON ready` line.
+    Ready(ReadyError),
+    /// A line whose word takes no arguments came with some.
+    UnexpectedArgs(Kind),
+    /// A malformed `BATON result` line.
+    Result(ReportError),
+    /// A malformed `BATON port-stats` line.
+    PortStats(StatsError),
+    /// A malformed `BATON timeline` line.
+    Timeline(TimelineError),
+}
+
+impl LineError {
+    /// The kind of the rejected line.
+    #[must_use]
+    pub fn kind(&self) -> Kind {
+        match self {
+            LineError::Ready(_) => Kind::Ready,
+            LineError::UnexpectedArgs(k) => *k,
+            LineError::Result(_) => Kind::Result,
+            LineError::PortStats(_) => Kind::PortStats,
+            LineError::Timeline(_) => Kind::Timeline,
+        }
+    }
+}
+
+impl core::fmt::Display for LineError {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            LineError::Ready(ReadyError::Expected(key)) => {
+                write!(f, "ready: expected `{key}=` next")
+            }
+            LineError::Ready(ReadyError::Extra) => f.write_str("ready: words after `vm=`"),
+            LineError::Ready(ReadyError::BadValue(v)) => write!(f, "ready: bad value `{v}`"),
+            LineError::UnexpectedArgs(k) => write!(f, "{k}: takes no arguments"),
+            LineError::Result(e) => write!(f, "{e}"),
+            LineError::PortStats(e) => write!(f, "{e}"),
+            LineError::Timeline(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl core::error::Error for LineError {}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,178 @@
+//! Unit tests of the redirector's word packing and its state machine (single-threaded).
+
+use super::word::Word;
+use super::*;
+
+#[test]
+fn word_round_trip() {
+    for state in [
+        State::Direct,
+        State::Draining,
+        State::Drained,
+        State::Released,
+        State::Forwarding,
+        State::FailbackDraining,
+        State::FailbackDrained,
+    ] {
+        for (p1, p2, queued, tail) in [
+            (0, 0, 0, 0),
+            (MAX_INFLIGHT, 1, 32767, u16::MAX),
+            (5, MAX_INFLIGHT, 0, 12345),
+        ] {
+            let w = Word {
+                state,
+                p1,
+                p2,
+                queued,
+                tail,
+            };
+            assert_eq!(Word::unpack(w.pack()), w);
+        }
+    }
+}
+
+#[test]
+fn full_cycle() {
+    let r = Redirector::<4>::new();
+    let mut rel = r.releaser().unwrap();
+    assert!(r.releaser().is_none());
+    assert_eq!(r.submit(1), Ok(Route::Port1));
+    assert_eq!(r.submit(2), Ok(Route::Port1));
+    assert_eq!(rel.dispatch(), None);
+    assert_eq!(r.direct_switch(), Ok(State::Draining));
+    assert_eq!(r.submit(3), Ok(Route::Held(Ticket(0))));
+    assert_eq!(
+        r.device_released(),
+        Err(RedirectError::WrongState {
+            op: Op::DeviceReleased,
+            state: State::Draining
+        })
+    );
+    assert_eq!(rel.dispatch(), None);
+    assert_eq!(r.complete_port1(), Ok(None));
+    assert_eq!(r.complete_port1(), Ok(Some(State::Drained)));
+    assert_eq!(
+        r.complete_port1(),
+        Err(RedirectError::NotInflight(Port::One))
+    );
+    assert_eq!(r.submit(4), Ok(Route::Held(Ticket(1))));
+    assert_eq!(r.submit(5), Ok(Route::Held(Ticket(2))));
+    assert_eq!(r.submit(6), Err(RedirectError::QueueFull));
+    assert_eq!(
+        r.open_port2(),
+        Err(RedirectError::WrongState {
+            op: Op::OpenPort2,
+            state: State::Drained
+        })
+    );
+    assert_eq!(r.device_released(), Ok(State::Released));
+    assert_eq!(rel.dispatch(), None);
+    assert_eq!(r.open_port2(), Ok(State::Forwarding));
+    assert_eq!(
+        rel.dispatch(),
+        Some(Dispatch {
+            port: Port::Two,
+            ticket: Ticket(0),
+            token: 3
+        })
+    );
+    assert_eq!(r.submit(6), Ok(Route::Port2(Ticket(3))));
+    assert_eq!(rel.dispatch().map(|d| d.token), Some(4));
+    assert_eq!(rel.dispatch().map(|d| d.token), Some(5));
+    assert_eq!(rel.dispatch().map(|d| d.token), Some(6));
+    assert_eq!(rel.dispatch(), None);
+    assert_eq!(
+        r.snapshot(),
+        Snapshot {
+            state: State::Forwarding,
+            port1_inflight: 0,
+            port2_inflight: 4,
+            queued: 0
+        }
+    );
+    assert_eq!(r.complete_port2(), Ok(None));
+    assert_eq!(r.begin_failback(), Ok(State::FailbackDraining));
+    assert_eq!(r.submit(7), Ok(Route::Held(Ticket(4))));
+    assert_eq!(rel.dispatch(), None);
+    for _ in 0..2 {
+        assert_eq!(r.complete_port2(), Ok(None));
+    }
+    assert_eq!(r.complete_port2(), Ok(Some(State::FailbackDrained)));
+    assert_eq!(r.device_attached(), Ok(State::Direct));
+    // Backlog first: new requests queue behind it until it is dispatched.
+    assert_eq!(r.submit(8), Ok(Route::Held(Ticket(5))));
+    assert_eq!(
+        rel.dispatch(),
+        Some(Dispatch {
+            port: Port::One,
+            ticket: Ticket(4),
+            token: 7
+        })
+    );
+    assert_eq!(
+        rel.dispatch(),
+        Some(Dispatch {
+            port: Port::One,
+            ticket: Ticket(5),
+            token: 8
+        })
+    );
+    assert_eq!(r.submit(9), Ok(Route::Port1));
+    assert_eq!(r.snapshot().port1_inflight, 3);
+    drop(rel);
+    assert!(r.releaser().is_some());
+    assert_eq!(r.direct_switch(), Ok(State::Draining));
+}
+
+#[test]
+fn immediate_drains() {
+    let r = Redirector::<2>::new();
+    assert_eq!(r.direct_switch(), Ok(State::Drained));
+    assert_eq!(
+        r.direct_switch(),
+        Err(RedirectError::WrongState {
+            op: Op::DirectSwitch,
+            state: State::Drained
+        })
+    );
+    assert_eq!(r.device_released(), Ok(State::Released));
+    assert_eq!(r.open_port2(), Ok(State::Forwarding));
+    assert_eq!(r.begin_failback(), Ok(State::FailbackDrained));
+    assert_eq!(
+        r.complete_port2(),
+        Err(RedirectError::NotInflight(Port::Two))
+    );
+    assert_eq!(r.device_attached(), Ok(State::Direct));
+}
+
+#[test]
+fn tickets_wrap() {
+    let r = Redirector::<8>::new();
+    r.direct_switch().unwrap();
+    r.device_released().unwrap();
+    r.open_port2().unwrap();
+    let mut rel = r.releaser().unwrap();
+    let mut next = 0u16;
+    for i in 0..70_000u64 {
+        let Ok(Route::Port2(t)) = r.submit(i) else {
+            panic!()
+        };
+        assert_eq!(t, Ticket(i as u16));
+        if i % 3 == 0 {
+            continue;
+        }
+        while let Some(d) = rel.dispatch() {
+            assert_eq!(d.ticket, Ticket(next));
+            assert_eq!(d.token as u16, next);
+            next = next.wrapping_add(1);
+            r.complete_port2().unwrap();
+        }
+    }
+}
+
+#[test]
+fn static_use() {
+    static R: Redirector<64> = Redirector::new();
+    assert_eq!(R.submit(0), Ok(Route::Port1));
+    assert_eq!(Redirector::<64>::CAPACITY, 63);
+}

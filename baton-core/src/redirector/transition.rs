@@ -1,0 +1,96 @@
+//! The state transitions of the handoff and the completions that end a drain (see the state
+//! diagram in the [module docs](super)).
+
+#[cfg(doc)]
+use super::Releaser;
+use super::word::Word;
+use super::{Op, Port, RedirectError, Redirector, State};
+
+impl<const N: usize> Redirector<N> {
+    /// Reports the completion of a port-1 request. Returns the new state if this completion
+    /// finished the drain (`Draining` → `Drained`).
+    pub fn complete_port1(&self) -> Result<Option<State>, RedirectError> {
+        self.update(|mut w| {
+            w.p1 =
+                w.p1.checked_sub(1)
+                    .ok_or(RedirectError::NotInflight(Port::One))?;
+            if w.state == State::Draining && w.p1 == 0 {
+                w.state = State::Drained;
+                return Ok((w, Some(State::Drained)));
+            }
+            Ok((w, None))
+        })
+    }
+
+    /// Reports the completion of a port-2 request. Returns the new state if this completion
+    /// finished the failback drain (`FailbackDraining` → `FailbackDrained`).
+    pub fn complete_port2(&self) -> Result<Option<State>, RedirectError> {
+        self.update(|mut w| {
+            w.p2 =
+                w.p2.checked_sub(1)
+                    .ok_or(RedirectError::NotInflight(Port::Two))?;
+            if w.state == State::FailbackDraining && w.p2 == 0 {
+                w.state = State::FailbackDrained;
+                return Ok((w, Some(State::FailbackDrained)));
+            }
+            Ok((w, None))
+        })
+    }
+
+    fn transition(
+        &self,
+        op: Op,
+        from: State,
+        to: impl Fn(Word) -> State,
+    ) -> Result<State, RedirectError> {
+        self.update(|mut w| {
+            if w.state != from {
+                return Err(RedirectError::WrongState { op, state: w.state });
+            }
+            w.state = to(w);
+            Ok((w, w.state))
+        })
+    }
+
+    /// The save/migrate was directed: stop using port 1 (`Direct` → `Draining`, or straight to
+    /// `Drained` if port 1 has nothing in flight). Returns the new state.
+    pub fn direct_switch(&self) -> Result<State, RedirectError> {
+        self.transition(Op::DirectSwitch, State::Direct, |w| {
+            if w.p1 == 0 {
+                State::Drained
+            } else {
+                State::Draining
+            }
+        })
+    }
+
+    /// The drained device was quiesced and handed back (`Drained` → `Released`).
+    pub fn device_released(&self) -> Result<State, RedirectError> {
+        self.transition(Op::DeviceReleased, State::Drained, |_| State::Released)
+    }
+
+    /// The ring to the peer is ready: start forwarding (`Released` → `Forwarding`).
+    pub fn open_port2(&self) -> Result<State, RedirectError> {
+        self.transition(Op::OpenPort2, State::Released, |_| State::Forwarding)
+    }
+
+    /// Failback was directed: stop using port 2 (`Forwarding` → `FailbackDraining`, or straight
+    /// to `FailbackDrained` if port 2 has nothing in flight). Returns the new state.
+    pub fn begin_failback(&self) -> Result<State, RedirectError> {
+        self.transition(Op::BeginFailback, State::Forwarding, |w| {
+            if w.p2 == 0 {
+                State::FailbackDrained
+            } else {
+                State::FailbackDraining
+            }
+        })
+    }
+
+    /// The device is attached again (`FailbackDrained` → `Direct`); the [`Releaser`] then sends
+    /// the held requests to port 1, in order, before any new request is routed there.
+    pub fn device_attached(&self) -> Result<State, RedirectError> {
+        self.transition(Op::DeviceAttached, State::FailbackDrained, |_| {
+            State::Direct
+        })
+    }
+}

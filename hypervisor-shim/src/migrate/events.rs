@@ -1,0 +1,240 @@
+//! Event and console handling: the guests' control messages (through the [`Handoff`] gate, I6),
+//! their serial lines, QEMU exits and QMP events, the ring watch; and the waits built on them.
+//! Every wait is bounded by its own timeout and the scenario deadline.
+
+use super::*;
+
+impl Scenario<'_> {
+    pub(super) fn send(&mut self, to: Role, msg: Message) -> Result<(), Abort> {
+        let ch = match to {
+            Role::Owner => &mut self.ctl.owner,
+            Role::Peer => &mut self.ctl.peer,
+        };
+        ch.send(msg).map_err(|source| Abort::Channel {
+            vm: to.name().into(),
+            source,
+        })
+    }
+
+    /// One round: control channels, consoles, the ring watch, process exits.
+    pub(super) fn step(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        for role in [Role::Owner, Role::Peer] {
+            let ch = match role {
+                Role::Owner => &mut self.ctl.owner,
+                Role::Peer => &mut self.ctl.peer,
+            };
+            let got = ch.poll().map_err(|source| Abort::Channel {
+                vm: role.name().into(),
+                source,
+            })?;
+            for r in got {
+                match r {
+                    Received::Message { msg, at, .. } => self.on_message(p, role, msg, at),
+                    Received::Bad(why) => {
+                        let n = format!("bad control frame from the {}: {why}", role.name());
+                        p.say(n.clone());
+                        self.note(n);
+                    }
+                }
+            }
+        }
+        self.read_consoles(p);
+        if let (Some(w), Some(base)) = (&self.ring.watch, self.ring.cq_base)
+            && !self.record.reached(Step::FirstCompletion)
+            && w.read_u32(offsets::CQ_TAIL).is_some_and(|t| t != base)
+        {
+            self.record.record(Step::FirstCompletion, Instant::now());
+            p.step(
+                Step::FirstCompletion,
+                "the peer moved the ring's completion tail (a forwarded request completed)",
+            );
+        }
+        for vm in [&mut self.vms.owner, &mut self.vms.peer] {
+            vm.poll_exit();
+            vm.take_events();
+        }
+        Ok(())
+    }
+
+    pub(super) fn on_message(&mut self, p: &mut Progress, from: Role, msg: Message, at: Instant) {
+        match self.ctl.handoff.offer(from, &msg) {
+            Ok(_) => {
+                if let Message::Error { code } = msg {
+                    let e = format!("the {} sent `error {code}`", from.name());
+                    p.say(e.clone());
+                    self.ctl.guest_error = Some(e);
+                }
+                self.ctl.inbox.push_back((from, msg, at));
+            }
+            Err(rej) => p.say(rej.to_string()),
+        }
+    }
+
+    pub(super) fn read_consoles(&mut self, p: &mut Progress) {
+        let mut lines = Vec::new();
+        for vm in std::iter::once(&mut self.vms.owner).chain(self.vms.retired.iter_mut()) {
+            while !vm.serial_closed {
+                match vm.serial.recv(Duration::ZERO) {
+                    Recv::Line(l) => lines.push((vm.label, l)),
+                    Recv::Idle => break,
+                    Recv::Closed => vm.serial_closed = true,
+                }
+            }
+        }
+        for (label, l) in lines {
+            self.on_owner_line(p, label, &l.text, l.at);
+        }
+        let mut peer_lines = Vec::new();
+        while !self.vms.peer.serial_closed {
+            match self.vms.peer.serial.recv(Duration::ZERO) {
+                Recv::Line(l) => peer_lines.push(l.text),
+                Recv::Idle => break,
+                Recv::Closed => self.vms.peer.serial_closed = true,
+            }
+        }
+        for text in peer_lines {
+            if text == "BATON fault-injected" && !self.facts.peer_fault_injected {
+                self.facts.peer_fault_injected = true;
+                p.say("the peer injected a malformed completion (fault hook)");
+            } else if let Some(m) = text.strip_prefix("BATON panic ") {
+                let m: String = m.chars().take(200).collect();
+                p.say(format!("the peer panicked: {m}"));
+                self.note(format!("peer panic: {m}"));
+            }
+        }
+    }
+
+    pub(super) fn on_owner_line(
+        &mut self,
+        p: &mut Progress,
+        from: &'static str,
+        text: &str,
+        at: Instant,
+    ) {
+        let Some(rest) = text.strip_prefix("BATON ") else {
+            return;
+        };
+        let (word, args) = rest.split_once(' ').unwrap_or((rest, ""));
+        let lines = &mut self.facts.owner_lines;
+        match word {
+            "ready" => {}
+            "first-io" => {
+                if lines.first_io.is_none() {
+                    lines.first_io = Some(at);
+                }
+            }
+            "result" => {
+                if lines.result.is_none() {
+                    lines.result = Some(parse_line(text).map_err(|e| e.to_string()));
+                    lines.result_from = Some(from);
+                } else {
+                    self.note("repeated `BATON result` ignored".into());
+                }
+            }
+            "port-stats" => match baton_core::stats::parse_line(text) {
+                Ok(ps) if lines.port_stats.len() < 2 => lines.port_stats.push(ps.into()),
+                Ok(_) => self.note("extra `BATON port-stats` line ignored".into()),
+                Err(e) => self.note(format!("malformed `BATON port-stats` line: {e}")),
+            },
+            "timeline" => {
+                if let Err(e) =
+                    crate::report::CompletionTimeline::add_line(&mut lines.timeline, text)
+                {
+                    self.note(format!("`BATON timeline` line rejected: {e}"));
+                }
+            }
+            "peer-fault" => {
+                if lines.peer_fault.is_none() {
+                    let m: String = args.chars().take(200).collect();
+                    p.say(format!("the owner detected a peer fault: {m}"));
+                    lines.peer_fault = Some(m);
+                }
+            }
+            "panic" => {
+                if lines.panic.is_none() {
+                    let m: String = args.chars().take(500).collect();
+                    p.say(format!("the owner panicked: {m}"));
+                    lines.panic = Some(m);
+                }
+            }
+            other => {
+                let w: String = other.chars().take(32).collect();
+                self.note(format!("unknown owner line `BATON {w}`"));
+            }
+        }
+    }
+
+    /// Stops the wait when something went wrong that makes it pointless.
+    pub(super) fn check(&mut self) -> Result<(), Abort> {
+        if run::interrupted() {
+            return Err(Abort::Interrupted);
+        }
+        if let Some(e) = &self.ctl.guest_error {
+            return Err(Abort::GuestError(e.clone()));
+        }
+        if let Some(st) = self.vms.owner.poll_exit() {
+            return Err(Abort::OwnerExited(format!(
+                "{} during the handoff",
+                describe_exit(st)
+            )));
+        }
+        if let Some(st) = self.vms.peer.poll_exit() {
+            return Err(Abort::PeerExited(describe_exit(st)));
+        }
+        Ok(())
+    }
+
+    /// Runs rounds until `f` yields a value, the timeout or the scenario deadline passes, or
+    /// [`Scenario::check`] fails.
+    pub(super) fn wait_until<T>(
+        &mut self,
+        p: &mut Progress,
+        what: &str,
+        timeout: Duration,
+        mut f: impl FnMut(&mut Self) -> Result<Option<T>, Abort>,
+    ) -> Result<T, Abort> {
+        let start = Instant::now();
+        let until = start
+            .checked_add(timeout)
+            .map_or(self.deadline, |u| u.min(self.deadline));
+        loop {
+            self.step(p)?;
+            if let Some(v) = f(self)? {
+                return Ok(v);
+            }
+            self.check()?;
+            if Instant::now() >= until {
+                return Err(Abort::Timeout {
+                    what: what.into(),
+                    waited: start.elapsed(),
+                });
+            }
+            std::thread::sleep(TICK);
+        }
+    }
+
+    /// Waits for a message from `from` that `want` accepts (it passed the gate when it arrived).
+    pub(super) fn wait_msg(
+        &mut self,
+        p: &mut Progress,
+        from: Role,
+        what: &str,
+        want: impl Fn(&Message) -> bool,
+    ) -> Result<(Message, Instant), Abort> {
+        self.wait_until(p, what, STEP_TIMEOUT, |s| Ok(s.take_msg(from, &want)))
+    }
+
+    /// Takes the first message from `from` that `want` accepts out of the inbox.
+    pub(super) fn take_msg(
+        &mut self,
+        from: Role,
+        want: impl Fn(&Message) -> bool,
+    ) -> Option<(Message, Instant)> {
+        self.ctl
+            .inbox
+            .iter()
+            .position(|(r, m, _)| *r == from && want(m))
+            .and_then(|i| self.ctl.inbox.remove(i))
+            .map(|(_, m, at)| (m, at))
+    }
+}

@@ -1,0 +1,294 @@
+//! The handoff's steps (docs/design.md, "The handoff"; US 20070204265A1, claim 1): wait for the
+//! switch point, direct the handoff (`device_del`, `redirect`, the ring opened in both guests while
+//! port 1 drains), move the device to the peer when QEMU released the drive, open port 2. Each step
+//! is recorded in the scenario's [`HandoffRecord`] where it happens, and shown under its
+//! [`Step`] name.
+
+use super::*;
+
+impl Scenario<'_> {
+    /// Steps 1-3 (claim 1): direct the handoff, let port 1 drain, move the device to the peer,
+    /// open port 2. Each step is recorded in [`Scenario::record`] where it happens.
+    pub(super) fn hand_over(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        self.direct(p)?;
+        let (msg, at) = self.wait_msg(p, Role::Owner, "the owner's `drained`", |m| {
+            matches!(m, Message::Drained { .. })
+        })?;
+        if let Message::Drained {
+            port1_completed,
+            held,
+        } = msg
+        {
+            self.facts.drained = Some((port1_completed, held));
+            self.record.record(Step::Drained, at);
+            p.step(
+                Step::Drained,
+                format!("port 1 completed {port1_completed} requests, {held} held at port 2"),
+            );
+        }
+        // QEMU's DEVICE_DELETED (the drive released) usually comes before the owner's
+        // `released` frame: the peer's `device_add` overlaps the wait for it.
+        self.wait_drive_released(p)?;
+        let attempts = self.add_peer_disk(p)?;
+        let (msg, at) = self.wait_msg(p, Role::Owner, "the owner's `released`", |m| {
+            matches!(m, Message::Released { .. })
+        })?;
+        if let Message::Released { slot } = msg {
+            if slot != qemu::BOOT_DISK_SLOT {
+                return Err(Abort::Other(format!(
+                    "the owner released slot {slot}, but the disk is in slot {}",
+                    qemu::BOOT_DISK_SLOT
+                )));
+            }
+            self.record.record(Step::Released, at);
+            p.step(
+                Step::Released,
+                format!("the owner reset the device and ejected slot {slot}"),
+            );
+        }
+        self.move_disk(p, attempts)?;
+        let (msg, at) = self.wait_msg(p, Role::Peer, "the peer's `peer-ready`", |m| {
+            matches!(m, Message::PeerReady { .. })
+        })?;
+        self.record.record(Step::Ready, at);
+        if let Message::PeerReady { capacity_sectors } = msg {
+            p.step(
+                Step::Ready,
+                format!(
+                    "the peer initialised its disk ({capacity_sectors} sectors), ring attached"
+                ),
+            );
+        }
+        self.arm_ring_watch();
+        self.send(Role::Owner, Message::OpenPort2)?;
+        p.say("open-port2 sent to the owner");
+        let (_, at) = self.wait_msg(p, Role::Owner, "the owner's `forwarding`", |m| {
+            matches!(m, Message::Forwarding)
+        })?;
+        self.record.record(Step::PortOpen, at);
+        p.step(
+            Step::PortOpen,
+            format!(
+                "the owner forwards over the ring at port 2 (handoff took {:.1} ms)",
+                self.record.span_ms(&steps::HANDOFF).unwrap_or(0.0)
+            ),
+        );
+        Ok(())
+    }
+
+    /// Waits (bounded) for the first completion over the ring; a note if none comes.
+    pub(super) fn await_first_completion(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        if self.ring.watch.is_some() {
+            let seen = self.wait_until(p, "the first forwarded completion", STEP_TIMEOUT, |s| {
+                Ok(s.record.reached(Step::FirstCompletion).then_some(()))
+            });
+            match seen {
+                Ok(()) => {}
+                Err(Abort::Timeout { .. }) => {
+                    self.note("no forwarded completion seen on the ring".into());
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    /// Waits until the switch point, or for the owner's `migrate-request`.
+    pub(super) fn wait_for_switch(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        let after_ms = match self.cfg.switch {
+            Switch::OwnerRequest(n) => {
+                // However long the owner takes to submit n writes: the scenario deadline bounds it.
+                self.wait_until(p, "the owner's `migrate-request`", Duration::MAX, |s| {
+                    Ok(s.take_msg(Role::Owner, |m| matches!(m, Message::MigrateRequest)))
+                })?;
+                p.say(format!(
+                    "migrate-request: the owner asked to be migrated after {n} writes"
+                ));
+                return Ok(());
+            }
+            Switch::AfterMs(ms) => ms,
+            Switch::Seeded => {
+                let total = u64::from(self.cfg.passes).saturating_mul(self.cfg.blocks);
+                seeded_switch_ms(self.cfg.seed, total)
+            }
+        };
+        self.facts.switch_ms = Some(after_ms);
+        let first_io = self.wait_until(p, "the owner's first I/O", HELLO_TIMEOUT, |s| {
+            Ok(s.facts.owner_lines.first_io)
+        })?;
+        p.say(format!(
+            "the owner's workload started; switch in {after_ms} ms"
+        ));
+        let at = first_io + Duration::from_millis(after_ms);
+        self.wait_until(p, "the switch point", Duration::MAX, |_| {
+            Ok((Instant::now() >= at).then_some(()))
+        })
+    }
+
+    /// Step 1: `device_del` + `redirect`; the ring opened in both guests while port 1 drains.
+    pub(super) fn direct(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        if !self.ctl.handoff.shim_moves_to(HandoffState::Redirecting) {
+            return Err(Abort::Other(format!(
+                "cannot direct the switch in state {:?}",
+                self.ctl.handoff.state()
+            )));
+        }
+        // `device_del` first: it only marks the slot for removal, and nothing is removed before
+        // the owner ejects it. Sent after `redirect`, it raced the owner: with little in flight the
+        // owner drains and ejects at once, QEMU removes the device on the eject alone, and the
+        // late `device_del` fails with DeviceNotFound (seen at QD 1).
+        self.record.record(Step::Directed, Instant::now());
+        self.vms.owner.exec(&DeviceDel { id: DISK_ID.into() })?;
+        self.send(Role::Owner, Message::Redirect)?;
+        p.step(
+            Step::Directed,
+            format!("{DISK_ID} device_del, redirect sent"),
+        );
+        let shm = SharedFile::create(Path::new(shm::SHM_DIR), RING_BYTES)
+            .map_err(|e| Abort::Other(chain(&e)))?;
+        let ring = RingSpec {
+            mem_path: shm.path().to_path_buf(),
+            size: RING_BYTES,
+            master: true,
+            slot: RING_SLOT,
+        };
+        self.ring.shm = Some(shm);
+        for (vm, master) in [(&mut self.vms.owner, true), (&mut self.vms.peer, false)] {
+            let r = RingSpec {
+                master,
+                ..ring.clone()
+            };
+            vm.exec(&ObjectAdd {
+                qom_type: "memory-backend-file".into(),
+                id: RING_MEMDEV_ID.into(),
+                props: r.backend_props(),
+            })?;
+            vm.exec(&DeviceAdd {
+                driver: "ivshmem-plain".into(),
+                id: RING_DEVICE_ID.into(),
+                props: r.device_props(),
+            })?;
+        }
+        let slot = RING_SLOT;
+        self.send(Role::Owner, Message::RingOpened { slot })?;
+        self.send(Role::Peer, Message::RingOpened { slot })?;
+        self.record.record(Step::RingOpened, Instant::now());
+        p.step(
+            Step::RingOpened,
+            format!(
+                "while port 1 drains: {} ({} MiB), ivshmem-plain in slot {slot} of both (owner master=on)",
+                ring.mem_path.display(),
+                RING_BYTES >> 20
+            ),
+        );
+        self.vms.owner_spec.boot_disk = None;
+        self.vms.owner_spec.ring = Some(ring);
+        // The peer's block node now, while port 1 drains: `blockdev-add` takes no permission on
+        // the image, so it succeeds while the owner still holds the write lock (only the peer's
+        // `device_add` needs it).
+        self.vms
+            .peer
+            .exec(&BlockdevAdd(self.vms.backend.blockdev_options(DISK_ID)))?;
+        Ok(())
+    }
+
+    /// Waits until the owner's QEMU released the disk's drive: the `DEVICE_DELETED` of the
+    /// virtio backend (`.../disk0/virtio-backend`, the first of the two; qemu-notes.md), or of
+    /// `disk0` itself. QOM's `object_finalize` releases the backend's `drive` property (the
+    /// BlockBackend and with it the image's write lock) just before `device_finalize` sends its
+    /// event; the proxy's own event follows ~60 ms later only because its memory regions are
+    /// freed by QEMU's RCU thread, which waits up to 5 × 10 ms for callbacks to pile up
+    /// (util/rcu.c, `call_rcu_thread`). `device_add` in the peer is retried if the lock is still
+    /// held ([`Scenario::add_peer_disk`]).
+    pub(super) fn wait_drive_released(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        let backend = format!("/machine/peripheral/{DISK_ID}/virtio-backend");
+        let (at, what) = self.wait_until(p, "DEVICE_DELETED of disk0", STEP_TIMEOUT, |s| {
+            s.vms.owner.pump_events(QMP_POLL);
+            Ok(s.vms.owner.events.iter().find_map(|(at, e)| {
+                if e.name != "DEVICE_DELETED" {
+                    None
+                } else if e.data.get("device").and_then(Value::as_str) == Some(DISK_ID) {
+                    Some((*at, DISK_ID.to_owned()))
+                } else if e.data.get("path").and_then(Value::as_str) == Some(backend.as_str()) {
+                    Some((*at, format!("{DISK_ID}/virtio-backend")))
+                } else {
+                    None
+                }
+            }))
+        })?;
+        self.record.record(Step::DriveReleased, at);
+        self.record.record(Step::DriveReleaseSeen, Instant::now());
+        p.step(
+            Step::DriveReleased,
+            format!("DEVICE_DELETED {what} from the owner's QEMU (image unlocked)"),
+        );
+        Ok(())
+    }
+
+    /// `device_add` of the disk into the peer, retried for a while if QEMU says the image is still
+    /// locked (the owner's QEMU not yet through releasing it). Returns the attempts made.
+    pub(super) fn add_peer_disk(&mut self, p: &mut Progress) -> Result<u32, Abort> {
+        let start = Instant::now();
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            let r = self.vms.peer.exec(&DeviceAdd {
+                driver: "virtio-blk-pci".into(),
+                id: DISK_ID.into(),
+                props: qemu::virtio_blk_device_props(DISK_ID, PEER_DISK_SLOT),
+            });
+            match r {
+                Ok(_) => return Ok(attempts),
+                Err(Abort::Qmp {
+                    source: qmp::QmpError::Rejected { ref desc, .. },
+                    ..
+                }) if desc.contains("lock") && start.elapsed() < LOCK_RETRY_FOR => {
+                    self.step(p)?;
+                    std::thread::sleep(LOCK_RETRY_EVERY);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Step 2: the disk has moved from the owner's QEMU to the peer's (block node added when the
+    /// handoff was directed, device after `attempts` `device_add`s): `disk-attached` to the peer;
+    /// the owner's node goes once the peer has the disk.
+    pub(super) fn move_disk(&mut self, p: &mut Progress, attempts: u32) -> Result<(), Abort> {
+        self.send(
+            Role::Peer,
+            Message::DiskAttached {
+                slot: PEER_DISK_SLOT,
+            },
+        )?;
+        self.record.record(Step::Attached, Instant::now());
+        self.vms.owner.exec(&BlockdevDel {
+            node_name: DISK_ID.into(),
+        })?;
+        let retried = if attempts > 1 {
+            format!(" after {attempts} attempts (image still locked)")
+        } else {
+            String::new()
+        };
+        p.step(
+            Step::Attached,
+            format!(
+                "device_add virtio-blk-pci (slot {PEER_DISK_SLOT}) in the peer{retried}, disk-attached sent; blockdev-del in the owner"
+            ),
+        );
+        Ok(())
+    }
+
+    /// Maps the ring read-only and remembers the completion tail, to see the first forwarded
+    /// completion.
+    pub(super) fn arm_ring_watch(&mut self) {
+        let Some(shm) = &self.ring.shm else { return };
+        match RingWatch::open(shm.path(), ring::HEADER_LEN) {
+            Ok(w) => {
+                self.ring.cq_base = w.read_u32(offsets::CQ_TAIL);
+                self.ring.watch = Some(w);
+            }
+            Err(e) => self.note(format!("ring watch unavailable: {}", chain(&e))),
+        }
+    }
+}

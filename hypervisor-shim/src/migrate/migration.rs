@@ -1,0 +1,529 @@
+//! Step 4: the migration of the owner, live (to a second QEMU) or save + restore (through a
+//! file), with the QEMU 7.2 ivshmem BAR workaround; a failed migration resumes the source.
+
+use super::*;
+
+/// A destination QEMU that was started but is not connected yet.
+pub(super) struct PendingDest {
+    pub(super) vm: Vm,
+    pub(super) listener: ControlListener,
+    pub(super) qmp_socket: PathBuf,
+}
+
+impl Scenario<'_> {
+    /// Starts a destination (or restore) QEMU with the owner's current device set; it connects
+    /// its control channel and QMP later ([`Scenario::connect_destination`]).
+    pub(super) fn launch_destination(&mut self, label: &'static str) -> Result<PendingDest, Abort> {
+        let listener = ControlListener::bind(&self.dir.join(format!("ctl-{label}.sock"))).map_err(
+            |source| Abort::Channel {
+                vm: label.into(),
+                source,
+            },
+        )?;
+        let mut spec = MachineSpec {
+            qmp_socket: self.dir.join(format!("qmp-{label}.sock")),
+            control_socket: Some(listener.path().to_path_buf()),
+            incoming: true,
+            ..self.vms.owner_spec.clone()
+        };
+        if self.cfg.destination_fault == DestinationFault::WithoutRing {
+            spec.ring = None;
+        }
+        let vm = Vm::spawn(label, &spec, &self.dir).map_err(|e| Abort::Other(chain(&e)))?;
+        self.out
+            .commands
+            .insert(label.to_owned(), vm.command.clone());
+        self.out.serial_logs.insert(
+            label.to_owned(),
+            vm.serial_log(&self.dir).display().to_string(),
+        );
+        Ok(PendingDest {
+            vm,
+            listener,
+            qmp_socket: spec.qmp_socket,
+        })
+    }
+
+    /// Accepts a started destination's control connection and connects its QMP.
+    pub(super) fn connect_destination(
+        pending: PendingDest,
+    ) -> Result<(Vm, ControlListener, UnixStream), Box<(Abort, Vm)>> {
+        let PendingDest {
+            mut vm,
+            listener,
+            qmp_socket,
+        } = pending;
+        let label = vm.label;
+        let stream = match listener.accept(CONNECT_TIMEOUT, || vm.alive()) {
+            Ok(s) => s,
+            Err(source) => {
+                return Err(Box::new((
+                    Abort::Channel {
+                        vm: label.into(),
+                        source,
+                    },
+                    vm,
+                )));
+            }
+        };
+        if let Err(e) = vm.connect_qmp(&qmp_socket) {
+            return Err(Box::new((e, vm)));
+        }
+        Ok((vm, listener, stream))
+    }
+
+    /// The source's ivshmem BAR0 and BAR2 addresses.
+    pub(super) fn ring_bars(&mut self) -> Result<(u64, u64), Abort> {
+        let buses = self.vms.owner.exec(&QueryPci {})?;
+        let dev = buses
+            .iter()
+            .filter(|b| b.bus == 0)
+            .flat_map(|b| b.devices.iter())
+            .find(|d| d.slot == u32::from(RING_SLOT) && d.function == 0)
+            .ok_or_else(|| Abort::Other("query-pci: no ivshmem device in the source".into()))?;
+        let bar = |n: u32| {
+            dev.regions
+                .iter()
+                .find(|r| r.bar == n)
+                .and_then(qmp::PciRegion::mapped_address)
+        };
+        match (bar(0), bar(2)) {
+            (Some(b0), Some(b2)) => Ok((b0, b2)),
+            _ => Err(Abort::Other(
+                "query-pci: the owner has not programmed the ivshmem BARs".into(),
+            )),
+        }
+    }
+
+    /// `x-ignore-shared` on a QEMU.
+    pub(super) fn ignore_shared(vm: &mut Vm) -> Result<(), Abort> {
+        vm.exec(&MigrateSetCapabilities {
+            capabilities: vec![MigrationCapability {
+                capability: "x-ignore-shared".into(),
+                state: true,
+            }],
+        })
+        .map(drop)
+    }
+
+    /// The QEMU 7.2 workaround: the destination's ivshmem BARs and COMMAND, as the source has
+    /// them, written into its config space over HMP before `migrate-incoming`.
+    pub(super) fn program_destination_bars(
+        dest: &mut Vm,
+        bar0: u64,
+        bar2: u64,
+    ) -> Result<(), Abort> {
+        let cfg = 0x8000_0000u32 | (u32::from(RING_SLOT) << 11);
+        let writes = [
+            (0x10u32, (bar0 & 0xffff_ffff) as u32),
+            (0x18, (bar2 & 0xffff_ffff) as u32),
+            (0x1c, (bar2 >> 32) as u32),
+            (0x04, 0x7),
+        ];
+        for (off, val) in writes {
+            dest.hmp(format!("o /w 0xcf8 {:#x}", cfg | off))?;
+            dest.hmp(format!("o /w 0xcfc {val:#x}"))?;
+        }
+        Ok(())
+    }
+
+    /// Polls `query-migrate` on `vm` until the migration finishes, serving the guests meanwhile.
+    pub(super) fn poll_migration(&mut self, p: &mut Progress) -> Result<MigrationInfo, Abort> {
+        let start = Instant::now();
+        loop {
+            self.step(p)?;
+            let info = self.vms.owner.exec(&QueryMigrate {})?;
+            if info.finished() {
+                return Ok(info);
+            }
+            if run::interrupted() {
+                return Err(Abort::Interrupted);
+            }
+            if start.elapsed() >= MIGRATION_TIMEOUT || Instant::now() >= self.deadline {
+                return Err(Abort::Timeout {
+                    what: "the migration".into(),
+                    waited: start.elapsed(),
+                });
+            }
+            std::thread::sleep(MIGRATE_POLL);
+        }
+    }
+
+    /// Waits until `dest` runs the guest; `Err` says why not.
+    pub(super) fn wait_running(
+        &mut self,
+        p: &mut Progress,
+        dest: &mut Vm,
+    ) -> Result<String, String> {
+        let start = Instant::now();
+        loop {
+            if self.step(p).is_err() {
+                // Control channel trouble is reported by the next waits; keep checking QEMU.
+            }
+            if let Some(st) = dest.poll_exit() {
+                return Err(format!(
+                    "the {} QEMU exited ({}): {}",
+                    dest.label,
+                    describe_exit(st),
+                    dest.stderr_tail()
+                ));
+            }
+            match dest.exec(&QueryStatus {}) {
+                Ok(s) if s.running => return Ok(s.status),
+                Ok(s)
+                    if matches!(
+                        s.status.as_str(),
+                        "inmigrate" | "paused" | "prelaunch" | "restore-vm"
+                    ) && start.elapsed() < DEST_RUN_TIMEOUT => {}
+                Ok(s) => {
+                    return Err(format!(
+                        "the {} QEMU is `{}`, not running",
+                        dest.label, s.status
+                    ));
+                }
+                Err(e) => {
+                    if let Some(st) = dest.poll_exit() {
+                        return Err(format!(
+                            "the {} QEMU exited ({}): {}",
+                            dest.label,
+                            describe_exit(st),
+                            dest.stderr_tail()
+                        ));
+                    }
+                    if start.elapsed() >= DEST_RUN_TIMEOUT {
+                        return Err(chain(&e));
+                    }
+                }
+            }
+            if run::interrupted() {
+                return Err("interrupted by a signal".into());
+            }
+            std::thread::sleep(MIGRATE_POLL);
+        }
+    }
+
+    /// The destination takes over: the owner's channel moves to its connection, the source quits.
+    pub(super) fn take_over(&mut self, p: &mut Progress, dest: Vm, stream: UnixStream) {
+        // Whatever the source sent last is still in its socket: read it before moving on.
+        let _ = self.step(p);
+        self.ctl.owner.attach(stream);
+        let mut source = std::mem::replace(&mut self.vms.owner, dest);
+        self.vms.owner_is_destination = true;
+        match source.quit() {
+            Ok(st) => p.say(format!("the source QEMU quit ({})", describe_exit(st))),
+            Err(e) => self.note(e),
+        }
+        source.take_events();
+        self.vms.retired.push(source);
+    }
+
+    /// A migration that failed: resume the source so the owner keeps running there.
+    pub(super) fn roll_back(&mut self, p: &mut Progress, why: String, dest: Option<Vm>) {
+        self.facts.migration.error = Some(why.clone());
+        self.out.failures.push(format!("migration failed: {why}"));
+        p.say(format!("migration FAILED: {why}"));
+        if let Some(mut d) = dest {
+            let status = match d.poll_exit() {
+                Some(st) => {
+                    let tail = d.stderr_tail();
+                    if !tail.is_empty() {
+                        self.note(format!("{} QEMU stderr: {tail}", d.label));
+                    }
+                    format!("exited ({})", describe_exit(st))
+                }
+                None => match d.exec(&QueryStatus {}) {
+                    Ok(s) => s.status,
+                    Err(_) => "unknown".into(),
+                },
+            };
+            p.say(format!("the {} QEMU is {status}; stopping it", d.label));
+            self.facts
+                .migration
+                .destination_status
+                .get_or_insert(status);
+            d.kill();
+            d.take_events();
+            self.vms.retired.push(d);
+        }
+        let running = self.vms.owner.exec(&QueryStatus {}).map(|s| s.running);
+        match running {
+            Ok(true) => p.say("the source still runs the owner"),
+            Ok(false) => match self.vms.owner.exec(&Cont {}) {
+                Ok(_) => {
+                    self.facts.migration.source_resumed = true;
+                    p.say("rolled back: `cont` resumed the source; the owner continues there");
+                }
+                Err(e) => {
+                    let e = format!("cannot resume the source: {}", chain(&e));
+                    p.say(e.clone());
+                    self.out.failures.push(e);
+                }
+            },
+            Err(e) => self.note(format!("source status unknown: {}", chain(&e))),
+        }
+        let _ = self.ctl.handoff.shim_moves_to(HandoffState::Forwarding);
+    }
+
+    /// Whether the owner's QEMU exited (waits briefly: its sockets close just before it is
+    /// reaped). Used when a QMP command to it failed.
+    pub(super) fn owner_gone(&mut self) -> Option<ExitStatus> {
+        let until = Instant::now() + Duration::from_millis(500);
+        loop {
+            if let Some(st) = self.vms.owner.poll_exit() {
+                return Some(st);
+            }
+            if Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A failed migration step: the owner exited (its workload ended, or it failed), or the
+    /// migration failed and is rolled back.
+    pub(super) fn migration_failed(
+        &mut self,
+        p: &mut Progress,
+        e: Abort,
+        dest: Option<Vm>,
+    ) -> Result<(), Abort> {
+        if let Abort::Interrupted = e {
+            return Err(e);
+        }
+        if let Some(st) = self.owner_gone() {
+            if let Some(mut d) = dest {
+                d.kill();
+                self.vms.retired.push(d);
+            }
+            return Err(Abort::OwnerExited(format!(
+                "{} while it was being migrated",
+                describe_exit(st)
+            )));
+        }
+        self.roll_back(p, chain(&e), dest);
+        Ok(())
+    }
+
+    /// Step 4, live: migrate the owner to a second QEMU.
+    pub(super) fn live_migrate(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        let _ = self.ctl.handoff.shim_moves_to(HandoffState::Migrating);
+        // Started only now: a QEMU starting up during the handoff would compete for the CPU with
+        // the guests while the owner's I/O is stalled.
+        let connected = match self.launch_destination("destination") {
+            Ok(pd) => Self::connect_destination(pd),
+            Err(e) => return self.migration_failed(p, e, None),
+        };
+        let (mut dest, listener, stream) = match connected {
+            Ok(d) => d,
+            Err(b) => {
+                let (e, vm) = *b;
+                return self.migration_failed(p, e, Some(vm));
+            }
+        };
+        p.say(format!(
+            "destination QEMU started (pid {}, -incoming defer, the owner's current device set: no disk, ivshmem in slot {RING_SLOT})",
+            dest.qemu.pid()
+        ));
+        let mig_sock = self.dir.join("migrate.sock");
+        let _mig_sock_guard = SocketPath(mig_sock.clone());
+        let uri = format!("unix:{}", mig_sock.display());
+        let setup = (|| -> Result<(), Abort> {
+            Self::ignore_shared(&mut self.vms.owner)?;
+            Self::ignore_shared(&mut dest)?;
+            let (bar0, bar2) = self.ring_bars()?;
+            Self::program_destination_bars(&mut dest, bar0, bar2)?;
+            dest.exec(&MigrateIncoming { uri: uri.clone() })?;
+            Ok(())
+        })();
+        if let Err(e) = setup {
+            return self.migration_failed(p, e, Some(dest));
+        }
+        self.record.record(Step::MigrationStarted, Instant::now());
+        p.say("x-ignore-shared on both sides, BAR2 workaround applied; migrate");
+        if let Err(e) = self.vms.owner.exec(&Migrate { uri }) {
+            return self.migration_failed(p, e, Some(dest));
+        }
+        let info = match self.poll_migration(p) {
+            Ok(i) => i,
+            Err(e) => return self.migration_failed(p, e, Some(dest)),
+        };
+        self.facts.migration.status = info.status.clone();
+        self.facts.migration.downtime_ms = info.downtime;
+        self.facts.migration.total_ms = info.total_time;
+        if info.status.as_deref() != Some("completed") {
+            let why = format!(
+                "the source says `{}`{}",
+                info.status.as_deref().unwrap_or("?"),
+                info.error_desc
+                    .map_or_else(String::new, |d| format!(": {d}"))
+            );
+            self.roll_back(p, why, Some(dest));
+            return Ok(());
+        }
+        // The source's word is not enough: the destination must run the guest.
+        match self.wait_running(p, &mut dest) {
+            Ok(status) => {
+                self.record.record(Step::Migrated, Instant::now());
+                self.facts.migration.destination_status = Some(status);
+                p.step(
+                    Step::Migrated,
+                    format!(
+                        "completed, downtime {} ms, total {} ms; the destination runs the owner",
+                        info.downtime.map_or_else(|| "?".into(), |d| d.to_string()),
+                        info.total_time
+                            .map_or_else(|| "?".into(), |d| d.to_string()),
+                    ),
+                );
+                self.take_over(p, dest, stream);
+                drop(listener);
+                let _ = self.ctl.handoff.shim_moves_to(HandoffState::Forwarding);
+                Ok(())
+            }
+            Err(why) => {
+                self.facts.migration.destination_status = Some("dead".into());
+                self.roll_back(
+                    p,
+                    format!("the source reported `completed` but {why}"),
+                    Some(dest),
+                );
+                Ok(())
+            }
+        }
+    }
+
+    /// Step 4, save: save the owner to a file, quit its QEMU, restore it in a new one.
+    pub(super) fn save_restore(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        let _ = self.ctl.handoff.shim_moves_to(HandoffState::Migrating);
+        let state = self.dir.join("vm1.state");
+        let _ = std::fs::remove_file(&state);
+        // The saved state goes when the scenario ends, however it ends (unless --keep).
+        let _state_guard = (!self.cfg.keep).then(|| SocketPath(state.clone()));
+        let setup = (|| -> Result<(u64, u64), Abort> {
+            Self::ignore_shared(&mut self.vms.owner)?;
+            self.ring_bars()
+        })();
+        let (bar0, bar2) = match setup {
+            Ok(b) => b,
+            Err(e) => return self.migration_failed(p, e, None),
+        };
+        self.record.record(Step::MigrationStarted, Instant::now());
+        let uri = format!("exec:cat > {}", shell_quote(&state.to_string_lossy()));
+        p.say(format!("saving the owner: migrate to {}", state.display()));
+        if let Err(e) = self.vms.owner.exec(&Migrate { uri }) {
+            return self.migration_failed(p, e, None);
+        }
+        let info = match self.poll_migration(p) {
+            Ok(i) => i,
+            Err(e) => return self.migration_failed(p, e, None),
+        };
+        self.facts.migration.status = info.status.clone();
+        self.facts.migration.downtime_ms = info.downtime;
+        self.facts.migration.total_ms = info.total_time;
+        if info.status.as_deref() != Some("completed") {
+            let why = format!(
+                "save: the source says `{}`{}",
+                info.status.as_deref().unwrap_or("?"),
+                info.error_desc
+                    .map_or_else(String::new, |d| format!(": {d}"))
+            );
+            self.roll_back(p, why, None);
+            return Ok(());
+        }
+        self.record.record(Step::Saved, Instant::now());
+        let size = std::fs::metadata(&state).map_or(0, |m| m.len());
+        p.step(
+            Step::Saved,
+            format!(
+                "{} KiB, downtime {} ms; quitting the source QEMU",
+                size >> 10,
+                info.downtime.map_or_else(|| "?".into(), |d| d.to_string())
+            ),
+        );
+        // Whatever the source sent last is still in its socket.
+        let _ = self.step(p);
+        match self.vms.owner.quit() {
+            Ok(st) => p.say(format!("the source QEMU quit ({})", describe_exit(st))),
+            Err(e) => self.note(e),
+        }
+        // From here on there is no source to fall back to.
+        self.record.record(Step::RestoreStarted, Instant::now());
+        let restored = match self.launch_destination("restored") {
+            Ok(pd) => match Self::connect_destination(pd) {
+                Ok((vm, listener, stream)) => {
+                    self.restore(p, vm, listener, stream, &state, bar0, bar2)
+                }
+                Err(b) => {
+                    let (e, vm) = *b;
+                    Err(Box::new((chain(&e), Some(vm))))
+                }
+            },
+            Err(e) => Err(Box::new((chain(&e), None))),
+        };
+        match restored {
+            Ok(vm) => {
+                let source = std::mem::replace(&mut self.vms.owner, vm);
+                self.vms.retired.push(source);
+                self.vms.owner_is_destination = true;
+                let _ = self.ctl.handoff.shim_moves_to(HandoffState::Forwarding);
+                Ok(())
+            }
+            Err(b) => {
+                let (why, vm) = *b;
+                self.facts.migration.error = Some(why.clone());
+                p.say(format!("restore FAILED: {why}"));
+                if let Some(mut vm) = vm {
+                    vm.kill();
+                    self.vms.retired.push(vm);
+                }
+                Err(Abort::Other(format!(
+                    "restore failed (the source was already gone): {why}"
+                )))
+            }
+        }
+    }
+
+    /// Restores the saved owner into `vm`; on success the owner's channel moves to it.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn restore(
+        &mut self,
+        p: &mut Progress,
+        mut vm: Vm,
+        listener: ControlListener,
+        stream: UnixStream,
+        state: &Path,
+        bar0: u64,
+        bar2: u64,
+    ) -> Result<Vm, Box<(String, Option<Vm>)>> {
+        let r = (|| -> Result<(), Abort> {
+            Self::ignore_shared(&mut vm)?;
+            Self::program_destination_bars(&mut vm, bar0, bar2)?;
+            vm.exec(&MigrateIncoming {
+                uri: format!("exec:cat {}", shell_quote(&state.to_string_lossy())),
+            })?;
+            Ok(())
+        })();
+        if let Err(e) = r {
+            return Err(Box::new((chain(&e), Some(vm))));
+        }
+        match self.wait_running(p, &mut vm) {
+            Ok(status) => {
+                let now = Instant::now();
+                self.record.record(Step::Restored, now);
+                self.record.record(Step::Migrated, now);
+                self.facts.migration.destination_status = Some(status);
+                p.step(
+                    Step::Restored,
+                    format!("a new QEMU (pid {}) runs the owner", vm.qemu.pid()),
+                );
+                let _ = self.step(p);
+                self.ctl.owner.attach(stream);
+                drop(listener);
+                Ok(vm)
+            }
+            Err(why) => {
+                self.facts.migration.destination_status = Some("dead".into());
+                Err(Box::new((why, Some(vm))))
+            }
+        }
+    }
+}

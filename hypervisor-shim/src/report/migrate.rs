@@ -1,0 +1,390 @@
+//! The report of one `hypervisor-shim migrate`, and its handoff phases (computed from the
+//! handoff's record through the span table of [`crate::steps`]).
+
+use std::fmt;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::steps::{self, HandoffRecord, Span};
+
+use super::{CompletionTimeline, GuestExit, PortStatsReport, TimelineEntry, ms, opt};
+
+/// A QMP event of one of the handoff's QEMUs.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct VmEvent {
+    /// Which QEMU: `owner`, `peer`, `destination` (live) or `restored` (save).
+    pub vm: String,
+    /// Event name.
+    pub name: String,
+    /// Milliseconds since the scenario started, by the shim's clock when it read the event.
+    pub at_ms: f64,
+    /// Event data.
+    pub data: serde_json::Value,
+}
+
+/// How the handoff was directed.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SwitchReport {
+    /// `operator` (`--switch-after-ms`, or the default), `seed` (a point drawn from `--seed`) or
+    /// `owner-request` (`--migrate-at`: the owner sent `migrate-request`).
+    pub trigger: String,
+    /// For `operator` and `seed`: the switch was directed this long after the owner's first I/O.
+    pub after_first_io_ms: Option<u64>,
+    /// For `owner-request`: the owner asked after submitting this many writes.
+    pub migrate_at: Option<u64>,
+    /// When the switch was directed (`redirect` sent), ms since the scenario started.
+    pub directed_at_ms: Option<f64>,
+}
+
+/// Wall times of the handoff's phases, in ms, by the shim's clock (null when not reached).
+///
+/// Each field is one span of [`crate::steps::SPANS`] (its `report` name); the doc names the steps
+/// ([`steps::Step`]) it lies between. Field names are kept as reports have always spelt them: "device
+/// deleted" is [`Step::DriveReleased`](steps::Step::DriveReleased) and "attached" is [`Step::Ready`](steps::Step::Ready).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Phases {
+    /// [`Step::Directed`](steps::Step::Directed) → [`Step::Drained`](steps::Step::Drained): `redirect` sent → the owner's `drained` arrived.
+    pub directed_to_drained_ms: Option<f64>,
+    /// [`Step::Drained`](steps::Step::Drained) → [`Step::DriveReleased`](steps::Step::DriveReleased): `drained` → QEMU's `DEVICE_DELETED` stamp of
+    /// the disk's virtio backend (the drive released).
+    pub drained_to_device_deleted_ms: Option<f64>,
+    /// [`Step::DriveReleased`](steps::Step::DriveReleased) → [`Step::Ready`](steps::Step::Ready): the drive released → the peer's `peer-ready`
+    /// (disk moved, initialised, ring attached).
+    pub device_deleted_to_attached_ms: Option<f64>,
+    /// [`Step::Ready`](steps::Step::Ready) → [`Step::FirstCompletion`](steps::Step::FirstCompletion): `peer-ready` → the first forwarded completion
+    /// (the ring's completion tail moved).
+    pub attached_to_first_forwarded_ms: Option<f64>,
+    /// How the first forwarded completion was detected.
+    pub first_forwarded_detected_by: String,
+    /// [`Step::Directed`](steps::Step::Directed) → [`Step::PortOpen`](steps::Step::PortOpen): `redirect` sent → the owner's `forwarding`
+    /// arrived: the whole handoff.
+    pub handoff_ms: Option<f64>,
+    /// [`Step::PortOpen`](steps::Step::PortOpen) → [`Step::MigrationStarted`](steps::Step::MigrationStarted): `forwarding` → the migration (or save)
+    /// command was issued: destination set-up.
+    pub migration_setup_ms: Option<f64>,
+    /// [`Step::MigrationStarted`](steps::Step::MigrationStarted) → [`Step::Migrated`](steps::Step::Migrated). Live: `migrate` issued → the destination
+    /// runs. Save: `migrate` to the file issued → the restored QEMU runs (save + quit + restore).
+    pub migration_ms: Option<f64>,
+    /// Save mode, [`Step::MigrationStarted`](steps::Step::MigrationStarted) → [`Step::Saved`](steps::Step::Saved): `migrate` to the file issued →
+    /// `completed`.
+    pub save_ms: Option<f64>,
+    /// Save mode, [`Step::RestoreStarted`](steps::Step::RestoreStarted) → [`Step::Restored`](steps::Step::Restored): the restore QEMU was started →
+    /// it runs the guest.
+    pub restore_ms: Option<f64>,
+}
+
+impl Phases {
+    /// How [`Step::FirstCompletion`](steps::Step::FirstCompletion) is detected.
+    pub const FIRST_FORWARDED_DETECTED_BY: &'static str =
+        "host read-only mmap of the ring file: the completion tail (CQ_TAIL) moved";
+
+    /// The phases of `record` (all null without one).
+    pub fn from_record(record: Option<&HandoffRecord>) -> Self {
+        let ms = |s: &Span| record.and_then(|r| r.span_ms(s));
+        Self {
+            directed_to_drained_ms: ms(&steps::DIRECTED_TO_DRAINED),
+            drained_to_device_deleted_ms: ms(&steps::DRAINED_TO_DRIVE_RELEASED),
+            device_deleted_to_attached_ms: ms(&steps::DRIVE_RELEASED_TO_READY),
+            attached_to_first_forwarded_ms: ms(&steps::READY_TO_FIRST_COMPLETION),
+            first_forwarded_detected_by: Self::FIRST_FORWARDED_DETECTED_BY.into(),
+            handoff_ms: ms(&steps::HANDOFF),
+            migration_setup_ms: ms(&steps::MIGRATION_SETUP),
+            migration_ms: ms(&steps::MIGRATION),
+            save_ms: ms(&steps::SAVE),
+            restore_ms: ms(&steps::RESTORE),
+        }
+    }
+}
+
+/// The report of one `hypervisor-shim migrate`.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct MigrateReport {
+    /// Always `migrate`.
+    pub scenario: String,
+    /// `live` or `save`.
+    pub mode: String,
+    /// Nothing lost, stale or duplicated, the owner succeeded and finished at the destination,
+    /// and the migration succeeded.
+    pub ok: bool,
+    /// Why `ok` is false (empty when ok).
+    pub failures: Vec<String>,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// Why that accelerator was chosen.
+    pub accel_reason: String,
+    /// QEMU's version (from the owner's QEMU).
+    pub qemu_version: Option<String>,
+    /// The QEMU command lines, by role.
+    pub qemu_commands: std::collections::BTreeMap<String, String>,
+    /// Always `file`: a raw image, verified on the host.
+    pub backend: String,
+    /// The owner's VM id.
+    pub vm: u32,
+    /// The peer's VM id.
+    pub peer_vm: u32,
+    /// Distinct blocks written.
+    pub blocks: u64,
+    /// Passes over the blocks.
+    pub passes: u32,
+    /// Queue depth.
+    pub qd: u16,
+    /// Schedule seed.
+    pub seed: u64,
+    /// Disk size in bytes.
+    pub disk_bytes: u64,
+    /// Writes in the schedule (`blocks * passes`).
+    pub writes_total: u64,
+    /// How and when the handoff was directed.
+    pub switch: SwitchReport,
+    /// `none` or `bad-completion` (the peer's fault hook).
+    pub peer_fault: String,
+    /// The owner detected a peer fault (`BATON peer-fault`).
+    pub peer_fault_detected: bool,
+    /// What the owner said about it.
+    pub peer_fault_message: Option<String>,
+    /// Requests held at port 2 while port 1 drained (guest's `held_at_switch`, else `drained`).
+    pub requests_queued_at_switch: Option<u64>,
+    /// Guest's figure: requests forwarded over the ring (port 2).
+    pub requests_forwarded: Option<u64>,
+    /// Guest's figure: requests completed through port 1 (the device, before the handoff).
+    pub port1_requests: Option<u64>,
+    /// Guest's figures: per-port latency (`BATON port-stats` lines): port 1 direct, port 2
+    /// forwarded through the peer.
+    pub port_stats: Vec<PortStatsReport>,
+    /// Guest's figures: completions per ms of the owner's workload (`BATON timeline` lines), for
+    /// the handoff plot.
+    pub completion_timeline: Option<CompletionTimeline>,
+    /// Completions for requests that were not outstanding (the guest's count; must be 0).
+    pub duplicated: Option<u64>,
+    /// Guest's figure: the longest gap between two completions its workload saw, in ms.
+    pub blackout_ms: Option<f64>,
+    /// The source's final `query-migrate` status (`completed`, `failed`, ...).
+    pub migration_status: Option<String>,
+    /// The destination's (restored QEMU's) `query-status` after the migration.
+    pub destination_status: Option<String>,
+    /// QEMU's `downtime` of the migration (save: of the save), in ms.
+    pub migration_downtime_ms: Option<u64>,
+    /// QEMU's `total-time` of the migration (save: of the save), in ms.
+    pub migration_total_ms: Option<u64>,
+    /// Why the migration failed, if it did.
+    pub migration_error: Option<String>,
+    /// Whether the source was resumed (`cont`) after a failed migration.
+    pub source_resumed: bool,
+    /// Phase wall times.
+    pub phases: Phases,
+    /// Guest control messages rejected because they arrived in the wrong state or from the wrong
+    /// guest (must be 0 in a normal run).
+    pub control_rejected: u64,
+    /// The first rejections, described.
+    pub control_rejections: Vec<String>,
+    /// Control channel counters, by role.
+    pub control: std::collections::BTreeMap<String, crate::channel::ChannelStats>,
+    /// Guest's figure: writes submitted.
+    pub writes_submitted: Option<u64>,
+    /// Writes acknowledged: host-computed from the schedule and the guest's failed-write list.
+    pub writes_acked: Option<u64>,
+    /// Guest's figure: writes that failed.
+    pub write_errors: Option<u64>,
+    /// Whether the shim verified the disk image.
+    pub verified: bool,
+    /// What verification did, or why it was skipped.
+    pub verification: String,
+    /// Acknowledged writes found on disk (null when not verified).
+    pub writes_verified: Option<u64>,
+    /// Acknowledged writes missing from disk (null when not verified).
+    pub lost: Option<u64>,
+    /// LBAs not holding their last acknowledged write (null when not verified).
+    pub stale: Option<u64>,
+    /// LBAs holding a newer, submitted but unacknowledged write (legal).
+    pub newer_unacked: Option<u64>,
+    /// Non-zero blocks that are no valid write of this run (null when not verified).
+    pub corrupt_blocks: Option<u64>,
+    /// The first few verification problems.
+    pub verification_problems: Vec<String>,
+    /// Guest's figure: blocks it read back (through the peer) and found correct.
+    pub reads_verified: Option<u64>,
+    /// Guest's figure: blocks it read back and found wrong.
+    pub read_mismatches: Option<u64>,
+    /// How the owner ended.
+    pub guest_exit: GuestExit,
+    /// Details on `guest_exit`.
+    pub guest_exit_reason: String,
+    /// Where the owner ended: `destination`, `restored`, `source` or null (still running when the
+    /// shim gave up).
+    pub guest_exit_where: Option<String>,
+    /// The owner finished its workload at the destination (or the restored QEMU).
+    pub owner_finished_at_destination: bool,
+    /// The owner's QEMU exit status.
+    pub qemu_exit_code: Option<i32>,
+    /// The message of `BATON panic`, if the owner panicked.
+    pub guest_panic_message: Option<String>,
+    /// Why the owner's `BATON result` line was rejected, if it was.
+    pub guest_report_error: Option<String>,
+    /// Guest's figure: completed writes per second.
+    pub iops: Option<u64>,
+    /// Guest's figure: first submission → last completion, in µs.
+    pub guest_elapsed_us: Option<u64>,
+    /// Wall time of the whole scenario, in ms.
+    pub elapsed_ms: f64,
+    /// The progress display, timestamped.
+    pub timeline: Vec<TimelineEntry>,
+    /// QMP events of all QEMUs.
+    pub qmp_events: Vec<VmEvent>,
+    /// Oddities worth a look (unexpected guest lines, control frames, ...).
+    pub notes: Vec<String>,
+    /// The timestamped serial logs, by QEMU.
+    pub serial_logs: std::collections::BTreeMap<String, String>,
+    /// The scenario's working directory.
+    pub workdir: String,
+    /// Whether the working directory outlives the run.
+    pub artifacts_kept: bool,
+}
+
+impl MigrateReport {
+    /// Writes the report as pretty JSON to `path` (creating parent directories).
+    pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
+        super::write_json(self, path)
+    }
+}
+
+impl fmt::Display for MigrateReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let verdict = if self.ok { "OK" } else { "FAILED" };
+        writeln!(
+            f,
+            "baton migrate [{}]: {verdict}  (accel {}, QEMU {})",
+            self.mode,
+            self.accel,
+            opt(&self.qemu_version)
+        )?;
+        writeln!(
+            f,
+            "  workload   blocks {} passes {} qd {} seed {}; switch: {}{}",
+            self.blocks,
+            self.passes,
+            self.qd,
+            self.seed,
+            self.switch.trigger,
+            match (self.switch.after_first_io_ms, self.switch.migrate_at) {
+                (Some(ms), _) => format!(" {ms} ms after the first I/O"),
+                (None, Some(n)) => format!(" after {n} writes"),
+                _ => String::new(),
+            }
+        )?;
+        writeln!(
+            f,
+            "  handoff    held at switch {}, forwarded {}, duplicated {}, blackout {}, rejected control messages {}",
+            opt(&self.requests_queued_at_switch),
+            opt(&self.requests_forwarded),
+            opt(&self.duplicated),
+            ms(self.blackout_ms),
+            self.control_rejected
+        )?;
+        let p = &self.phases;
+        writeln!(
+            f,
+            "  phases     directed→drained {}, drained→deleted {}, deleted→attached {}, attached→first forwarded {}, handoff {}",
+            ms(p.directed_to_drained_ms),
+            ms(p.drained_to_device_deleted_ms),
+            ms(p.device_deleted_to_attached_ms),
+            ms(p.attached_to_first_forwarded_ms),
+            ms(p.handoff_ms),
+        )?;
+        writeln!(
+            f,
+            "  migration  {} (destination {}); downtime {} ms, total {} ms; wall {}{}",
+            opt(&self.migration_status),
+            opt(&self.destination_status),
+            opt(&self.migration_downtime_ms),
+            opt(&self.migration_total_ms),
+            ms(p.migration_ms),
+            match (p.save_ms, p.restore_ms) {
+                (Some(s), Some(r)) => format!(" (save {s:.1} ms, restore {r:.1} ms)"),
+                (Some(s), None) => format!(" (save {s:.1} ms)"),
+                _ => String::new(),
+            }
+        )?;
+        writeln!(
+            f,
+            "  owner      exit {} at {} ({}); writes submitted {} / {}, acked {}, errors {}; read-back ok {} bad {}",
+            self.guest_exit.as_str(),
+            opt(&self.guest_exit_where),
+            self.guest_exit_reason,
+            opt(&self.writes_submitted),
+            self.writes_total,
+            opt(&self.writes_acked),
+            opt(&self.write_errors),
+            opt(&self.reads_verified),
+            opt(&self.read_mismatches),
+        )?;
+        for ps in &self.port_stats {
+            writeln!(
+                f,
+                "  port {}     {} completions, {} IOPS, latency p50 {} µs p99 {} µs max {} µs",
+                ps.port, ps.completions, ps.iops, ps.p50_us, ps.p99_us, ps.max_us
+            )?;
+        }
+        if self.peer_fault != "none" || self.peer_fault_detected {
+            writeln!(
+                f,
+                "  peer fault {} injected; detected by the owner: {}{}",
+                self.peer_fault,
+                self.peer_fault_detected,
+                self.peer_fault_message
+                    .as_ref()
+                    .map_or_else(String::new, |m| format!(" ({m})"))
+            )?;
+        }
+        if self.verified {
+            writeln!(
+                f,
+                "  disk       verified {} of {} acked writes; lost {}, stale {}, corrupt blocks {}",
+                opt(&self.writes_verified),
+                opt(&self.writes_acked),
+                opt(&self.lost),
+                opt(&self.stale),
+                opt(&self.corrupt_blocks),
+            )?;
+        } else {
+            writeln!(f, "  disk       not verified: {}", self.verification)?;
+        }
+        for p in &self.verification_problems {
+            writeln!(f, "  problem    {p}")?;
+        }
+        for n in &self.notes {
+            writeln!(f, "  note       {n}")?;
+        }
+        for why in &self.failures {
+            writeln!(f, "  failure    {why}")?;
+        }
+        write!(f, "  workdir    {}", self.workdir)?;
+        if !self.artifacts_kept {
+            write!(f, " (removed; use --keep or --workdir)")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The report's `phases` carry exactly the spans the table gives a report name, in its order.
+    #[test]
+    fn phases_fields_are_the_span_tables_report_names() {
+        let v = serde_json::to_value(Phases::default()).unwrap();
+        let keys: Vec<&str> = v
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .filter(|k| *k != "first_forwarded_detected_by")
+            .collect();
+        let mut table: Vec<&str> = steps::SPANS.iter().filter_map(|s| s.report).collect();
+        let mut keys_sorted = keys.clone();
+        keys_sorted.sort_unstable();
+        table.sort_unstable();
+        assert_eq!(keys_sorted, table);
+    }
+}

@@ -1,0 +1,103 @@
+//! The owner's surroundings for the handoff driver: a control link whose shim side is a pair of
+//! queues, and a platform with a settable clock, a record of ejects and a ring region in host
+//! memory.
+
+use crate::roles::{ControlLink, OwnerPlatform};
+use baton_core::control::Message;
+use baton_core::ring::SharedRegion;
+use std::cell::{Cell, RefCell};
+use std::collections::VecDeque;
+use std::rc::Rc;
+use std::sync::atomic::AtomicU64;
+
+/// The shim's side of a [`FakeLink`].
+#[derive(Debug, Default)]
+pub struct Shim {
+    /// Messages the shim sent, not yet read by the guest.
+    pub to_guest: VecDeque<Message>,
+    /// Messages the guest sent, in order.
+    pub from_guest: Vec<Message>,
+    /// Messages the guest sent that are not acknowledged yet (cleared by `ack_all`).
+    pub unacked: usize,
+}
+
+impl Shim {
+    /// Acknowledges everything the guest sent.
+    pub fn ack_all(&mut self) {
+        self.unacked = 0;
+    }
+
+    /// The names of the messages the guest sent, in order.
+    pub fn sent_names(&self) -> Vec<&'static str> {
+        self.from_guest.iter().map(Message::name).collect()
+    }
+}
+
+/// A control link; clones share the shim side.
+#[derive(Clone, Debug, Default)]
+pub struct FakeLink(pub Rc<RefCell<Shim>>);
+
+impl FakeLink {
+    /// The shim sends `msg`.
+    pub fn shim_sends(&self, msg: Message) {
+        self.0.borrow_mut().to_guest.push_back(msg);
+    }
+}
+
+impl ControlLink for FakeLink {
+    fn send(&mut self, msg: Message) -> bool {
+        let mut shim = self.0.borrow_mut();
+        shim.from_guest.push(msg);
+        shim.unacked += 1;
+        true
+    }
+
+    fn poll(&mut self) -> Option<Message> {
+        self.0.borrow_mut().to_guest.pop_front()
+    }
+
+    fn idle(&self) -> bool {
+        self.0.borrow().unacked == 0
+    }
+}
+
+/// The machine: a clock that advances 1 ms per reading, ejected slots, and ring memory.
+pub struct FakePlatform {
+    /// Microseconds; every `now_us` adds [`FakePlatform::TICK_US`].
+    pub now: Cell<u64>,
+    /// Slots ejected, in order.
+    pub ejected: Rc<RefCell<Vec<u8>>>,
+    /// The memory behind the ivshmem device (`None`: the device is unusable).
+    pub ring: Option<SharedRegion<'static>>,
+}
+
+impl FakePlatform {
+    /// Time that passes between two clock readings.
+    pub const TICK_US: u64 = 1_000;
+
+    /// A platform whose ivshmem device has `bytes` of shared memory (leaked for the test's life).
+    pub fn with_ring(bytes: usize) -> Self {
+        let words: Vec<AtomicU64> = (0..bytes / 8).map(|_| AtomicU64::new(0)).collect();
+        let words: &'static [AtomicU64] = Box::leak(words.into_boxed_slice());
+        FakePlatform {
+            now: Cell::new(0),
+            ejected: Rc::default(),
+            ring: Some(SharedRegion::from_words(words)),
+        }
+    }
+}
+
+impl OwnerPlatform for FakePlatform {
+    fn now_us(&self) -> u64 {
+        self.now.set(self.now.get() + Self::TICK_US);
+        self.now.get()
+    }
+
+    fn eject(&mut self, slot: u8) {
+        self.ejected.borrow_mut().push(slot);
+    }
+
+    fn open_ring(&mut self, _slot: u8) -> Option<SharedRegion<'static>> {
+        self.ring
+    }
+}

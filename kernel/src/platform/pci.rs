@@ -1,0 +1,181 @@
+//! PCI BAR sizing and placement, and finding functions, on any configuration-space access
+//! ([`ConfigurationAccess`]: ports 0xcf8/0xcfc in the guest, `platform::pci_cam`; a fake in the
+//! host tests). PCI Local Bus 3.0 §6.2.5 (base address registers).
+//!
+//! qboot leaves every BAR unprogrammed, and QEMU never programs the BARs of a device hot-added
+//! with `device_add`, so the guest sizes and places all of them itself: memory BARs in a window of
+//! the PCI hole ([`MMIO_WINDOW`]), I/O BARs from 0xc000 ([`IO_WINDOW`]), both naturally aligned
+//! and skipping anything already assigned on bus 0.
+
+use virtio_drivers::transport::pci::bus::{
+    BarInfo, Command, ConfigurationAccess, DeviceFunction, DeviceFunctionInfo, PciError, PciRoot,
+};
+
+/// Where memory BARs go, `[start, end)`: part of the PCI hole below the IOAPIC (0xfec0_0000).
+pub const MMIO_WINDOW: (u64, u64) = (0xc000_0000, 0xfe00_0000);
+/// Where I/O BARs go, `[start, end)`.
+pub const IO_WINDOW: (u64, u64) = (0xc000, 0x1_0000);
+
+/// virtio's PCI vendor id.
+pub const VIRTIO_VENDOR: u16 = 0x1af4;
+/// virtio-blk's device ids: transitional (0x1001) and modern (0x1042).
+pub const VIRTIO_BLK_DEVICES: [u16; 2] = [0x1001, 0x1042];
+
+/// Next free addresses of the two BAR windows. Placement only moves forward: BARs of removed
+/// devices are not reused (a guest places a handful of devices in its life).
+#[derive(Debug)]
+pub struct BarAllocator {
+    next_mmio: u64,
+    next_io: u64,
+}
+
+impl BarAllocator {
+    /// Both windows empty.
+    pub const fn new() -> Self {
+        BarAllocator {
+            next_mmio: MMIO_WINDOW.0,
+            next_io: IO_WINDOW.0,
+        }
+    }
+}
+
+impl Default for BarAllocator {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Errors while setting a device up.
+#[derive(Debug)]
+pub enum PciSetupError {
+    /// A BAR could not be read.
+    Bar(PciError),
+    /// The window for this kind of BAR is full.
+    WindowFull,
+}
+
+/// A BAR range in use: `(is_io, start, end)`, end exclusive.
+type Range = (bool, u64, u64);
+
+/// Every assigned (non-zero) BAR range on bus 0, to keep new BARs clear of them.
+fn assigned_ranges<C: ConfigurationAccess>(root: &mut PciRoot<C>) -> heapless::Vec<Range, 64> {
+    let mut out = heapless::Vec::new();
+    let devices: heapless::Vec<DeviceFunction, 64> =
+        root.enumerate_bus(0).map(|(df, _)| df).collect();
+    for df in devices {
+        if let Ok(bars) = root.bars(df) {
+            for bar in bars.iter().flatten() {
+                let (io, addr, size) = match *bar {
+                    BarInfo::IO { address, size } => (true, u64::from(address), u64::from(size)),
+                    BarInfo::Memory { address, size, .. } => (false, address, size),
+                };
+                if addr != 0 && size != 0 {
+                    let _ = out.push((io, addr, addr + size));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// The first address at or after `*next` where `size` bytes fit, naturally aligned (at least 4
+/// bytes for I/O, a page for memory), below `window_end` and clear of `taken`; advances `*next`.
+fn place(next: &mut u64, window_end: u64, size: u64, io: bool, taken: &[Range]) -> Option<u64> {
+    let align = size.max(if io { 4 } else { 4096 });
+    let mut addr = next.checked_add(align - 1)? & !(align - 1);
+    loop {
+        let end = addr.checked_add(size)?;
+        if end > window_end {
+            return None;
+        }
+        match taken
+            .iter()
+            .find(|&&(kind, s, e)| kind == io && s < end && addr < e)
+        {
+            Some(&(_, _, e)) => addr = e.checked_add(align - 1)? & !(align - 1),
+            None => {
+                *next = end;
+                return Some(addr);
+            }
+        }
+    }
+}
+
+/// Gives every unprogrammed BAR of `df` an address from `alloc`, then enables I/O, memory
+/// decoding and bus mastering. Errors: [`PciSetupError::Bar`] (a BAR reads back malformed),
+/// [`PciSetupError::WindowFull`].
+pub fn setup_device<C: ConfigurationAccess>(
+    root: &mut PciRoot<C>,
+    alloc: &mut BarAllocator,
+    df: DeviceFunction,
+) -> Result<(), PciSetupError> {
+    let taken = assigned_ranges(root);
+    let bars = root.bars(df).map_err(PciSetupError::Bar)?;
+    for (index, bar) in bars.iter().enumerate() {
+        let Some(bar) = bar else { continue };
+        let index = index as u8;
+        match *bar {
+            BarInfo::IO { address: 0, size } if size > 0 => {
+                let addr = place(&mut alloc.next_io, IO_WINDOW.1, size.into(), true, &taken)
+                    .ok_or(PciSetupError::WindowFull)?;
+                root.set_bar_32(df, index, addr as u32 | 1);
+                log::debug!("pci {df}: BAR{index} I/O {addr:#x} +{size:#x}");
+            }
+            BarInfo::Memory {
+                address: 0, size, ..
+            } if size > 0 => {
+                let addr = place(&mut alloc.next_mmio, MMIO_WINDOW.1, size, false, &taken)
+                    .ok_or(PciSetupError::WindowFull)?;
+                if bar.takes_two_entries() {
+                    root.set_bar_64(df, index, addr);
+                } else {
+                    root.set_bar_32(df, index, addr as u32);
+                }
+                log::debug!("pci {df}: BAR{index} memory {addr:#x} +{size:#x}");
+            }
+            _ => {}
+        }
+    }
+    root.set_command(
+        df,
+        Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER,
+    );
+    Ok(())
+}
+
+/// Finds the first function on bus 0 for which `pred` holds.
+pub fn find<C: ConfigurationAccess>(
+    root: &PciRoot<C>,
+    mut pred: impl FnMut(DeviceFunction, &DeviceFunctionInfo) -> bool,
+) -> Option<(DeviceFunction, DeviceFunctionInfo)> {
+    root.enumerate_bus(0).find(|(df, info)| pred(*df, info))
+}
+
+/// The first virtio-blk function on bus 0 (in `slot` if given).
+pub fn find_blk<C: ConfigurationAccess>(
+    root: &PciRoot<C>,
+    slot: Option<u8>,
+) -> Option<DeviceFunction> {
+    find(root, |df, i| {
+        i.vendor_id == VIRTIO_VENDOR
+            && VIRTIO_BLK_DEVICES.contains(&i.device_id)
+            && slot.is_none_or(|s| s == df.device)
+    })
+    .map(|(df, _)| df)
+}
+
+/// The virtio-blk function among the slots the PIIX4 hotplug register reported added (`up`, bit
+/// `n` = slot `n`; hw/acpi/pcihp.c), lowest slot first.
+pub fn hotplugged_blk<C: ConfigurationAccess>(
+    root: &PciRoot<C>,
+    up: u32,
+) -> Option<DeviceFunction> {
+    (0..32u8).filter(|s| up & (1 << s) != 0).find_map(|slot| {
+        log::info!("hotplug: device added in slot {slot}");
+        find_blk(root, Some(slot))
+    })
+}
+
+#[cfg(test)]
+#[path = "pci_tests.rs"]
+mod tests;

@@ -1,0 +1,45 @@
+//! What each guest does with its devices: the owner runs the workload and hands its disk over
+//! ([`owner`], driven by [`handoff`]), the peer receives the disk and serves the owner's ring
+//! ([`peer`], with the ring server [`serve`]).
+//!
+//! The handoff driver is written against two small traits, so it runs on the host against fakes:
+//! [`ControlLink`] (the control channel: `baton_core::control` messages, delivered reliably and
+//! once) and [`OwnerPlatform`] (the clock, the ACPI eject, the ivshmem device).
+
+#[cfg(target_os = "none")]
+pub mod disk;
+pub mod handoff;
+#[cfg(target_os = "none")]
+pub mod owner;
+#[cfg(target_os = "none")]
+pub mod peer;
+pub mod serve;
+
+use baton_core::control::Message;
+use baton_core::ring::SharedRegion;
+
+/// A control channel to the shim (docs/guest-interface.md): messages go out in order and are
+/// delivered once; in the guest, `crate::control::ControlChannel` over COM2.
+pub trait ControlLink {
+    /// Queues `msg` for delivery. Returns `false` if the queue is full (the message is dropped).
+    fn send(&mut self, msg: Message) -> bool;
+
+    /// Moves bytes both ways and returns the next new message from the shim, if any.
+    fn poll(&mut self) -> Option<Message>;
+
+    /// Whether every queued message was acknowledged.
+    fn idle(&self) -> bool;
+}
+
+/// What the owner's handoff needs from the machine.
+pub trait OwnerPlatform {
+    /// Microseconds on a monotonic clock.
+    fn now_us(&self) -> u64;
+
+    /// Completes the ACPI removal of PCI slot `slot` (the device in it was quiesced).
+    fn eject(&mut self, slot: u8);
+
+    /// Sets up the ivshmem device in PCI slot `slot` and returns its shared memory; `None` (after
+    /// logging why) when it is unusable.
+    fn open_ring(&mut self, slot: u8) -> Option<SharedRegion<'static>>;
+}

@@ -1,0 +1,102 @@
+//! The owner role: find (or wait for) the disk, put it behind port 1, run the workload while
+//! polling the handoff, report (docs/guest-interface.md). This is the owner's main loop; the
+//! workload only submits and completes, the handoff driver only moves the disk.
+
+use super::disk::{self, GuestBlk};
+use super::handoff::OwnerHandoff;
+use super::{ControlLink, OwnerPlatform};
+use crate::control::ControlChannel;
+use crate::platform::exit::{ExitCode, exit};
+use crate::platform::hal::BatonHal;
+use crate::platform::pci_cam::{self, PortCam};
+use crate::platform::{clock, serial, shm};
+use crate::stack::ResourceStack;
+use crate::workload::Workload;
+use baton_core::cmdline::{DiskMode, GuestConfig};
+use baton_core::console::GuestLine;
+use baton_core::control::Message;
+use baton_core::ring::SharedRegion;
+use virtio_drivers::transport::pci::bus::PciRoot;
+
+/// The owner's resource stack: request buffers from the guest's Hal, the virtio-blk port.
+pub type GuestStack = ResourceStack<BatonHal, GuestBlk>;
+
+impl ControlLink for ControlChannel {
+    fn send(&mut self, msg: Message) -> bool {
+        ControlChannel::send(self, msg)
+    }
+
+    fn poll(&mut self) -> Option<Message> {
+        ControlChannel::poll(self)
+    }
+
+    fn idle(&self) -> bool {
+        ControlChannel::idle(self)
+    }
+}
+
+/// The machine as the owner's handoff sees it.
+pub struct GuestPlatform {
+    root: PciRoot<PortCam>,
+}
+
+impl OwnerPlatform for GuestPlatform {
+    fn now_us(&self) -> u64 {
+        clock::uptime_us()
+    }
+
+    fn eject(&mut self, slot: u8) {
+        pci_cam::hotplug::eject(slot);
+    }
+
+    fn open_ring(&mut self, slot: u8) -> Option<SharedRegion<'static>> {
+        shm::open(&mut self.root, slot)
+            .map_err(|e| log::error!("handoff: ring in slot {slot}: {e:?}"))
+            .ok()
+    }
+}
+
+/// Runs the owner; ends the VM with success when every write was acknowledged and read back
+/// intact, with failure otherwise.
+pub fn run(cfg: &GuestConfig) -> ! {
+    let mut root = pci_cam::root();
+    let df = match cfg.disk {
+        DiskMode::Boot => {
+            disk::find_blk(&root, None).unwrap_or_else(|| panic!("no virtio-blk disk"))
+        }
+        DiskMode::Hotplug => disk::wait_for_hotplugged_blk(&root),
+    };
+    let dev = disk::open_blk(&mut root, df);
+    let mut stack = GuestStack::new();
+    stack.attach_port1(dev);
+    let platform = GuestPlatform { root };
+    let mut handoff = OwnerHandoff::new(ControlChannel::open(), platform, df.device, cfg.vm);
+    let mut workload = match Workload::new(cfg, &stack) {
+        Ok(w) => w,
+        Err(e) => panic!("workload failed: {e:?}"),
+    };
+    loop {
+        handoff.poll(&mut stack);
+        if cfg.migrate_at != 0 && workload.writes_submitted() >= cfg.migrate_at {
+            handoff.request_migration();
+        }
+        match workload.step(&mut stack) {
+            Ok(true) => break,
+            Ok(false) => {}
+            Err(e) => panic!("workload failed: {e:?}"),
+        }
+    }
+    let mut report = workload.into_report();
+    report.held_at_switch = handoff.held_at_switch;
+    handoff.flush(2_000_000);
+    serial::print_line(&GuestLine::Result(report));
+    let clean = report.write_errors == 0
+        && report.read_mismatches == 0
+        && report.duplicates == 0
+        && stack.ring_fault.is_none();
+    exit(if clean {
+        ExitCode::Success
+    } else {
+        ExitCode::Failure
+    })
+}

@@ -5,7 +5,8 @@
 //! This is the mechanism of US 20070204265A1 claim 1: requests go to the first port until a
 //! save/migrate is directed; from then on new requests queue at the second port while the first
 //! port drains; the device is released; only then does the second port forward the queued
-//! requests, in order. Failback is the mirror image.
+//! requests, in order. Failback is the mirror image. docs/design.md ("The handoff") shows where
+//! each transition falls in the handoff, next to the shim's step names.
 //!
 //! # States
 //!

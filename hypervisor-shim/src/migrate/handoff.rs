@@ -1,8 +1,8 @@
-//! The handoff's steps (docs/design.md, "The handoff"; US 20070204265A1, claim 1): wait for the
-//! switch point, direct the handoff (`device_del`, `redirect`, the ring opened in both guests while
-//! port 1 drains), move the device to the peer when QEMU released the drive, open port 2. Each step
-//! is recorded in the scenario's [`HandoffRecord`] where it happens, and shown under its
-//! [`Step`] name.
+//! The handoff's steps, in the order of the sequence diagram in docs/design.md ("The handoff";
+//! US 20070204265A1, claim 1): wait for the switch point, direct the handoff (`device_del`,
+//! `redirect`, the ring opened in both guests while port 1 drains), move the device to the peer
+//! when QEMU released the drive, open port 2. Each step is recorded in the scenario's
+//! [`HandoffRecord`] where it happens, and shown under its [`Step`] name.
 
 use super::*;
 

@@ -1,5 +1,7 @@
-//! Step 4: the migration of the owner, live (to a second QEMU) or save + restore (through a
-//! file), with the QEMU 7.2 ivshmem BAR workaround; a failed migration resumes the source.
+//! The migration of the owner once the handoff is done (docs/design.md, "The handoff": the steps
+//! `MigrationStarted` to `Migrated`), live (to a second QEMU) or save + restore (through a file),
+//! with the QEMU 7.2 ivshmem BAR workaround (docs/design.md, "Migration (QEMU 7.2)"); a failed
+//! migration resumes the source.
 
 use super::*;
 

@@ -6,28 +6,19 @@
 //! handoff is directed — by the operator (`--switch-after-ms`, or a point drawn from `--seed`) or
 //! by the owner itself (`migrate_at=N` → `migrate-request`):
 //!
-//! 1. `device_del disk0` in the owner's QEMU (it only marks the slot; the owner completes the ACPI
-//!    eject itself), then `redirect` to the owner ([`Step::Directed`]); while port 1 drains: a
-//!    fresh `/dev/shm` file, `object-add` + `device_add ivshmem-plain` into both guests (owner
-//!    `master=on`), `ring-opened 6` to both ([`Step::RingOpened`]); `blockdev-add` of the disk in
-//!    the peer;
-//! 2. `drained` from the owner ([`Step::Drained`]); the first `DEVICE_DELETED` of the owner's disk
-//!    (its virtio backend: the drive released, [`Step::DriveReleased`]); `device_add
-//!    virtio-blk-pci` (slot 4) in the peer, retried while the image is still locked; `released`
-//!    from the owner ([`Step::Released`]); `disk-attached` to the peer ([`Step::Attached`]);
-//!    `blockdev-del` in the owner;
-//! 3. `peer-ready` from the peer ([`Step::Ready`]); `open-port2` to the owner; `forwarding` back
-//!    ([`Step::PortOpen`]); the first forwarded completion on the ring
-//!    ([`Step::FirstCompletion`]);
-//! 4. live: a destination QEMU (the owner's current device set: no disk, the ivshmem device,
+//! 1. the handoff (`handoff`): the steps from [`Step::Directed`] to [`Step::FirstCompletion`], in
+//!    the order and under the names of the sequence diagram in docs/design.md ("The handoff"),
+//!    which this module does not repeat;
+//! 2. live: a destination QEMU (the owner's current device set: no disk, the ivshmem device,
 //!    `-incoming defer`, its own control socket), `x-ignore-shared` on both sides, the QEMU 7.2
-//!    BAR2 workaround (qemu-notes.md), `migrate-incoming` + `migrate` over a Unix socket; the
-//!    destination's status decides success, and a failed migration resumes the source.
+//!    BAR2 workaround (docs/design.md, "Migration (QEMU 7.2)"), `migrate-incoming` + `migrate`
+//!    over a Unix socket; the destination's status decides success, and a failed migration
+//!    resumes the source.
 //!    save: `migrate` to `exec:cat > vm1.state`, `quit` the source, a restore QEMU with
 //!    `-incoming defer` + the same workaround, `migrate-incoming exec:cat vm1.state`
 //!    ([`Step::MigrationStarted`] → [`Step::Migrated`]; save also [`Step::Saved`],
 //!    [`Step::RestoreStarted`], [`Step::Restored`]);
-//! 5. the owner finishes its workload at the destination through the peer; the peer is quit over
+//! 3. the owner finishes its workload at the destination through the peer; the peer is quit over
 //!    QMP (which flushes the image) and the host verifies every block ([`crate::disk`]).
 //!
 //! Every wait has a timeout; every QEMU, socket, shared-memory file and temporary directory is
@@ -39,10 +30,10 @@
 //! computed from that record ([`crate::steps::SPANS`]).
 //!
 //! Layout: this file holds the configuration, the entry point and small helpers; `vm` one QEMU
-//! process (console, QMP, exit); `scenario` the running scenario's state, the order of the steps and
-//! the clean-up; `handoff` steps 1-3; `migration` step 4; `events` the control messages, consoles,
-//! QMP events and the waits built on them; `verdict` the failures from the facts; `report` the JSON
-//! report.
+//! process (console, QMP, exit); `scenario` the running scenario's state, the order of the steps
+//! and the clean-up; `handoff` the handoff's steps (1); `migration` the migration (2); `events`
+//! the control messages, consoles, QMP events and the waits built on them; `verdict` the failures
+//! from the facts; `report` the JSON report.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::os::unix::net::UnixStream;

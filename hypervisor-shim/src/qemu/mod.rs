@@ -3,9 +3,9 @@
 //! process ([`QemuProcess`], in `process`); here, the fixed ids and slots, the accelerator and
 //! finding QEMU and its firmware.
 //!
-//! Machine choices follow ../shared/qemu-notes.md: `-machine pc` (i440fx + PIIX4, whose ACPI PCI
-//! hotplug register block works without an ACPI interpreter), qboot firmware, `-nodefaults`, the guest
-//! kernel PVH-booted with `-kernel`, COM1 on stdio, `isa-debug-exit` at 0xf4 (guest writes 0x10 → QEMU
+//! Machine choices follow docs/design.md ("QEMU 7.2 facts the design rests on"): `-machine pc`
+//! (i440fx + PIIX4, whose ACPI PCI hotplug register block works without an ACPI interpreter), qboot
+//! firmware, `-nodefaults`, the guest kernel PVH-booted with `-kernel`, COM1 on stdio, `isa-debug-exit` at 0xf4 (guest writes 0x10 → QEMU
 //! exit status 33 = success, 0x11 → 35 = failure; docs/guest-interface.md).
 
 use std::fs::OpenOptions;

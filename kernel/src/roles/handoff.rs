@@ -1,15 +1,18 @@
-//! The owner's side of the handoff (docs/design.md, "The handoff"; US 20070204265A1 claim 1).
+//! The owner's side of the handoff (US 20070204265A1 claim 1). The sequence diagram in
+//! docs/design.md ("The handoff") shows where each of these falls among the shim's and the peer's
+//! steps, under the step names the shim records (`Directed`, `RingOpened`, `Drained`, ...).
 //!
 //! Polled from the owner's main loop, next to the workload:
-//! 1. `redirect` from the shim (sent when the operator directs a save/migrate, or after this guest
-//!    asked with `migrate-request`): the redirector switches; new requests are held for port 2
-//!    while port 1 drains.
+//! 1. `redirect` from the shim (step `Directed`, sent when the operator directs a save/migrate, or
+//!    after this guest asked with `migrate-request`): the redirector switches; new requests are
+//!    held for port 2 while port 1 drains.
 //! 2. When port 1 has nothing in flight (redirector `Drained`): the device is reset and its slot
-//!    ejected through the ACPI hotplug register; the guest reports `drained` and `released`.
-//! 3. `ring-opened <slot>` (may arrive any time after `redirect`): the ivshmem device is set up
-//!    and the ring formatted; it becomes port 2.
+//!    ejected through the ACPI hotplug register, the redirector moves to `Released`, and the guest
+//!    reports `drained` and `released` (steps `Drained` and `Released`).
+//! 3. `ring-opened <slot>` (step `RingOpened`; may arrive any time after `redirect`): the ivshmem
+//!    device is set up and the ring formatted; it becomes port 2.
 //! 4. `open-port2`: the held requests, then all new ones, are forwarded over the ring in order;
-//!    the guest reports `forwarding`.
+//!    the guest reports `forwarding` (step `PortOpen`).
 //!
 //! Where the owner is in the handoff is the redirector's own [`State`] (read from the stack), not
 //! a second copy of it: `Direct` before `redirect`, `Draining`/`Drained` until the release,

@@ -1,13 +1,15 @@
 //! The peer role: receives the disk the owner released and serves the owner's ring on it.
 //!
-//! Boots with no disk and no shared memory. The shim sends `ring-opened <slot>` (ivshmem plugged)
-//! and `disk-attached <slot>` (the owner's virtio-blk plugged here). The peer attaches to the ring
+//! Boots with no disk and no shared memory. The shim sends `ring-opened <slot>` (ivshmem plugged;
+//! step `RingOpened` of the sequence diagram in docs/design.md, "The handoff") and `disk-attached
+//! <slot>` (the owner's virtio-blk plugged here; step `Attached`). The peer attaches to the ring
 //! the owner formatted, brings the disk up (same driver as the owner's port 1), reports
-//! `peer-ready`, then serves: submissions are taken in ring order and submitted to the device in
-//! that order, many at a time; completions go back as the device finishes them ([`super::serve`]).
+//! `peer-ready` (step `Ready`), then serves: submissions are taken in ring order and submitted to
+//! the device in that order, many at a time; completions go back as the device finishes them
+//! ([`super::serve`]).
 //!
-//! Waiting guests must not burn a host core: between polls the peer spins briefly, then halts
-//! until the next timer tick (1 ms).
+//! Waiting guests must not burn a host core: between polls the peer spins 2 ms, then halts until
+//! the next timer tick (1 ms, 10 ms once the guest has been idle a while).
 
 use super::disk::{self, GuestBlk};
 use super::serve::{RingService, Step};

@@ -1,6 +1,6 @@
 //! The guest end of the control channel: a `baton_core::control::Endpoint` over COM2 (0x2f8).
 //!
-//! The protocol (framing, acks, one outstanding frame retransmitted every [`RETRANSMIT_US`] until
+//! The protocol (framing, acks, one outstanding frame retransmitted every 200 ms until
 //! the shim acknowledges it, de-duplication) is the endpoint's, the same code the shim runs; this
 //! module moves its bytes through the UART and passes it the guest's clock. Retransmission matters
 //! here: QEMU drops what a guest sends while no client is connected to the chardev, e.g. across a

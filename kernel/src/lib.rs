@@ -1,6 +1,6 @@
 //! The baton guest's logic, in layers (docs/design.md, "Pieces"):
 //!
-//! - [`workload`] (the owner's writes and read-back) sits on the [`stack`] (the block API over
+//! - `workload` (the owner's writes and read-back; on the machine only) sits on the [`stack`] (the block API over
 //!   `baton_core::redirector`, US 20070204265A1 claim 1), which routes requests to
 //! - [`ports`]: port 1, any [`ports::BlockPort`] (the virtio-blk driver [`ports::blk`], generic over
 //!   virtio-drivers' `Hal` and `Transport`), and port 2, the shared-memory ring;
@@ -15,8 +15,8 @@
 //! one set of types (ports, stack, roles) and one dependency list, and the split that matters —
 //! what needs the machine and what does not — is a `cfg`, as in hermit's kernel. The library is
 //! `no_std` for `x86_64-unknown-none` and uses `std` on the host, where `cargo test -p
-//! baton-kernel --lib` runs the hardware-independent layers against fakes (`fakes`, test builds only); modules
-//! that execute privileged instructions or touch fixed addresses exist only under
+//! baton-kernel --lib` runs the hardware-independent layers against fakes (`fakes`, test builds
+//! only); modules that execute privileged instructions or touch fixed addresses exist only under
 //! `cfg(target_os = "none")`. The binary (`main.rs`: PVH entry, panic handler) builds only for the
 //! bare-metal target (`cargo kbuild`).
 #![cfg_attr(target_os = "none", no_std)]

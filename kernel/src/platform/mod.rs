@@ -1,10 +1,10 @@
 //! The machine: the `pc` board under QEMU, as the guest sees it. Each module owns one piece of
 //! hardware; none of them depends on the layers above (ports, stack, roles).
 //!
-//! Each module imports only modules listed before it, so there is no circle: [`exit`], [`clock`]
-//! (TSC, PIT channel 2), [`serial`] (COM1, logger; reads the clock), [`gdt`], [`interrupts`] (IDT,
-//! PIC, PIT channel 0; reports exceptions on COM1), [`memory`], [`hal`] (DMA from the frames),
-//! [`pci`], [`pci_cam`], [`shm`] (ivshmem BAR2). The control channel (`crate::control`, COM2)
+//! Each module imports only modules listed before it, so there is no circle: `exit`, `clock`
+//! (TSC, PIT channel 2), `serial` (COM1, logger; reads the clock), `gdt`, `interrupts` (IDT,
+//! PIC, PIT channel 0; reports exceptions on COM1), `memory`, `hal` (DMA from the frames),
+//! [`pci`], `pci_cam`, `shm` (ivshmem BAR2). The control channel (`crate::control`, COM2)
 //! sits on the clock and the interrupts.
 //! [`pci`] (BAR sizing and placement, hotplug slot decoding) is hardware-independent: it works
 //! on any `ConfigurationAccess` and is unit-tested on the host.

@@ -1,6 +1,6 @@
 //! What each guest does with its devices: the owner runs the workload and hands its disk over
-//! ([`owner`], driven by [`handoff`]), the peer receives the disk and serves the owner's ring
-//! ([`peer`], with the ring server [`serve`]).
+//! (`owner`, driven by [`handoff`]), the peer receives the disk and serves the owner's ring
+//! (`peer`, with the ring server [`serve`]).
 //!
 //! The handoff driver is written against two small traits, so it runs on the host against fakes:
 //! [`ControlLink`] (the control channel: `baton_core::control` messages, delivered reliably and

@@ -102,10 +102,8 @@ fn send_refuses_what_cannot_go() {
         shim.send(Message::Forwarding),
         Err(SendError::WrongSide(MessageKind::Forwarding))
     );
-    assert!(
-        shim.send(Message::Ack { seq: 3 }).is_ok(),
-        "acks go both ways"
-    );
+    assert_eq!(shim.send(Message::Ack { seq: 3 }), Err(SendError::Ack));
+    assert!(shim.idle());
 }
 
 #[test]

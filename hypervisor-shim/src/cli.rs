@@ -8,7 +8,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::BenchConfig;
 use crate::migrate::{DEFAULT_SWITCH_AFTER_MS, DestinationFault, MigrateConfig, Mode, Switch};
-use crate::run::{AccelChoice, BackendKind, RunConfig};
+use crate::run::RunConfig;
+use crate::setup::{AccelChoice, BackendKind};
 
 /// Host side of baton: boots baton guests under QEMU, drives them over QMP and verifies their disks.
 #[derive(Debug, Parser)]

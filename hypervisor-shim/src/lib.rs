@@ -6,13 +6,16 @@
 //! device over. The shim starts the QEMU processes, speaks QMP, moves the device, and verifies the
 //! disk afterwards. See docs/guest-interface.md for the guest⇄host contract.
 //!
-//! Modules: [`qemu`] builds every QEMU command line and owns QEMU processes; [`qmp`] is the QMP client;
-//! [`console`] reads the guest's serial console; [`disk`] creates images and verifies them;
-//! [`run`] is the direct-I/O scenario; [`migrate`] is the handoff and the migration (with
-//! [`channel`], the guests' control channels, and [`shm`], the ring's shared-memory file);
-//! [`steps`] is the typed record of each handoff (which step happened when) and [`progress`] the
-//! timestamped progress display; [`report`] holds both JSON reports; [`bench`] repeats `run` and
-//! `migrate` to measure; [`cli`] is the command line.
+//! Modules: [`setup`] is what every scenario sets up first (accelerator, workdir, sockets, kernel
+//! and QEMU lookup, the shared limits); [`qemu`] builds every QEMU command line and owns QEMU
+//! processes; [`vm`] is one guest as the scenarios drive it (process, console, QMP, stderr, exit);
+//! [`qmp`] is the QMP client; [`console`] reads the guest's serial console (its `BATON` lines are
+//! typed in `baton_core::console`); [`disk`] creates images and verifies them; [`run`] is the
+//! direct-I/O scenario; [`migrate`] is the handoff and the migration (with [`channel`], the guests'
+//! control channels, and [`shm`], the ring's shared-memory file); [`steps`] is the typed record of
+//! each handoff (which step happened when) and [`progress`] the timestamped progress display;
+//! [`report`] holds both JSON reports; [`mod@bench`] repeats `run` and `migrate` to measure;
+//! [`cli`] is the command line.
 
 pub mod bench;
 pub mod channel;
@@ -25,5 +28,7 @@ pub mod qemu;
 pub mod qmp;
 pub mod report;
 pub mod run;
+pub mod setup;
 pub mod shm;
 pub mod steps;
+pub mod vm;

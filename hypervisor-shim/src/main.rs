@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 use hypervisor_shim::cli::{BenchArgs, CheckArgs, Cli, Cmd, MigrateArgs, RunArgs};
-use hypervisor_shim::{bench, migrate, qemu, run};
+use hypervisor_shim::{bench, migrate, qemu, run, setup};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -22,7 +22,7 @@ fn main() -> ExitCode {
 }
 
 fn cmd_run(args: &RunArgs) -> anyhow::Result<ExitCode> {
-    run::install_interrupt_handler();
+    setup::install_interrupt_handler();
     let outcome = run::run(&args.config())?;
     let report = &outcome.report;
     if let Some(path) = &args.report {
@@ -49,7 +49,7 @@ fn cmd_run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_migrate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
-    run::install_interrupt_handler();
+    setup::install_interrupt_handler();
     let outcome = migrate::migrate(&args.config())?;
     let report = &outcome.report;
     if let Some(path) = &args.report {
@@ -66,7 +66,7 @@ fn cmd_migrate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
-    run::install_interrupt_handler();
+    setup::install_interrupt_handler();
     let mut report = bench::bench(&args.config())?;
     let plot = bench::write_outputs(&mut report, args.report.as_deref(), args.plot.as_deref())
         .context("cannot write the report or the plot")?;
@@ -97,7 +97,7 @@ fn cmd_check(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     }
     let kernel = match &args.kernel {
         Some(k) => k.clone(),
-        None => run::default_kernel()?,
+        None => setup::default_kernel()?,
     };
     anyhow::ensure!(
         kernel.is_file(),

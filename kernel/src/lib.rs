@@ -15,7 +15,7 @@
 //! one set of types (ports, stack, roles) and one dependency list, and the split that matters —
 //! what needs the machine and what does not — is a `cfg`, as in hermit's kernel. The library is
 //! `no_std` for `x86_64-unknown-none` and uses `std` on the host, where `cargo test -p
-//! baton-kernel --lib` runs the hardware-independent layers against fakes ([`fakes`]); modules
+//! baton-kernel --lib` runs the hardware-independent layers against fakes (`fakes`, test builds only); modules
 //! that execute privileged instructions or touch fixed addresses exist only under
 //! `cfg(target_os = "none")`. The binary (`main.rs`: PVH entry, panic handler) builds only for the
 //! bare-metal target (`cargo kbuild`).

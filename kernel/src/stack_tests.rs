@@ -191,3 +191,15 @@ fn a_completion_for_a_request_the_ring_never_carried_faults_port_2() {
     assert_eq!(failed, tags, "every request in flight at port 2 fails");
     assert!(done.iter().all(|c| c.status == Status::DriverError));
 }
+
+#[test]
+fn dropping_the_stack_returns_every_dma_page() {
+    let before = FakeHal::live_pages();
+    let (mut stack, _disk) = stack();
+    let tag = write(&mut stack, 3, 3);
+    assert!(stack.poll().is_some());
+    stack.release(tag);
+    assert!(FakeHal::live_pages() > before);
+    drop(stack);
+    assert_eq!(FakeHal::live_pages(), before);
+}

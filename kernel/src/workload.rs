@@ -26,7 +26,7 @@ use virtio_drivers::Hal;
 /// Timeline bins (1 ms each): 16 s of a run.
 const TIMELINE_BINS: usize = 16_384;
 /// A run with no completion for this long is declared stuck (a handoff takes far less).
-const STALL_US: u64 = 60_000_000;
+pub const STALL_US: u64 = 60_000_000;
 
 /// Why the workload stopped early (reported through `Debug`).
 #[derive(Debug)]

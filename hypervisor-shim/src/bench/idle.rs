@@ -10,19 +10,20 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use baton_core::cmdline::{DiskMode, GuestConfig, Role};
+use baton_core::console::GuestLine;
 use baton_core::control::Message;
 use serde::Serialize;
 
 use crate::channel::{ControlChannel, ControlListener, Received};
-use crate::console::{Recv, SerialConsole, StderrCapture};
-use crate::qemu::{self, Accel, MachineSpec, QemuProcess};
+use crate::console::Recv;
+use crate::qemu::{self, Accel};
+use crate::setup::{self, Binaries};
+use crate::vm::{Vm, VmError, VmLogs};
 
 /// Longest wait for a guest to start waiting.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// Time given to a waiting guest to settle (its timer slows down after 50 ms idle).
 const SETTLE: Duration = Duration::from_millis(500);
-/// Guest RAM (as in every scenario).
-const MEMORY_MIB: u32 = 128;
 
 /// Result of the idle measurement.
 #[derive(Debug, Clone, Serialize)]
@@ -50,45 +51,28 @@ pub enum IdleError {
     Setup(String),
 }
 
-/// One guest under observation.
-struct Guest {
-    qemu: QemuProcess,
-    serial: Option<SerialConsole>,
-    _stderr: Option<StderrCapture>,
-}
-
-impl Guest {
-    fn spawn(spec: &MachineSpec, dir: &Path, label: &str) -> Result<Self, IdleError> {
-        let mut qemu = spec.spawn()?;
-        let t0 = qemu.started();
-        let serial = match qemu.take_stdout() {
-            Some(out) => Some(
-                SerialConsole::start(out, &dir.join(format!("serial-{label}.log")), t0)
-                    .map_err(|e| IdleError::Setup(format!("serial log: {e}")))?,
-            ),
-            None => None,
-        };
-        let stderr = match qemu.take_stderr() {
-            Some(err) => StderrCapture::start(err, &dir.join(format!("qemu-{label}.stderr"))).ok(),
-            None => None,
-        };
-        Ok(Self {
-            qemu,
-            serial,
-            _stderr: stderr,
-        })
-    }
-
-    /// Drains serial lines; whether one equals `want`.
-    fn saw_line(&mut self, want: &str) -> bool {
-        let mut seen = false;
-        if let Some(s) = &self.serial {
-            while let Recv::Line(l) = s.recv(Duration::ZERO) {
-                seen |= l.text == want;
+impl From<VmError> for IdleError {
+    fn from(e: VmError) -> Self {
+        match e {
+            VmError::Qemu(e) => Self::Qemu(e),
+            VmError::Log { path, source } => {
+                Self::Setup(format!("log {}: {source}", path.display()))
             }
         }
-        seen
     }
+}
+
+/// Drains the guest's console (so QEMU never blocks on it); whether the guest printed
+/// `BATON waiting-for-disk` meanwhile.
+fn drain_console(vm: &mut Vm) -> bool {
+    let mut seen = false;
+    while let Recv::Line(l) = vm.recv_line(Duration::ZERO) {
+        seen |= matches!(
+            GuestLine::parse(&l.text),
+            Some(Ok(GuestLine::WaitingForDisk))
+        );
+    }
+    seen
 }
 
 /// `utime + stime` of `pid` in clock ticks.
@@ -122,47 +106,47 @@ pub fn measure(
     sample: Duration,
     dir: &Path,
 ) -> Result<IdleResult, IdleError> {
-    let bios = qemu::locate_bios()?;
-    let listener = ControlListener::bind(&dir.join("ctl-idle-peer.sock"))
-        .map_err(|e| IdleError::Setup(format!("control socket: {e}")))?;
-    let base = MachineSpec {
+    let bins = Binaries {
         qemu: qemu_bin.to_path_buf(),
-        accel,
-        memory_mib: MEMORY_MIB,
-        bios,
+        bios: qemu::locate_bios()?,
         kernel: kernel.to_path_buf(),
-        append: String::new(),
-        qmp_socket: dir.join("qmp-idle-peer.sock"),
-        boot_disk: None,
-        control_socket: None,
-        ring: None,
-        incoming: false,
     };
-    let peer_spec = MachineSpec {
-        append: GuestConfig {
-            role: Role::Peer,
-            vm: 2,
-            ..GuestConfig::default()
-        }
-        .to_string(),
+    let listener = ControlListener::bind(&setup::control_socket(dir, "idle-peer"))
+        .map_err(|e| IdleError::Setup(format!("control socket: {e}")))?;
+    let peer_append = GuestConfig {
+        role: Role::Peer,
+        vm: 2,
+        ..GuestConfig::default()
+    }
+    .to_string();
+    let peer_spec = qemu::MachineSpec {
         control_socket: Some(listener.path().to_path_buf()),
-        ..base.clone()
+        ..bins.machine(
+            accel,
+            peer_append,
+            setup::qmp_socket(dir, Some("idle-peer")),
+        )
     };
-    let owner_spec = MachineSpec {
-        append: GuestConfig {
-            role: Role::Owner,
-            vm: 1,
-            disk: DiskMode::Hotplug,
-            ..GuestConfig::default()
-        }
-        .to_string(),
-        qmp_socket: dir.join("qmp-idle-owner.sock"),
-        ..base
-    };
-    let mut peer = Guest::spawn(&peer_spec, dir, "idle-peer")?;
-    let mut owner = Guest::spawn(&owner_spec, dir, "idle-owner")?;
+    let owner_append = GuestConfig {
+        role: Role::Owner,
+        vm: 1,
+        disk: DiskMode::Hotplug,
+        ..GuestConfig::default()
+    }
+    .to_string();
+    let owner_spec = bins.machine(
+        accel,
+        owner_append,
+        setup::qmp_socket(dir, Some("idle-owner")),
+    );
+    let mut peer = Vm::start("idle-peer", &peer_spec, &VmLogs::labelled(dir, "idle-peer"))?;
+    let mut owner = Vm::start(
+        "idle-owner",
+        &owner_spec,
+        &VmLogs::labelled(dir, "idle-owner"),
+    )?;
     let stream = listener
-        .accept(READY_TIMEOUT, || peer.qemu.alive())
+        .accept(READY_TIMEOUT, || peer.alive())
         .map_err(|e| IdleError::Setup(format!("the idle peer's control channel: {e}")))?;
     let mut ctl = ControlChannel::new("peer", stream);
 
@@ -182,10 +166,10 @@ pub fn measure(
                 }
             )
         });
-        owner_ready |= owner.saw_line("BATON waiting-for-disk");
-        peer.saw_line("");
+        owner_ready |= drain_console(&mut owner);
+        drain_console(&mut peer);
         for (g, name) in [(&mut peer, "peer"), (&mut owner, "owner")] {
-            if !g.qemu.alive() {
+            if !g.alive() {
                 return Err(IdleError::Setup(format!(
                     "the idle {name}'s QEMU exited before it waited"
                 )));
@@ -213,8 +197,8 @@ pub fn measure(
     while Instant::now() < until {
         // Keep the channel served (acks), as the shim does between handoffs.
         let _ = ctl.poll();
-        peer.saw_line("");
-        owner.saw_line("");
+        drain_console(&mut peer);
+        drain_console(&mut owner);
         std::thread::sleep(Duration::from_millis(20));
     }
     let (p1, o1, secs) = (ticks(pp)?, ticks(op)?, t0.elapsed().as_secs_f64());

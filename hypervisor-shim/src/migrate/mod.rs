@@ -52,21 +52,21 @@ use std::time::{Duration, Instant};
 
 use baton_core::cmdline::{DiskMode, Fault, GuestConfig, Role as GuestRole};
 use baton_core::control::{HandoffState, Message, Role};
-use baton_core::report::{GuestReport, parse_line};
+use baton_core::report::GuestReport;
 use baton_core::ring::{self, offsets};
 use serde_json::Value;
 
 use crate::channel::{ChannelError, ControlChannel, ControlListener, Handoff, Received};
-use crate::console::{Recv, SerialConsole, StderrCapture};
+use crate::console::Recv;
 use crate::disk::{self, Acks, DiskImage, Verification};
 use crate::progress::Progress;
 use crate::qemu::{
-    self, DISK_ID, DiskBackend, EXIT_SUCCESS, MachineSpec, PEER_DISK_SLOT, QemuProcess,
-    RING_DEVICE_ID, RING_MEMDEV_ID, RING_SLOT, RingSpec,
+    self, DISK_ID, DiskBackend, EXIT_SUCCESS, MachineSpec, PEER_DISK_SLOT, RING_DEVICE_ID,
+    RING_MEMDEV_ID, RING_SLOT, RingSpec,
 };
 use crate::qmp::{
     self, BlockdevAdd, BlockdevDel, Cont, DeviceAdd, DeviceDel, HumanMonitorCommand, Migrate,
-    MigrateIncoming, MigrateSetCapabilities, MigrationCapability, MigrationInfo, ObjectAdd, Qmp,
+    MigrateIncoming, MigrateSetCapabilities, MigrationCapability, MigrationInfo, ObjectAdd,
     QueryMigrate, QueryPci, QueryStatus, QueryVersion, Quit,
 };
 use crate::report::{GuestExit, MigrateReport, Phases, SwitchReport, VmEvent};

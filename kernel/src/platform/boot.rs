@@ -5,7 +5,7 @@
 //! `ebx` holding the physical address of the `hvm_start_info` structure (Xen's
 //! `arch-x86/hvm/start_info.h`). The stub below zeroes `.bss`, builds identity page tables for the
 //! first 4 GiB (RAM and the PCI hole, 2 MiB pages), enables PAE + long mode + paging, loads its own
-//! GDT and stack, and calls [`kmain`](crate::kmain) with the start-info address.
+//! GDT and stack, and calls `kmain` (the binary, `main.rs`) with the start-info address.
 
 use core::arch::global_asm;
 

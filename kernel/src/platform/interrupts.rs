@@ -1,7 +1,7 @@
 //! IDT, CPU exceptions and the timer interrupt.
 //!
 //! Every CPU exception is fatal: its stub records the vector and error code, and
-//! [`exception_handler`] logs the frame and ends the VM with failure. The only device interrupt is
+//! `exception_handler` logs the frame and ends the VM with failure. The only device interrupt is
 //! the PIT on IRQ 0 (vector 32, through the 8259 PIC), which exists so that an idle guest can
 //! `hlt` instead of spinning; its handler only acknowledges the PIC.
 

@@ -1,8 +1,9 @@
 //! Physical memory: a page-frame allocator over the usable RAM the PVH memory map reports.
 //!
-//! Everything is identity-mapped (boot.rs), so a frame's physical address is also its virtual
+//! Everything is identity-mapped ([`super::boot`]), so a frame's physical address is also its virtual
 //! address. Allocation is a bump pointer over the free ranges; freed runs go on a small list and are
-//! reused for requests of the same size (virtio queues are the only users that free).
+//! reused for requests of the same size (the DMA pages of a released device, returned by their
+//! owners' drops, are the only memory ever freed).
 
 use spin::Mutex;
 

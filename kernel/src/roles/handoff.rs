@@ -34,7 +34,7 @@ pub mod codes {
 }
 
 /// Control-channel polls are spaced this far apart (port I/O is a VM exit).
-const POLL_INTERVAL_US: u64 = 500;
+pub const POLL_INTERVAL_US: u64 = 500;
 
 /// The owner's handoff driver, over control link `C` and platform `P`.
 pub struct OwnerHandoff<C: ControlLink, P: OwnerPlatform> {

@@ -1,118 +1,12 @@
-//! The one place where QEMU command lines (and the QMP options of hot-plugged disks) are built, and
-//! the RAII guard that owns a running QEMU process.
-//!
-//! Machine choices follow ../shared/qemu-notes.md: `-machine pc` (i440fx + PIIX4, whose ACPI PCI
-//! hotplug register block works without an ACPI interpreter), qboot firmware, `-nodefaults`, the guest
-//! kernel PVH-booted with `-kernel`, COM1 on stdio, `isa-debug-exit` at 0xf4 (guest writes 0x10 → QEMU
-//! exit status 33 = success, 0x11 → 35 = failure; docs/guest-interface.md).
+//! QEMU command lines: the machine every baton guest runs on ([`MachineSpec`]), the disk and ring
+//! devices as command-line options and as the matching QMP properties for hot-plugging them.
 
 use std::ffi::OsString;
-use std::fs::OpenOptions;
-use std::path::{Path, PathBuf};
-use std::process::{Child, ChildStderr, ChildStdout, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
-/// Firmware shipped by Debian's `qemu-system-x86` (fast: first serial byte after ~0.2 s).
-pub const QBOOT_ROM: &str = "/usr/share/qemu/qboot.rom";
-/// QEMU exit status when the guest wrote 0x10 to isa-debug-exit.
-pub const EXIT_SUCCESS: i32 = 33;
-/// QEMU exit status when the guest wrote 0x11 to isa-debug-exit.
-pub const EXIT_FAILURE: i32 = 35;
-/// qdev id and block node name of the workload disk.
-pub const DISK_ID: &str = "disk0";
-/// PCI slot of the disk present at boot.
-pub const BOOT_DISK_SLOT: u8 = 0x4;
-/// PCI slot a hot-added disk goes into.
-pub const HOTPLUG_DISK_SLOT: u8 = 0x5;
-/// PCI slot the disk takes in the peer guest after the handoff (the slot it had in the owner).
-pub const PEER_DISK_SLOT: u8 = 0x4;
-/// PCI slot of the ivshmem-plain device that carries the shared ring (in both guests).
-pub const RING_SLOT: u8 = 0x6;
-/// qdev id of the ivshmem-plain device.
-pub const RING_DEVICE_ID: &str = "ivshmem";
-/// QOM id of the ring's memory backend.
-pub const RING_MEMDEV_ID: &str = "ring";
-/// chardev id of the control channel (COM2).
-pub const CONTROL_CHARDEV_ID: &str = "ctl";
-/// How to install QEMU on Debian/Ubuntu.
-pub const INSTALL_HINT: &str = "install it with `apt-get install qemu-system-x86` (as root)";
-
-/// Errors of this module.
-#[derive(Debug, thiserror::Error)]
-pub enum QemuError {
-    /// QEMU binary not found
-    #[error("QEMU binary `{0}` not found; {INSTALL_HINT}")]
-    NotFound(String),
-    /// firmware not found
-    #[error("firmware {0} not found; it ships with QEMU: {INSTALL_HINT}")]
-    NoFirmware(String),
-    /// KVM was requested but cannot be used
-    #[error("--accel kvm: cannot open /dev/kvm read-write ({0}); use --accel tcg or auto")]
-    NoKvm(std::io::Error),
-    /// QEMU could not be started
-    #[error("cannot start QEMU `{qemu}`")]
-    Spawn {
-        /// The binary.
-        qemu: String,
-        /// Why.
-        #[source]
-        source: std::io::Error,
-    },
-    /// waiting for QEMU failed
-    #[error("cannot wait for QEMU")]
-    Wait(#[source] std::io::Error),
-}
-
-/// Accelerator of a QEMU process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Accel {
-    /// Hardware virtualization through /dev/kvm.
-    Kvm,
-    /// Software emulation.
-    Tcg,
-}
-
-impl Accel {
-    /// Name as used on the command line and in reports.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Kvm => "kvm",
-            Self::Tcg => "tcg",
-        }
-    }
-
-    /// The CPU model for this accelerator. Under KVM, `-cpu host` and plain `-cpu max` abort on this
-    /// kind of (nested) host with "failed to set MSR 0x10a" (IA32_ARCH_CAPABILITIES); `max` without
-    /// that feature works.
-    pub fn cpu_model(self) -> &'static str {
-        match self {
-            Self::Kvm => "max,-arch-capabilities",
-            Self::Tcg => "max",
-        }
-    }
-}
-
-/// Whether /dev/kvm can be opened read-write (what QEMU needs for `-accel kvm`).
-pub fn kvm_usable() -> Result<(), std::io::Error> {
-    OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(drop)
-}
-
-/// Whether /dev/kvm is backed by software rather than hardware virtualization: the `kvm_pvm` module
-/// (PVM, used for KVM inside VMs without nested VMX/SVM) with neither `kvm_intel` nor `kvm_amd`
-/// loaded. PVM runs a guest that is not PVM-aware through instruction emulation; measured here, the
-/// baton guest ran about 500 times slower than under TCG (25 vs 12,000 IOPS at QD1), so `auto`
-/// prefers TCG on such hosts. Returns the module name when so.
-pub fn kvm_is_software() -> Option<&'static str> {
-    let loaded = |m: &str| Path::new("/sys/module").join(m).exists();
-    (loaded("kvm_pvm") && !loaded("kvm_intel") && !loaded("kvm_amd")).then_some("kvm_pvm")
-}
+use super::{Accel, BOOT_DISK_SLOT, CONTROL_CHARDEV_ID, DISK_ID, RING_DEVICE_ID, RING_MEMDEV_ID};
 
 /// Where a virtio-blk disk's data lives.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -351,158 +245,12 @@ impl MachineSpec {
         }
         s
     }
-
-    /// Starts QEMU with stdin closed and stdout (the guest's COM1) and stderr piped.
-    pub fn spawn(&self) -> Result<QemuProcess, QemuError> {
-        let mut cmd = Command::new(&self.qemu);
-        cmd.args(self.args())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        kill_with_parent(&mut cmd);
-        let mut child = cmd.spawn().map_err(|source| QemuError::Spawn {
-            qemu: self.qemu.display().to_string(),
-            source,
-        })?;
-        let stdout = child.stdout.take();
-        let stderr = child.stderr.take();
-        Ok(QemuProcess {
-            child,
-            exited: None,
-            stdout,
-            stderr,
-            started: Instant::now(),
-        })
-    }
-}
-
-/// Makes the child get SIGKILL when the thread that spawned it dies, so a QEMU never outlives a shim
-/// that was killed outright (SIGKILL skips the RAII guard).
-fn kill_with_parent(cmd: &mut Command) {
-    use std::os::unix::process::CommandExt;
-    let hook = || {
-        // SAFETY: prctl(PR_SET_PDEATHSIG) takes a plain signal number, no pointers, and is
-        // async-signal-safe.
-        if unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-        Ok(())
-    };
-    // SAFETY: `hook` runs in the forked child before exec; it only calls prctl(2), allocates
-    // nothing and touches no state shared with the parent, as pre_exec requires.
-    unsafe {
-        cmd.pre_exec(hook);
-    }
-}
-
-/// Finds the QEMU binary: a path containing `/` must exist; a bare name is searched on `PATH`.
-pub fn locate_qemu(qemu: &Path) -> Result<PathBuf, QemuError> {
-    let name = qemu.to_string_lossy().into_owned();
-    if name.contains('/') {
-        return if qemu.is_file() {
-            Ok(qemu.to_path_buf())
-        } else {
-            Err(QemuError::NotFound(name))
-        };
-    }
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .map(|dir| dir.join(qemu))
-        .find(|p| p.is_file())
-        .ok_or(QemuError::NotFound(name))
-}
-
-/// Checks that the qboot firmware is installed.
-pub fn locate_bios() -> Result<PathBuf, QemuError> {
-    let p = PathBuf::from(QBOOT_ROM);
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(QemuError::NoFirmware(QBOOT_ROM.into()))
-    }
-}
-
-/// A running QEMU process. Dropping it kills and reaps QEMU.
-#[derive(Debug)]
-pub struct QemuProcess {
-    child: Child,
-    exited: Option<ExitStatus>,
-    stdout: Option<ChildStdout>,
-    stderr: Option<ChildStderr>,
-    started: Instant,
-}
-
-impl QemuProcess {
-    /// When QEMU was spawned.
-    pub fn started(&self) -> Instant {
-        self.started
-    }
-
-    /// OS process id.
-    pub fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    /// Takes the guest's COM1 stream (QEMU's stdout).
-    pub fn take_stdout(&mut self) -> Option<ChildStdout> {
-        self.stdout.take()
-    }
-
-    /// Takes QEMU's stderr.
-    pub fn take_stderr(&mut self) -> Option<ChildStderr> {
-        self.stderr.take()
-    }
-
-    /// The exit status if QEMU has exited (non-blocking).
-    pub fn try_wait(&mut self) -> Result<Option<ExitStatus>, QemuError> {
-        if self.exited.is_none() {
-            self.exited = self.child.try_wait().map_err(QemuError::Wait)?;
-        }
-        Ok(self.exited)
-    }
-
-    /// Whether QEMU still runs (an error counts as not running).
-    pub fn alive(&mut self) -> bool {
-        matches!(self.try_wait(), Ok(None))
-    }
-
-    /// Waits at most `timeout` for QEMU to exit.
-    pub fn wait_timeout(&mut self, timeout: Duration) -> Result<Option<ExitStatus>, QemuError> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            if let Some(st) = self.try_wait()? {
-                return Ok(Some(st));
-            }
-            if Instant::now() >= deadline {
-                return Ok(None);
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
-    }
-
-    /// Kills QEMU (SIGKILL) and reaps it.
-    pub fn kill(&mut self) -> Result<ExitStatus, QemuError> {
-        if let Some(st) = self.try_wait()? {
-            return Ok(st);
-        }
-        // ESRCH races (it exited meanwhile) are fine: wait() below reaps it either way.
-        let _ = self.child.kill();
-        let st = self.child.wait().map_err(QemuError::Wait)?;
-        self.exited = Some(st);
-        Ok(st)
-    }
-}
-
-impl Drop for QemuProcess {
-    fn drop(&mut self) {
-        // Errors cannot be reported from drop; kill() reaps whenever the kill succeeded.
-        let _ = self.kill();
-    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::qemu::{HOTPLUG_DISK_SLOT, QBOOT_ROM, RING_SLOT};
 
     fn spec(disk: Option<DiskBackend>) -> MachineSpec {
         MachineSpec {
@@ -640,16 +388,5 @@ mod tests {
             Value::Object(virtio_blk_device_props("disk0", HOTPLUG_DISK_SLOT)),
             serde_json::json!({"drive": "disk0", "addr": "0x5"})
         );
-    }
-
-    #[test]
-    fn locating_a_missing_qemu_says_how_to_install() {
-        let e = locate_qemu(Path::new("/nonexistent/qemu")).unwrap_err();
-        assert!(
-            e.to_string().contains("apt-get install qemu-system-x86"),
-            "{e}"
-        );
-        let e = locate_qemu(Path::new("no-such-qemu-binary-xyz")).unwrap_err();
-        assert!(matches!(e, QemuError::NotFound(_)));
     }
 }

@@ -30,7 +30,6 @@ pub mod platform;
 pub mod ports;
 pub mod roles;
 pub mod stack;
-#[cfg(target_os = "none")]
 pub mod workload;
 
 #[cfg(target_os = "none")]

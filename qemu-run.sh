@@ -7,8 +7,13 @@
 #                                  live-migrated and finishes at the destination; the disk is verified
 #                                  on the host. Progress on stderr; report in reports/migrate.json
 #                                  (printed)
-#   ./qemu-run.sh test [ARGS]      the whole test suite (unit tests + QEMU integration tests);
-#                                  ARGS go to `cargo test`. BATON_TEST_ACCEL=kvm|tcg|auto picks the
+#   ./qemu-run.sh test [ARGS]      the gates, then the whole test suite. The gates, in order, each
+#                                  stopping the command if it fails: `cargo fmt --all --check`,
+#                                  clippy of the host crates and `cargo kclippy` of the guest kernel
+#                                  (both with `-D warnings`), and the loom models of the redirector
+#                                  (LOOM_MAX_PREEMPTIONS, default 2; built in target/loom). Then the
+#                                  suite: `cargo test --release` (unit tests + QEMU integration
+#                                  tests); ARGS go to it. BATON_TEST_ACCEL=kvm|tcg|auto picks the
 #                                  accelerator of the QEMU tests (default auto).
 #   ./qemu-run.sh SUBCOMMAND ARGS  any hypervisor-shim subcommand, e.g. `migrate --mode save`,
 #                                  `run --accel tcg --report r.json` (direct I/O, no handoff)
@@ -54,6 +59,14 @@ ensure_rust() {
         if ! (cd "$ROOT" && rustup target list --installed) | grep -qx x86_64-unknown-none; then
             (cd "$ROOT" && rustup target add x86_64-unknown-none)
         fi
+        # rustfmt and clippy (for the gates of `test`): listed in rust-toolchain.toml, which a
+        # fresh install honours; a toolchain installed earlier without them gets them here.
+        local missing=()
+        (cd "$ROOT" && cargo fmt --version) >/dev/null 2>&1 || missing+=(rustfmt)
+        (cd "$ROOT" && cargo clippy --version) >/dev/null 2>&1 || missing+=(clippy)
+        if [ ${#missing[@]} -gt 0 ]; then
+            (cd "$ROOT" && rustup component add "${missing[@]}")
+        fi
     fi
 }
 
@@ -64,7 +77,31 @@ build() {
     (cd "$ROOT" && cargo build --release -p hypervisor-shim)
 }
 
-SHIM="${CARGO_TARGET_DIR:-$ROOT/target}/release/hypervisor-shim"
+TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+SHIM="$TARGET_DIR/release/hypervisor-shim"
+
+# Runs one gate of `test`: says what it runs, and stops the command with a clear line if it fails.
+gate() {
+    local what=$1
+    shift
+    log "gate: $what: $*"
+    if ! (cd "$ROOT" && "$@"); then
+        log "FAILED gate: $what ($* failed; see above). The test suite did not run."
+        exit 1
+    fi
+}
+
+# The gates run before the test suite (and so in CI, through .ci/run).
+gates() {
+    gate "formatting" cargo fmt --all --check
+    gate "clippy, host crates" cargo clippy --all-targets --release -- -D warnings
+    gate "clippy, guest kernel" cargo kclippy -- -D warnings
+    # The loom build gets its own target directory: `--cfg loom` would otherwise invalidate the
+    # release build of the suite. Two preemptions per execution take a few minutes on 2 CPUs.
+    gate "loom models of the redirector" env RUSTFLAGS="--cfg loom" \
+        LOOM_MAX_PREEMPTIONS="${LOOM_MAX_PREEMPTIONS:-2}" \
+        cargo test --release -p baton-core --test loom_redirector --target-dir "$TARGET_DIR/loom"
+}
 
 ensure_qemu
 ensure_rust
@@ -88,6 +125,7 @@ case "${1-}" in
     ;;
 test)
     shift
+    gates
     build
     log "running the test suite (cargo test --release)"
     out=$(mktemp)

@@ -1,4 +1,6 @@
 //! Links the guest with the repository's `linker.ld` when building for the bare-metal target.
+// A build script fails by panicking with a message: `expect` is its error report.
+#![allow(clippy::expect_used)]
 fn main() {
     let dir = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
     let script = std::path::Path::new(&dir).join("..").join("linker.ld");

@@ -91,6 +91,23 @@ fn quick_bench_reports_every_figure_and_a_plot() {
         assert!(s["forwarded"]["iops"].as_u64().unwrap_or(0) > 0, "{s}");
     }
     assert!(r["handoffs"]["ok"].as_u64().unwrap_or(0) >= 2, "{}", ctx());
+    // Every phase, sub-phases included, is computed from the runs' handoff records (a figure
+    // missing here would be a step not recorded).
+    for k in [
+        "directed_to_drained_ms",
+        "drained_to_deleted_ms",
+        "deleted_to_attached_ms",
+        "attached_to_first_forwarded_ms",
+        "handoff_ms",
+        "migration_setup_ms",
+        "migration_ms",
+        "shim_reaction_ms",
+        "to_disk_attached_ms",
+        "peer_init_ms",
+    ] {
+        let p50 = r["handoffs"]["phases"][k]["p50"].as_f64();
+        assert!(p50.is_some(), "phase {k} missing: {}", ctx());
+    }
     for mode in ["live", "save"] {
         assert!(
             r["migration"][mode]["downtime_ms"]["p50"]

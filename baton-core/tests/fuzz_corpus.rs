@@ -2,6 +2,9 @@
 //! cargo-fuzz targets use, so every seed and every fixed crash stays covered on stable.
 //!
 //! `cargo test -p baton-core --test fuzz_corpus -- --ignored regenerate` rewrites the seeds.
+// A test fails by panicking: `unwrap` and `expect` are its assertions (the workspace denies
+// them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use baton_core::control::{MAX_FRAME_LEN, Message, Role, encode};
 use baton_core::fuzz_entry::{fuzz_control_decoder, fuzz_ring_entries};

@@ -10,6 +10,26 @@
 //! event's stamp, a command sent); the progress display, the `migrate` report's `phases` and the
 //! bench's tables are all computed from the record through [`SPANS`]. No figure is ever read back
 //! from the progress text.
+//!
+//! One step, one name, everywhere (for the handoff owner → peer):
+//!
+//! | [`Step`] | marked by | guest's redirector after it | shim's `HandoffState` after it | report `phases` / bench name (from) |
+//! |---|---|---|---|---|
+//! | `Directed` | `device_del`, then `redirect` sent | `Draining` | `Redirecting` | `directed_to_*`, `handoff_ms` |
+//! | `RingOpened` | `ring-opened` sent to both | | | |
+//! | `Drained` | the owner's `drained` | `Drained` | `Drained` | `drained_to_device_deleted_ms` / `drained_to_deleted_ms` |
+//! | `DriveReleased` | QMP `DEVICE_DELETED` (virtio backend) | | | `device_deleted_to_*` / `deleted_to_*`, `shim_reaction_ms` |
+//! | `DriveReleaseSeen` | the shim reads that event | | | `to_disk_attached_ms` |
+//! | `Released` | the owner's `released` | `Released` | `Released` | |
+//! | `Attached` | `disk-attached` sent to the peer | | | `peer_init_ms` |
+//! | `Ready` | the peer's `peer-ready` | | `PeerReady` | `attached_to_first_forwarded_ms` ("attached" = ready) |
+//! | `PortOpen` | the owner's `forwarding` (after `open-port2`) | `Forwarding` | `Forwarding` | `migration_setup_ms` |
+//! | `FirstCompletion` | the ring's completion tail moved | | | |
+//! | `MigrationStarted` | `migrate` issued | | `Migrating` | `migration_ms`, `save_ms` |
+//! | `Saved`, `RestoreStarted`, `Restored` | save: `completed`; restore QEMU started; it runs | | | `restore_ms` |
+//! | `Migrated` | the owner runs at its destination | | `Forwarding` | |
+//!
+//! [`SPANS`] is the one table from step pairs to those field names.
 
 use std::fmt;
 use std::time::Instant;

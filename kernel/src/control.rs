@@ -1,15 +1,16 @@
-//! The guest end of the control channel: `baton_core::control` frames over COM2 (0x2f8).
+//! The guest end of the control channel: a `baton_core::control::Endpoint` over COM2 (0x2f8).
 //!
-//! Frames are sent one at a time: a frame that needs an acknowledgement stays outstanding and is
-//! retransmitted every [`RETRANSMIT_US`] until the shim acknowledges it (QEMU drops what a guest
-//! sends while no client is connected to the chardev, e.g. across a migration). Received frames are
-//! acknowledged, duplicates are acknowledged again but not delivered twice.
+//! The protocol (framing, acks, one outstanding frame retransmitted every [`RETRANSMIT_US`] until
+//! the shim acknowledges it, de-duplication) is the endpoint's, the same code the shim runs; this
+//! module moves its bytes through the UART and passes it the guest's clock. Retransmission matters
+//! here: QEMU drops what a guest sends while no client is connected to the chardev, e.g. across a
+//! migration.
 //!
 //! Everything runs from the caller's poll loop; nothing here blocks for longer than one frame takes
 //! to leave the UART.
 
-use crate::clock::Deadline;
-use baton_core::control::{self, Decoder, Frame, MAX_FRAME_LEN, Message, SeqTracker, SeqVerdict};
+use crate::clock::{self, Deadline};
+use baton_core::control::{Endpoint, MAX_FRAME_LEN, Message, Received, SendError, Side};
 use uart_16550::SerialPort;
 use x86_64::instructions::port::Port;
 
@@ -17,19 +18,13 @@ use x86_64::instructions::port::Port;
 const COM2: u16 = 0x2f8;
 /// Time before an unacknowledged frame is sent again.
 const RETRANSMIT_US: u64 = 200_000;
+/// Most messages waiting for the shim's ack.
+const QUEUE: usize = 16;
 
 /// The control channel of this guest.
 pub struct ControlChannel {
     port: SerialPort,
-    decoder: Decoder,
-    rx: SeqTracker,
-    next_seq: u32,
-    /// Frames waiting to be sent, oldest first; the front one is outstanding once sent.
-    queue: heapless::Deque<Message, 16>,
-    /// Sequence number and retransmit deadline of the outstanding front frame.
-    outstanding: Option<(u32, Deadline)>,
-    /// Frames the decoder rejected.
-    pub bad_frames: u64,
+    endpoint: Endpoint<QUEUE>,
 }
 
 impl ControlChannel {
@@ -54,25 +49,28 @@ impl ControlChannel {
         crate::interrupts::unmask_wake_irq(crate::interrupts::COM2_IRQ);
         Some(ControlChannel {
             port,
-            decoder: Decoder::new(),
-            rx: SeqTracker::new(),
-            next_seq: 1,
-            queue: heapless::Deque::new(),
-            outstanding: None,
-            bad_frames: 0,
+            endpoint: Endpoint::new(Side::Guest, RETRANSMIT_US),
         })
     }
 
-    /// Queues `msg` for delivery. Returns `false` if the queue is full (the message is dropped).
+    /// Queues `msg` for delivery. Returns `false` if it cannot be queued (the queue is full, or
+    /// the message cannot be encoded: logged); the message is then dropped.
     pub fn send(&mut self, msg: Message) -> bool {
-        let queued = self.queue.push_back(msg).is_ok();
-        self.pump();
+        let queued = match self.endpoint.send(msg) {
+            Ok(()) => true,
+            Err(SendError::QueueFull) => false,
+            Err(e) => {
+                log::error!("control: cannot send {}: {e}", msg.name());
+                false
+            }
+        };
+        self.transmit();
         queued
     }
 
     /// Whether every queued message was acknowledged.
     pub fn idle(&self) -> bool {
-        self.queue.is_empty()
+        self.endpoint.idle()
     }
 
     /// Moves bytes both ways and returns the next new message from the shim, if any.
@@ -82,65 +80,30 @@ impl ControlChannel {
             let Ok(byte) = self.port.try_receive() else {
                 break;
             };
-            match self.decoder.push(byte) {
-                None => {}
-                Some(Err(e)) => {
-                    self.bad_frames += 1;
-                    log::warn!("control: bad frame from the shim: {e}");
+            let Some(received) = self.endpoint.push(byte) else {
+                continue;
+            };
+            // The ack this frame calls for, or the next frame after an ack.
+            self.transmit();
+            match received {
+                Received::Message { msg, .. } => delivered = Some(msg),
+                Received::Bad(e) => log::warn!("control: bad frame from the shim: {e}"),
+                Received::Duplicate { .. } | Received::Acked { .. } | Received::StrayAck { .. } => {
                 }
-                Some(Ok(frame)) => delivered = self.accept(frame),
             }
         }
-        self.pump();
+        self.transmit();
         delivered
     }
 
-    fn accept(&mut self, frame: Frame) -> Option<Message> {
-        if let Message::Ack { seq } = frame.msg {
-            if self.outstanding.is_some_and(|(s, _)| s == seq) {
-                self.outstanding = None;
-                self.queue.pop_front();
+    /// Writes every frame the endpoint has due to the UART.
+    fn transmit(&mut self) {
+        let now = clock::uptime_us();
+        let mut frame = [0u8; MAX_FRAME_LEN];
+        while let Some(n) = self.endpoint.poll_transmit(now, &mut frame) {
+            for &b in frame.get(..n).unwrap_or_default() {
+                self.port.send_raw(b);
             }
-            return None;
-        }
-        if !frame.msg.sent_by_shim() {
-            self.bad_frames += 1;
-            log::warn!(
-                "control: the shim sent a guest message: {}",
-                frame.msg.name()
-            );
-            return None;
-        }
-        self.write_frame(&Message::Ack { seq: frame.seq }, 0);
-        match self.rx.check(frame.seq) {
-            SeqVerdict::Duplicate => None,
-            SeqVerdict::New | SeqVerdict::Unexpected => Some(frame.msg),
-        }
-    }
-
-    /// Sends the front frame if nothing is outstanding, or again if its deadline passed.
-    fn pump(&mut self) {
-        let Some(&msg) = self.queue.front() else {
-            return;
-        };
-        let seq = match self.outstanding {
-            Some((_, deadline)) if !deadline.expired() => return,
-            Some((seq, _)) => seq,
-            None => {
-                let seq = self.next_seq;
-                self.next_seq = self.next_seq.wrapping_add(1);
-                seq
-            }
-        };
-        self.write_frame(&msg, seq);
-        self.outstanding = Some((seq, Deadline::after_us(RETRANSMIT_US)));
-    }
-
-    fn write_frame(&mut self, msg: &Message, seq: u32) {
-        let mut buf = [0u8; MAX_FRAME_LEN];
-        match control::encode(msg, seq, &mut buf) {
-            Ok(n) => buf[..n].iter().for_each(|&b| self.port.send_raw(b)),
-            Err(e) => log::error!("control: cannot encode {}: {e}", msg.name()),
         }
     }
 
@@ -151,7 +114,7 @@ impl ControlChannel {
         deadline: Deadline,
         mut want: impl FnMut(&Message) -> bool,
     ) -> Option<Message> {
-        let waited = crate::clock::Stopwatch::start();
+        let waited = clock::Stopwatch::start();
         loop {
             if let Some(msg) = self.poll() {
                 if want(&msg) {

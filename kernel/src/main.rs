@@ -6,7 +6,6 @@
 //! docs/guest-interface.md. Everything but the entry and the panic handler is the library
 //! (`lib.rs`); this binary builds only for `x86_64-unknown-none` (`cargo kbuild`).
 #![cfg_attr(target_os = "none", no_std, no_main)]
-#![deny(unsafe_op_in_unsafe_fn, clippy::undocumented_unsafe_blocks)]
 
 #[cfg(target_os = "none")]
 mod guest {

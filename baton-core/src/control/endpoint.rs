@@ -145,6 +145,8 @@ pub enum SendError {
     Encode(ControlError),
     /// This side may not send this kind of message.
     WrongSide(MessageKind),
+    /// Acks are the endpoint's own (sent for every received frame, never queued).
+    Ack,
 }
 
 impl fmt::Display for SendError {
@@ -153,6 +155,7 @@ impl fmt::Display for SendError {
             SendError::QueueFull => f.write_str("send queue full"),
             SendError::Encode(e) => write!(f, "cannot encode: {e}"),
             SendError::WrongSide(kind) => write!(f, "`{kind}` is not ours to send"),
+            SendError::Ack => f.write_str("acks are sent by the endpoint itself"),
         }
     }
 }
@@ -290,11 +293,15 @@ impl<const QUEUE: usize> Endpoint<QUEUE> {
     /// Queues `msg` for the other side; it goes out from [`poll_transmit`](Self::poll_transmit)
     /// once everything before it was acknowledged.
     ///
-    /// Errors: [`SendError::WrongSide`] for a message this side may not send,
+    /// Errors: [`SendError::Ack`] for an `ack` (the endpoint acknowledges by itself),
+    /// [`SendError::WrongSide`] for a message this side may not send,
     /// [`SendError::Encode`] for one the receiver's parser would reject (a slot above
     /// [`MAX_PCI_SLOT`](super::MAX_PCI_SLOT)), [`SendError::QueueFull`] with `QUEUE` messages
     /// waiting. Nothing is queued on error.
     pub fn send(&mut self, msg: Message) -> Result<(), SendError> {
+        if !msg.needs_ack() {
+            return Err(SendError::Ack);
+        }
         if !msg.kind().sent_by(self.local) {
             return Err(SendError::WrongSide(msg.kind()));
         }

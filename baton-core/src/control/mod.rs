@@ -66,11 +66,11 @@
 //! [`HandoffState`] ([`HandoffGate::offer`]). No message can name a host path or device: slots
 //! are small integers the shim itself chose. The guest applies the same parser to the shim's bytes.
 
-mod endpoint;
-mod frame;
-mod gate;
-mod handoff;
-mod message;
+pub mod endpoint;
+pub mod frame;
+pub mod gate;
+pub mod handoff;
+pub mod message;
 
 pub use endpoint::{
     ACK_BACKLOG, BadFrame, Endpoint, EndpointStats, Received, SendError, SeqTracker, SeqVerdict,

@@ -3,6 +3,9 @@
 //! One test binary in files by concern: `layout.rs` (layout and header validation),
 //! `requests.rs` (well-behaved sides), `hostile_owner.rs` (the server's reactions),
 //! `hostile_peer.rs` (the client's reactions); the shared helpers and the error table are here.
+// A test fails by panicking: `unwrap` and `expect` are its assertions (the workspace denies
+// them elsewhere).
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod hostile_owner;
 mod hostile_peer;

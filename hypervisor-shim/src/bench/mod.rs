@@ -16,9 +16,9 @@
 //! A failed run is recorded (`failures`, `ok: false`) and the benchmark goes on; only set-up
 //! problems (no QEMU, no kernel) stop it.
 //!
-//! Layout: this file holds the configuration and the order of the steps; [`runs`] the steps,
+//! Layout: this file holds the configuration and the order of the steps; `runs` the steps,
 //! [`handoff`] one handoff run and its figures (its phases from the run's handoff record,
-//! [`crate::steps`]), [`report`] the report's types, [`targets`] the targets, [`table`] the
+//! [`crate::steps`]), [`report`] the report's types, `targets` the targets, `table` the
 //! table on stdout, [`stats`] medians and percentiles.
 
 use std::path::PathBuf;

@@ -1,5 +1,9 @@
 //! The handoff timeline plot: completions per millisecond across one handoff, with the phases
-//! shaded, as a self-contained SVG written by hand.
+//! shaded, drawn as a self-contained SVG with `plotters`.
+//!
+//! Only plotters' SVG backend is used: its text is SVG `<text>` (the viewer picks the font), so
+//! drawing needs no font files or system font libraries; a PNG would need plotters' `ttf` feature
+//! and with it fontconfig/freetype, which a fresh CI machine lacks.
 //!
 //! Data: one `migrate` run's `completion_timeline` (the owner's completions in 1 ms bins of guest
 //! time; bin 0 = its first submission, `BATON first-io`) and the shim's phase times. The two
@@ -8,20 +12,29 @@
 //! time `t` sits at bin `t − (directed_at_ms − after_first_io_ms)`. A paused guest's clock stops,
 //! so after the migration's stop-and-copy the bins run behind the shim's clock by the downtime.
 
-use std::fmt::Write as _;
-
+use plotters::prelude::*;
+use plotters::style::FontStyle;
 use serde::Serialize;
 
 use crate::report::MigrateReport;
 
 use super::handoff::switch_bins;
 
-const W: f64 = 1000.0;
-const H: f64 = 460.0;
-const LEFT: f64 = 60.0;
-const RIGHT: f64 = 20.0;
-const TOP: f64 = 56.0;
-const PLOT_H: f64 = 250.0;
+/// Picture size in pixels.
+const W: u32 = 1000;
+const H: u32 = 460;
+/// Left edge of the plot area (the y labels' width).
+const LEFT: u32 = 60;
+/// Right margin.
+const RIGHT: u32 = 20;
+/// Top of the plot area (title and subtitle above).
+const TOP: u32 = 56;
+/// Height of the plot area.
+const PLOT_H: u32 = 250;
+/// Height of the x labels and caption below the plot area.
+const X_LABELS: u32 = 40;
+/// Bar colour.
+const BAR: RGBColor = RGBColor(0x31, 0x82, 0xbd);
 
 /// A shaded phase: name, colour, start and end in ms since the owner's first I/O.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -33,7 +46,7 @@ pub struct Band {
     /// End.
     pub to_ms: f64,
     #[serde(skip)]
-    colour: &'static str,
+    colour: RGBColor,
 }
 
 /// What the plot shows, for the report.
@@ -50,12 +63,6 @@ pub struct PlotInfo {
     /// Host `drained` time minus the end of the bin holding the last port-1 completion: how well
     /// the alignment holds (ideally about 0; the `drained` message takes a little while).
     pub alignment_check_ms: Option<f64>,
-}
-
-fn esc(s: &str) -> String {
-    s.replace('&', "&amp;")
-        .replace('<', "&lt;")
-        .replace('>', "&gt;")
 }
 
 /// Phase bands of a run, in ms since the owner's first I/O, and the alignment used.
@@ -77,22 +84,22 @@ fn bands(r: &MigrateReport) -> Result<(Vec<Band>, String), String> {
         (
             "directed → drained (port 1 drains)",
             ph.directed_to_drained_ms,
-            "#9ecae1",
+            RGBColor(0x9e, 0xca, 0xe1),
         ),
         (
             "drained → drive released (QEMU hot-unplug)",
             ph.drained_to_device_deleted_ms,
-            "#fdae6b",
+            RGBColor(0xfd, 0xae, 0x6b),
         ),
         (
             "released → peer ready (device_add, peer's virtio init)",
             ph.device_deleted_to_attached_ms,
-            "#fdd0a2",
+            RGBColor(0xfd, 0xd0, 0xa2),
         ),
         (
             "peer ready → first forwarded",
             ph.attached_to_first_forwarded_ms,
-            "#c7e9c0",
+            RGBColor(0xc7, 0xe9, 0xc0),
         ),
     ] {
         let Some(d) = dur else { break };
@@ -114,7 +121,7 @@ fn bands(r: &MigrateReport) -> Result<(Vec<Band>, String), String> {
             ),
             from_ms: cmd,
             to_ms: cmd + m,
-            colour: "#dadaeb",
+            colour: RGBColor(0xda, 0xda, 0xeb),
         });
     }
     let how = format!(
@@ -132,6 +139,19 @@ fn nice_step(span: f64, target_ticks: f64) -> f64 {
         }
     }
     10.0 * mag
+}
+
+/// What one picture shows: the window, the bins in it and the bands.
+struct Scene<'a> {
+    title: String,
+    subtitle: String,
+    /// Window shown, ms since the owner's first I/O.
+    x: (f64, f64),
+    bin_ms: f64,
+    /// Index of the first bin of `window`.
+    first_bin: usize,
+    window: &'a [u16],
+    bands: &'a [Band],
 }
 
 /// The SVG of `r`'s handoff, and what it shows.
@@ -160,146 +180,25 @@ pub fn svg(r: &MigrateReport) -> Result<(String, PlotInfo), String> {
 
     let first_bin = (x0 / bin_ms).floor() as usize;
     let last_bin = ((x1 / bin_ms).ceil() as usize).min(t.counts.len());
-    let window = t.counts.get(first_bin..last_bin).unwrap_or(&[]);
-    let ymax_raw = f64::from(window.iter().copied().max().unwrap_or(1).max(1));
-    let ystep = nice_step(ymax_raw, 5.0);
-    let ymax = (ymax_raw / ystep).ceil() * ystep;
-    let pw = W - LEFT - RIGHT;
-    let xs = |ms: f64| LEFT + (ms - x0) / (x1 - x0) * pw;
-    let ys = |c: f64| TOP + PLOT_H - c / ymax * PLOT_H;
-
+    let scene = Scene {
+        title: format!(
+            "baton handoff: owner completions per {bin_ms} ms ({} mode, QD {}, {} writes, {}, accel {})",
+            r.mode, r.qd, r.writes_total, r.backend, r.accel
+        ),
+        subtitle: format!(
+            "blackout {:.1} ms (longest gap), handoff {:.1} ms; switch {} ms after the first I/O",
+            r.blackout_ms.unwrap_or(f64::NAN),
+            r.phases.handoff_ms.unwrap_or(f64::NAN),
+            r.switch.after_first_io_ms.unwrap_or(0)
+        ),
+        x: (x0, x1),
+        bin_ms,
+        first_bin,
+        window: t.counts.get(first_bin..last_bin).unwrap_or(&[]),
+        bands: &bands,
+    };
     let mut s = String::new();
-    let _ = writeln!(
-        s,
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" font-family="sans-serif" font-size="12">"#
-    );
-    let _ = writeln!(
-        s,
-        r#"<rect x="0" y="0" width="{W}" height="{H}" fill="white"/>"#
-    );
-    let title = format!(
-        "baton handoff: owner completions per {bin_ms} ms ({} mode, QD {}, {} writes, {}, accel {})",
-        r.mode, r.qd, r.writes_total, r.backend, r.accel
-    );
-    let _ = writeln!(
-        s,
-        r#"<text x="{LEFT}" y="22" font-size="15" font-weight="bold">{}</text>"#,
-        esc(&title)
-    );
-    let sub = format!(
-        "blackout {:.1} ms (longest gap), handoff {:.1} ms; switch {} ms after the first I/O",
-        r.blackout_ms.unwrap_or(f64::NAN),
-        r.phases.handoff_ms.unwrap_or(f64::NAN),
-        r.switch.after_first_io_ms.unwrap_or(0)
-    );
-    let _ = writeln!(s, r#"<text x="{LEFT}" y="40">{}</text>"#, esc(&sub));
-    // Phase bands behind the bars.
-    for b in &bands {
-        let (a, z) = (b.from_ms.max(x0), b.to_ms.min(x1));
-        if z <= a {
-            continue;
-        }
-        let _ = writeln!(
-            s,
-            r#"<rect x="{:.2}" y="{TOP}" width="{:.2}" height="{PLOT_H}" fill="{}" opacity="0.8"><title>{}: {:.1} ms</title></rect>"#,
-            xs(a),
-            (xs(z) - xs(a)).max(0.5),
-            b.colour,
-            esc(&b.name),
-            b.to_ms - b.from_ms
-        );
-    }
-    // Bars.
-    let bw = (pw * bin_ms / (x1 - x0)).max(0.5);
-    for (k, &c) in window.iter().enumerate() {
-        if c == 0 {
-            continue;
-        }
-        let ms = (first_bin + k) as f64 * bin_ms;
-        let y = ys(f64::from(c));
-        let _ = writeln!(
-            s,
-            r##"<rect x="{:.2}" y="{y:.2}" width="{:.2}" height="{:.2}" fill="#3182bd"/>"##,
-            xs(ms),
-            (bw * 0.9).max(0.4),
-            TOP + PLOT_H - y
-        );
-    }
-    // Axes.
-    let (bottom, right) = (TOP + PLOT_H, LEFT + pw);
-    let _ = writeln!(
-        s,
-        r#"<line x1="{LEFT}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="black"/>"#
-    );
-    let _ = writeln!(
-        s,
-        r#"<line x1="{LEFT}" y1="{TOP}" x2="{LEFT}" y2="{bottom}" stroke="black"/>"#
-    );
-    let xstep = nice_step(x1 - x0, 10.0);
-    let mut tick = (x0 / xstep).ceil() * xstep;
-    while tick <= x1 + 1e-9 {
-        let x = xs(tick);
-        let _ = writeln!(
-            s,
-            r#"<line x1="{x:.2}" y1="{bottom}" x2="{x:.2}" y2="{:.2}" stroke="black"/><text x="{x:.2}" y="{:.2}" text-anchor="middle">{tick:.0}</text>"#,
-            bottom + 4.0,
-            bottom + 17.0
-        );
-        tick += xstep;
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="{:.2}" y="{:.2}" text-anchor="middle">ms since the owner's first I/O (guest time)</text>"#,
-        LEFT + pw / 2.0,
-        bottom + 34.0
-    );
-    let mut yt = 0.0;
-    while yt <= ymax + 1e-9 {
-        let y = ys(yt);
-        let _ = writeln!(
-            s,
-            r#"<line x1="{:.2}" y1="{y:.2}" x2="{LEFT}" y2="{y:.2}" stroke="black"/><text x="{:.2}" y="{:.2}" text-anchor="end">{yt:.0}</text>"#,
-            LEFT - 4.0,
-            LEFT - 6.0,
-            y + 4.0
-        );
-        yt += ystep;
-    }
-    let _ = writeln!(
-        s,
-        r#"<text x="16" y="{:.2}" transform="rotate(-90 16 {:.2})" text-anchor="middle">completions per bin</text>"#,
-        TOP + PLOT_H / 2.0,
-        TOP + PLOT_H / 2.0
-    );
-    // Legend.
-    let mut ly = bottom + 52.0;
-    for (i, b) in bands.iter().enumerate() {
-        let lx = LEFT + if i % 2 == 0 { 0.0 } else { pw / 2.0 };
-        let _ = writeln!(
-            s,
-            r#"<rect x="{lx:.2}" y="{:.2}" width="14" height="10" fill="{}"/><text x="{:.2}" y="{ly:.2}">{} — {:.1} ms</text>"#,
-            ly - 9.0,
-            b.colour,
-            lx + 20.0,
-            esc(&b.name),
-            b.to_ms - b.from_ms
-        );
-        if i % 2 == 1 {
-            ly += 18.0;
-        }
-    }
-    if bands.len() % 2 == 1 {
-        ly += 18.0;
-    }
-    let _ = writeln!(
-        s,
-        r##"<text x="{LEFT}" y="{:.2}" font-size="10" fill="#555">{}</text>"##,
-        ly + 4.0,
-        esc(
-            "Phases from the shim's clock, aligned at the owner's first I/O; the guest's clock stops while it is paused, so bins after the migration lag by its downtime."
-        )
-    );
-    s.push_str("</svg>\n");
+    draw(&scene, &mut s).map_err(|e| format!("drawing the plot: {e}"))?;
     let info = PlotInfo {
         run: format!("{} mode, QD {}, {}", r.mode, r.qd, r.backend),
         window_ms: (super::stats::round(x0, 1), super::stats::round(x1, 1)),
@@ -317,6 +216,91 @@ pub fn svg(r: &MigrateReport) -> Result<(String, PlotInfo), String> {
     Ok((s, info))
 }
 
+/// Draws `scene` into `out` as SVG: title, the phase bands behind the completion bars, axes, and a
+/// legend with each phase's length below.
+fn draw(scene: &Scene<'_>, out: &mut String) -> Result<(), Box<dyn std::error::Error>> {
+    // plotters writes a font size of `size / 1.24` into the SVG: sizes here are the SVG's, in px.
+    let font = |px: f64| ("sans-serif", px * 1.24).into_font();
+    let root = SVGBackend::with_string(out, (W, H)).into_drawing_area();
+    root.fill(&WHITE)?;
+    let left = i32::try_from(LEFT)?;
+    root.draw(&Text::new(
+        scene.title.clone(),
+        (left, 8),
+        font(15.0).style(FontStyle::Bold),
+    ))?;
+    root.draw(&Text::new(scene.subtitle.clone(), (left, 30), font(12.0)))?;
+
+    let (x0, x1) = scene.x;
+    let ymax_raw = f64::from(scene.window.iter().copied().max().unwrap_or(1).max(1));
+    let ystep = nice_step(ymax_raw, 5.0);
+    let ymax = (ymax_raw / ystep).ceil() * ystep;
+    let xstep = nice_step(x1 - x0, 10.0);
+    let plot = root.margin(TOP, 0, 0, RIGHT);
+    let (plot, below) = plot.split_vertically(PLOT_H + X_LABELS);
+    let mut chart = ChartBuilder::on(&plot)
+        .x_label_area_size(X_LABELS)
+        .y_label_area_size(LEFT)
+        .build_cartesian_2d(x0..x1, 0.0..ymax)?;
+    chart
+        .configure_mesh()
+        .disable_mesh()
+        .x_labels(((x1 - x0) / xstep) as usize + 1)
+        .y_labels((ymax / ystep) as usize + 1)
+        .x_label_formatter(&|v| format!("{v:.0}"))
+        .y_label_formatter(&|v| format!("{v:.0}"))
+        .x_desc("ms since the owner's first I/O (guest time)")
+        .y_desc("completions per bin")
+        .label_style(font(12.0))
+        .axis_desc_style(font(12.0))
+        .draw()?;
+    // Phase bands behind the bars.
+    chart.draw_series(scene.bands.iter().filter_map(|b| {
+        let (a, z) = (b.from_ms.max(x0), b.to_ms.min(x1));
+        (z > a).then(|| Rectangle::new([(a, 0.0), (z, ymax)], b.colour.mix(0.8).filled()))
+    }))?;
+    // One bar per non-empty bin, 90 % of the bin wide.
+    let bin_ms = scene.bin_ms;
+    chart.draw_series(
+        scene
+            .window
+            .iter()
+            .enumerate()
+            .filter(|&(_, &c)| c > 0)
+            .map(|(k, &c)| {
+                let ms = (scene.first_bin + k) as f64 * bin_ms;
+                Rectangle::new([(ms, 0.0), (ms + bin_ms * 0.9, f64::from(c))], BAR.filled())
+            }),
+    )?;
+
+    // Legend: two columns, each phase with its length.
+    let half = i32::try_from((W - LEFT - RIGHT) / 2)?;
+    let mut y = 12;
+    for (i, b) in scene.bands.iter().enumerate() {
+        let x = left + if i % 2 == 0 { 0 } else { half };
+        below.draw(&Rectangle::new(
+            [(x, y), (x + 14, y + 10)],
+            b.colour.filled(),
+        ))?;
+        let label = format!("{} — {:.1} ms", b.name, b.to_ms - b.from_ms);
+        below.draw(&Text::new(label, (x + 20, y - 1), font(12.0)))?;
+        if i % 2 == 1 {
+            y += 18;
+        }
+    }
+    if scene.bands.len() % 2 == 1 {
+        y += 18;
+    }
+    let note = "Phases from the shim's clock, aligned at the owner's first I/O; the guest's clock stops while it is paused, so bins after the migration lag by its downtime.";
+    below.draw(&Text::new(
+        note,
+        (left, y),
+        font(10.0).color(&RGBColor(0x55, 0x55, 0x55)),
+    ))?;
+    root.present()?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -326,6 +310,74 @@ mod tests {
         assert_eq!(nice_step(300.0, 10.0), 50.0);
         assert_eq!(nice_step(95.0, 10.0), 10.0);
         assert_eq!(nice_step(7.0, 5.0), 2.0);
-        assert_eq!(esc("a<b & c>"), "a&lt;b &amp; c&gt;");
+    }
+
+    /// A handoff at 100 ms: bars before, a gap while the bands run, bars after.
+    pub(super) fn scene_svg() -> String {
+        let counts: Vec<u16> = (0..300u16)
+            .map(|ms| {
+                if (100..150).contains(&ms) {
+                    0
+                } else {
+                    20 + ms % 7
+                }
+            })
+            .collect();
+        let band = |name: &str, from_ms, to_ms, colour| Band {
+            name: name.into(),
+            from_ms,
+            to_ms,
+            colour,
+        };
+        let bands = [
+            band(
+                "directed → drained (port 1 drains)",
+                100.0,
+                104.0,
+                RGBColor(1, 2, 3),
+            ),
+            band(
+                "peer ready → first forwarded",
+                104.0,
+                150.0,
+                RGBColor(4, 5, 6),
+            ),
+            band("migration (3 ms downtime)", 160.0, 240.0, RGBColor(7, 8, 9)),
+        ];
+        let scene = Scene {
+            title: "baton handoff: <test> & more".into(),
+            subtitle: "blackout 50.0 ms".into(),
+            x: (60.0, 290.0),
+            bin_ms: 1.0,
+            first_bin: 60,
+            window: &counts[60..290],
+            bands: &bands,
+        };
+        let mut s = String::new();
+        draw(&scene, &mut s).unwrap();
+        s
+    }
+
+    #[test]
+    fn the_plot_is_one_svg_with_bars_bands_axes_and_legend() {
+        let s = scene_svg();
+        assert!(s.starts_with("<svg"), "{}", &s[..s.len().min(200)]);
+        assert!(s.trim_end().ends_with("</svg>"));
+        assert_eq!(s.matches("<svg").count(), 1);
+        // 180 non-empty bins, 3 bands, 3 legend swatches, the background.
+        assert_eq!(s.matches("<rect").count(), 180 + 3 + 3 + 1, "{s}");
+        for text in [
+            "baton handoff: &lt;test&gt; &amp; more",
+            "blackout 50.0 ms",
+            "peer ready → first forwarded — 46.0 ms",
+            "migration (3 ms downtime) — 80.0 ms",
+            "completions per bin",
+            "ms since the owner&apos;s first I/O (guest time)",
+            "\n150\n",
+        ] {
+            assert!(s.contains(text), "{text} missing from {s}");
+        }
+        // The bands' colours, drawn behind the bars.
+        assert!(s.contains(r##"opacity="0.8" fill="#010203"##));
     }
 }

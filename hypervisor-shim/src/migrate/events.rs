@@ -2,7 +2,10 @@
 //! their serial lines, QEMU exits and QMP events, the ring watch; and the waits built on them.
 //! Every wait is bounded by its own timeout and the scenario deadline.
 
+use baton_core::console::{GuestLine, Kind, LineError};
+
 use super::*;
+use crate::report::CompletionTimeline;
 
 impl Scenario<'_> {
     pub(super) fn send(&mut self, to: Role, msg: Message) -> Result<(), Abort> {
@@ -93,17 +96,23 @@ impl Scenario<'_> {
             }
         }
         for text in peer_lines {
-            if text == "BATON fault-injected" && !self.facts.peer_fault_injected {
-                self.facts.peer_fault_injected = true;
-                p.say("the peer injected a malformed completion (fault hook)");
-            } else if let Some(m) = text.strip_prefix("BATON panic ") {
-                let m: String = m.chars().take(200).collect();
-                p.say(format!("the peer panicked: {m}"));
-                self.note(format!("peer panic: {m}"));
+            match GuestLine::parse(&text) {
+                Some(Ok(GuestLine::FaultInjected)) if !self.facts.peer_fault_injected => {
+                    self.facts.peer_fault_injected = true;
+                    p.say("the peer injected a malformed completion (fault hook)");
+                }
+                Some(Ok(GuestLine::Panic(m))) => {
+                    let m: String = m.chars().take(200).collect();
+                    p.say(format!("the peer panicked: {m}"));
+                    self.note(format!("peer panic: {m}"));
+                }
+                _ => {}
             }
         }
     }
 
+    /// One line of the owner's console (source, destination or restored QEMU), through the one
+    /// typed parser of `BATON` lines ([`GuestLine`]); each fact is accepted once.
     pub(super) fn on_owner_line(
         &mut self,
         p: &mut Progress,
@@ -111,56 +120,73 @@ impl Scenario<'_> {
         text: &str,
         at: Instant,
     ) {
-        let Some(rest) = text.strip_prefix("BATON ") else {
+        let Some(parsed) = GuestLine::parse(text) else {
             return;
         };
-        let (word, args) = rest.split_once(' ').unwrap_or((rest, ""));
         let lines = &mut self.facts.owner_lines;
-        match word {
-            "ready" => {}
-            "first-io" => {
+        match parsed {
+            Ok(GuestLine::Ready { .. }) => {}
+            Ok(GuestLine::FirstIo) => {
                 if lines.first_io.is_none() {
                     lines.first_io = Some(at);
                 }
             }
-            "result" => {
-                if lines.result.is_none() {
-                    lines.result = Some(parse_line(text).map_err(|e| e.to_string()));
-                    lines.result_from = Some(from);
-                } else {
-                    self.note("repeated `BATON result` ignored".into());
-                }
+            Ok(GuestLine::Result(r)) => self.on_result(from, Ok(r)),
+            Err(LineError::Result(e)) => self.on_result(from, Err(e.to_string())),
+            Ok(GuestLine::PortStats(ps)) if lines.port_stats.len() < 2 => {
+                lines.port_stats.push(ps.into());
             }
-            "port-stats" => match baton_core::stats::parse_line(text) {
-                Ok(ps) if lines.port_stats.len() < 2 => lines.port_stats.push(ps.into()),
-                Ok(_) => self.note("extra `BATON port-stats` line ignored".into()),
-                Err(e) => self.note(format!("malformed `BATON port-stats` line: {e}")),
-            },
-            "timeline" => {
-                if let Err(e) =
-                    crate::report::CompletionTimeline::add_line(&mut lines.timeline, text)
-                {
+            Ok(GuestLine::PortStats(_)) => {
+                self.note("extra `BATON port-stats` line ignored".into())
+            }
+            Ok(GuestLine::Timeline(l)) => {
+                if let Err(e) = CompletionTimeline::add(&mut lines.timeline, &l) {
                     self.note(format!("`BATON timeline` line rejected: {e}"));
                 }
             }
-            "peer-fault" => {
+            Err(LineError::Timeline(e)) => {
+                self.note(format!("`BATON timeline` line rejected: {e}"));
+            }
+            Ok(GuestLine::PeerFault(m)) => {
                 if lines.peer_fault.is_none() {
-                    let m: String = args.chars().take(200).collect();
+                    let m: String = m.chars().take(200).collect();
                     p.say(format!("the owner detected a peer fault: {m}"));
                     lines.peer_fault = Some(m);
                 }
             }
-            "panic" => {
+            Ok(GuestLine::Panic(m)) => {
                 if lines.panic.is_none() {
-                    let m: String = args.chars().take(500).collect();
+                    let m: String = m.chars().take(500).collect();
                     p.say(format!("the owner panicked: {m}"));
                     lines.panic = Some(m);
                 }
             }
-            other => {
-                let w: String = other.chars().take(32).collect();
+            Ok(l @ (GuestLine::WaitingForDisk | GuestLine::FaultInjected)) => {
+                let word = l.kind().map_or("", Kind::word);
+                self.note(format!("unexpected owner line `BATON {word}`"));
+            }
+            Ok(GuestLine::Unknown(rest)) => {
+                let w: String = rest
+                    .split(' ')
+                    .next()
+                    .unwrap_or("")
+                    .chars()
+                    .take(32)
+                    .collect();
                 self.note(format!("unknown owner line `BATON {w}`"));
             }
+            Err(e) => self.note(format!("malformed `BATON {}` line: {e}", e.kind())),
+        }
+    }
+
+    /// The first `BATON result` line, well-formed or not, is the one the report uses.
+    fn on_result(&mut self, from: &'static str, r: Result<GuestReport, String>) {
+        let lines = &mut self.facts.owner_lines;
+        if lines.result.is_none() {
+            lines.result = Some(r);
+            lines.result_from = Some(from);
+        } else {
+            self.note("repeated `BATON result` ignored".into());
         }
     }
 

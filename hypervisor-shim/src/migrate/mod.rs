@@ -52,7 +52,7 @@ use std::time::{Duration, Instant};
 
 use baton_core::cmdline::{DiskMode, Fault, GuestConfig, Role as GuestRole};
 use baton_core::control::{HandoffState, Message, Role};
-use baton_core::report::{GuestReport, parse_line};
+use baton_core::report::GuestReport;
 use baton_core::ring::{self, offsets};
 use serde_json::Value;
 

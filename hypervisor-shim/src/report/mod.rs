@@ -145,10 +145,18 @@ impl CompletionTimeline {
     /// Most bins kept (a day of 1 ms bins would be far more than any run).
     pub const MAX_BINS: u64 = 1 << 20;
 
-    /// Adds one `BATON timeline` line. Lines must agree on `start_us` and `bin_us`; bins beyond
-    /// [`Self::MAX_BINS`] are refused.
+    /// Adds one `BATON timeline` line (parsed here). See [`CompletionTimeline::add`].
     pub fn add_line(this: &mut Option<Self>, line: &str) -> Result<(), String> {
         let l = baton_core::timeline::parse_line(line).map_err(|e| e.to_string())?;
+        Self::add(this, &l)
+    }
+
+    /// Adds one parsed `BATON timeline` line. Lines must agree on `start_us` and `bin_us`; bins
+    /// beyond [`Self::MAX_BINS`] are refused.
+    pub fn add(
+        this: &mut Option<Self>,
+        l: &baton_core::timeline::TimelineLine,
+    ) -> Result<(), String> {
         let t = this.get_or_insert_with(|| Self {
             start_us: l.start_us,
             bin_us: l.bin_us,

@@ -6,7 +6,7 @@ use super::disk::{self, GuestBlk};
 use super::handoff::OwnerHandoff;
 use super::owner_loop;
 use super::{ControlLink, OwnerPlatform};
-use crate::control::ControlChannel;
+use crate::platform::control::ControlChannel;
 use crate::platform::exit::{ExitCode, exit};
 use crate::platform::hal::BatonHal;
 use crate::platform::pci_cam::{self, PortCam};

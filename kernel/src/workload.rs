@@ -28,10 +28,11 @@ const TIMELINE_BINS: usize = 16_384;
 /// A run with no completion for this long is declared stuck (a handoff takes far less).
 pub const STALL_US: u64 = 60_000_000;
 
-/// Why the workload stopped early (reported through `Debug`).
-#[derive(Debug)]
+/// Why the workload stopped early.
+#[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
     /// The disk is smaller than the schedule needs (4 KiB blocks).
+    #[error("the disk has {have} blocks, the schedule needs {needed}")]
     DiskTooSmall {
         /// Blocks the schedule touches.
         needed: u64,
@@ -39,11 +40,13 @@ pub enum WorkloadError {
         have: u64,
     },
     /// No completion arrived for [`STALL_US`].
+    #[error("no completion for {} s, {outstanding} requests outstanding", STALL_US / 1_000_000)]
     Stalled {
         /// Requests outstanding when the run gave up.
         outstanding: usize,
     },
     /// The stack refused a request.
+    #[error("submit: {0}")]
     Submit(StackError),
 }
 

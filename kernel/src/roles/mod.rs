@@ -11,6 +11,7 @@ pub mod disk;
 pub mod handoff;
 #[cfg(target_os = "none")]
 pub mod owner;
+pub mod owner_loop;
 #[cfg(target_os = "none")]
 pub mod peer;
 pub mod serve;
@@ -19,7 +20,7 @@ use baton_core::control::Message;
 use baton_core::ring::SharedRegion;
 
 /// A control channel to the shim (docs/guest-interface.md): messages go out in order and are
-/// delivered once; in the guest, `crate::control::ControlChannel` over COM2.
+/// delivered once; in the guest, `crate::platform::control::ControlChannel` over COM2.
 pub trait ControlLink {
     /// Queues `msg` for delivery. Returns `false` if the queue is full (the message is dropped).
     fn send(&mut self, msg: Message) -> bool;

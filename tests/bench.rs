@@ -57,8 +57,11 @@ fn quick_bench_reports_every_figure_and_a_plot() {
         "forwarded_over_direct_iops_qd32",
         "forwarded_over_direct_latency_qd1",
     ] {
+        // Present and measured; how large a ratio is depends on the machine's load (a benchmark
+        // figure for BENCHMARKS.md, not something this test can bound: at QD 1 the direct p50 is
+        // often below the 1 µs histogram step, so a loaded host moves the ratio by hundreds).
         let v = num(&r, k);
-        assert!(v > 0.0 && v < 100.0, "{k} = {v}: {}", ctx());
+        assert!(v.is_finite() && v > 0.0, "{k} = {v}: {}", ctx());
     }
     let downtime = num(&r, "migration_downtime_ms");
     assert!((0.0..10_000.0).contains(&downtime), "{}", ctx());

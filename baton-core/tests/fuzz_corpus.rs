@@ -6,11 +6,16 @@
 // them elsewhere).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use baton_core::cmdline::{GuestConfig, Role as GuestRole};
+use baton_core::console::GuestLine;
 use baton_core::control::{MAX_FRAME_LEN, Message, Role, encode};
-use baton_core::fuzz_entry::{fuzz_control_decoder, fuzz_ring_entries};
+use baton_core::fuzz_entry::{fuzz_control_decoder, fuzz_guest_lines, fuzz_ring_entries};
+use baton_core::report::GuestReport;
 use baton_core::ring::{
     MIN_REGION_LEN, Op, RingClient, RingLayout, SharedRegion, Submission, offsets,
 };
+use baton_core::stats::PortStats;
+use baton_core::timeline::TimelineLine;
 use std::fs;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicU64;
@@ -40,6 +45,11 @@ fn replay(target: &str, run: fn(&[u8])) -> usize {
 #[test]
 fn replay_ring_entries() {
     assert!(replay("ring_entries", fuzz_ring_entries) >= 5);
+}
+
+#[test]
+fn replay_guest_lines() {
+    assert!(replay("guest_lines", fuzz_guest_lines) >= 5);
 }
 
 #[test]
@@ -227,6 +237,7 @@ fn regenerate() {
     for (target, seeds) in [
         ("control_decoder", control_seeds()),
         ("ring_entries", ring_seeds()),
+        ("guest_lines", guest_seeds()),
     ] {
         let dir = corpus_dir(target);
         fs::create_dir_all(&dir).unwrap();
@@ -234,6 +245,58 @@ fn regenerate() {
             fs::write(dir.join(format!("seed-{name}")), data).unwrap();
         }
     }
+}
+
+/// Console lines as the guest prints them (each seed one kind, one seed all of them with log
+/// output between), printed by the same formatters the kernel uses.
+fn guest_seeds() -> Vec<(String, Vec<u8>)> {
+    let mut report = GuestReport::new(&GuestConfig::default());
+    report.writes_submitted = 4096;
+    report.writes_acked = 4095;
+    report.record_write_error(17);
+    let stats = PortStats {
+        port: 2,
+        completions: 3000,
+        first_us: 120,
+        last_us: 480_000,
+        p50_us: 38,
+        p99_us: 910,
+        max_us: 4_200,
+    };
+    let lines = [
+        (
+            "ready",
+            GuestLine::Ready {
+                role: GuestRole::Owner,
+                vm: 1,
+            },
+        ),
+        ("first-io", GuestLine::FirstIo),
+        ("port-stats", GuestLine::PortStats(stats)),
+        (
+            "timeline",
+            GuestLine::Timeline(TimelineLine::new(5, 1000, 0, &[4, 0, 0, 0, 2, 9]).unwrap()),
+        ),
+        ("result", GuestLine::Result(report)),
+        (
+            "peer-fault",
+            GuestLine::PeerFault("completion for slot 3 never submitted"),
+        ),
+        (
+            "panic",
+            GuestLine::Panic("panicked at src/main.rs:1:1: boom"),
+        ),
+    ];
+    let mut all = String::new();
+    let mut seeds: Vec<(String, Vec<u8>)> = lines
+        .iter()
+        .map(|(name, line)| {
+            all.push_str(&format!("[INFO ] log line\r\n{line}\r\n"));
+            ((*name).to_string(), format!("{line}\n").into_bytes())
+        })
+        .collect();
+    seeds.push(("all-with-log".to_string(), all.into_bytes()));
+    seeds
 }
 
 #[test]

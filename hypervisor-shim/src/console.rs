@@ -198,6 +198,17 @@ impl StderrCapture {
     }
 }
 
+/// The word of an unknown `BATON <word> ...` line (`GuestLine::Unknown`'s text), cut to 32
+/// characters, for a report note: guest bytes are untrusted (I6), so a note never carries more.
+pub fn unknown_word(rest: &str) -> String {
+    rest.split(' ')
+        .next()
+        .unwrap_or("")
+        .chars()
+        .take(32)
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,13 +26,16 @@ pub type Tag = usize;
 const REDIRECTOR_SLOTS: usize = 2 * MAX_INFLIGHT;
 
 /// Why a submission was refused.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum StackError {
     /// No device behind the port the redirector chose.
+    #[error("no device behind port 1")]
     NoDevice,
     /// Port 1 refused the request.
+    #[error("port 1: {0}")]
     Port1(BlkError),
     /// The redirector refused the request.
+    #[error("redirector: {0}")]
     Redirect(RedirectError),
 }
 

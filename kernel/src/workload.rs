@@ -6,10 +6,10 @@
 //! which write each block must hold (docs/guest-interface.md).
 //!
 //! The workload only submits and completes: [`Workload::step`] does one round of each, and the
-//! owner's main loop (`roles::owner`) calls it between polls of the handoff.
+//! owner's main loop (`roles::owner`) calls it between polls of the handoff. Time comes from a
+//! [`Clock`] and the protocol lines go to a `core::fmt::Write`, so the whole owner runs on the
+//! host too (`roles/owner_loop_tests.rs`: a handoff in the middle of a verified run).
 
-use crate::platform::clock::{self, Deadline};
-use crate::platform::serial;
 use crate::ports::{BlockPort, MAX_INFLIGHT, Op, Status};
 use crate::stack::{Completion, ResourceStack, StackError, Tag};
 use baton_core::cmdline::GuestConfig;
@@ -28,10 +28,11 @@ const TIMELINE_BINS: usize = 16_384;
 /// A run with no completion for this long is declared stuck (a handoff takes far less).
 pub const STALL_US: u64 = 60_000_000;
 
-/// Why the workload stopped early (reported through `Debug`).
-#[derive(Debug)]
+/// Why the workload stopped early.
+#[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
     /// The disk is smaller than the schedule needs (4 KiB blocks).
+    #[error("the disk has {have} blocks, the schedule needs {needed}")]
     DiskTooSmall {
         /// Blocks the schedule touches.
         needed: u64,
@@ -39,36 +40,41 @@ pub enum WorkloadError {
         have: u64,
     },
     /// No completion arrived for [`STALL_US`].
+    #[error("no completion for {} s, {outstanding} requests outstanding", STALL_US / 1_000_000)]
     Stalled {
         /// Requests outstanding when the run gave up.
         outstanding: usize,
     },
     /// The stack refused a request.
+    #[error("submit: {0}")]
     Submit(StackError),
 }
 
-/// Tracks the longest gap between two completions (the blackout a handoff causes).
+/// The workload's time source: a fine-grained counter (the TSC in the guest) for latencies and
+/// gaps, and microseconds since boot for completion times.
+pub trait Clock {
+    /// A monotonic counter.
+    fn ticks(&self) -> u64;
+    /// Counter ticks per microsecond (at least 1).
+    fn ticks_per_us(&self) -> u64;
+    /// Microseconds since boot.
+    fn uptime_us(&self) -> u64;
+}
+
+/// Tracks the longest gap between two completions (the blackout a handoff causes), in ticks.
 struct GapMeter {
     last: u64,
     max: u64,
 }
 
 impl GapMeter {
-    fn new() -> Self {
-        GapMeter {
-            last: clock::rdtsc(),
-            max: 0,
-        }
+    fn new(now: u64) -> Self {
+        GapMeter { last: now, max: 0 }
     }
 
-    fn tick(&mut self) {
-        let now = clock::rdtsc();
+    fn tick(&mut self, now: u64) {
         self.max = self.max.max(now - self.last);
         self.last = now;
-    }
-
-    fn max_us(&self) -> u64 {
-        self.max / clock::tsc_per_us()
     }
 }
 
@@ -88,8 +94,7 @@ impl PortMeter {
         }
     }
 
-    fn record(&mut self, latency_us: u64) {
-        let now = clock::uptime_us();
+    fn record(&mut self, latency_us: u64, now: u64) {
         if self.hist.count() == 0 {
             self.first_us = now;
         }
@@ -113,9 +118,11 @@ enum Stage {
     Done,
 }
 
-/// One run of the schedule of a [`GuestConfig`].
-pub struct Workload<'a> {
+/// One run of the schedule of a [`GuestConfig`], timed by `C`, printing its lines to `W`.
+pub struct Workload<'a, C: Clock, W: Write> {
     cfg: &'a GuestConfig,
+    clock: C,
+    out: W,
     sched: Schedule,
     report: GuestReport,
     qd: usize,
@@ -125,7 +132,8 @@ pub struct Workload<'a> {
     seq_of_tag: [u64; MAX_INFLIGHT],
     next_seq: u64,
     done: u64,
-    stall: Deadline,
+    /// Tick after which a run without completions is stuck.
+    stall_at: u64,
     start: u64,
     first: bool,
     gaps: GapMeter,
@@ -134,11 +142,13 @@ pub struct Workload<'a> {
     timeline: Timeline<TIMELINE_BINS>,
 }
 
-impl<'a> Workload<'a> {
+impl<'a, C: Clock, W: Write> Workload<'a, C, W> {
     /// A run of `cfg`'s schedule on the stack's disk. Errors: [`WorkloadError::DiskTooSmall`].
     pub fn new<H: Hal, P: BlockPort>(
         cfg: &'a GuestConfig,
         stack: &ResourceStack<H, P>,
+        clock: C,
+        out: W,
     ) -> Result<Self, WorkloadError> {
         let sched = cfg.schedule();
         let needed = cfg.first_lba + cfg.blocks;
@@ -147,8 +157,13 @@ impl<'a> Workload<'a> {
             return Err(WorkloadError::DiskTooSmall { needed, have });
         }
         let total = sched.total_writes();
+        let now = clock.ticks();
+        let stall_at = now.saturating_add(STALL_US.saturating_mul(clock.ticks_per_us()));
+        let timeline = Timeline::new(clock.uptime_us(), 1000);
         Ok(Workload {
             cfg,
+            clock,
+            out,
             sched,
             report: GuestReport::new(cfg),
             qd: usize::from(cfg.qd).clamp(1, MAX_INFLIGHT),
@@ -157,14 +172,39 @@ impl<'a> Workload<'a> {
             seq_of_tag: [0; MAX_INFLIGHT],
             next_seq: 1,
             done: 0,
-            stall: Deadline::after_us(STALL_US),
-            start: clock::rdtsc(),
+            stall_at,
+            start: now,
             first: true,
-            gaps: GapMeter::new(),
+            gaps: GapMeter::new(now),
             submitted_at: [0; MAX_INFLIGHT],
             meters: [PortMeter::new(), PortMeter::new()],
-            timeline: Timeline::new(clock::uptime_us(), 1000),
+            timeline,
         })
+    }
+
+    /// The report so far (complete once [`step`](Self::step) returned `true`).
+    pub fn report(&self) -> &GuestReport {
+        &self.report
+    }
+
+    /// Where the lines went (the test's buffer on the host).
+    pub fn console(&self) -> &W {
+        &self.out
+    }
+
+    /// Restarts the stall timer: a completion arrived.
+    fn progress(&mut self) {
+        let now = self.clock.ticks();
+        self.stall_at = now.saturating_add(STALL_US.saturating_mul(self.clock.ticks_per_us()));
+    }
+
+    fn stalled(&self) -> bool {
+        self.clock.ticks() >= self.stall_at
+    }
+
+    /// Prints one protocol line.
+    fn print(&mut self, line: &GuestLine<'_>) {
+        let _ = writeln!(self.out, "{line}");
     }
 
     /// Writes of the schedule submitted so far.
@@ -224,14 +264,14 @@ impl<'a> Workload<'a> {
             let Some(tag) = stack.alloc() else { break };
             self.sched.fill(self.next_seq, stack.buffer(tag));
             if self.first {
-                serial::print_line(&GuestLine::FirstIo);
+                self.print(&GuestLine::FirstIo);
                 self.first = false;
             }
             stack
                 .submit(tag, Op::Write, lba)
                 .map_err(WorkloadError::Submit)?;
             self.seq_of_tag[tag] = self.next_seq;
-            self.submitted_at[tag] = clock::rdtsc();
+            self.submitted_at[tag] = self.clock.ticks();
             self.next_seq += 1;
             self.report.writes_submitted += 1;
         }
@@ -240,9 +280,11 @@ impl<'a> Workload<'a> {
                 if self.first_completion(c) {
                     return Ok(());
                 }
-                let latency_us = (clock::rdtsc() - self.submitted_at[c.tag]) / clock::tsc_per_us();
-                self.meters[usize::from(c.port == Port::Two)].record(latency_us);
-                self.timeline.record(clock::uptime_us());
+                let latency_us =
+                    (self.clock.ticks() - self.submitted_at[c.tag]) / self.clock.ticks_per_us();
+                let now_us = self.clock.uptime_us();
+                self.meters[usize::from(c.port == Port::Two)].record(latency_us, now_us);
+                self.timeline.record(now_us);
                 let seq = self.seq_of_tag[c.tag];
                 self.seq_of_tag[c.tag] = 0;
                 stack.release(c.tag);
@@ -253,9 +295,9 @@ impl<'a> Workload<'a> {
                     log::warn!("write seq {seq} lba {} failed: {:?}", c.lba, c.status);
                     self.report.record_write_error(seq);
                 }
-                self.stall = Deadline::after_us(STALL_US);
+                self.progress();
             }
-            None if self.stall.expired() => {
+            None if self.stalled() => {
                 return Err(WorkloadError::Stalled {
                     outstanding: stack.outstanding(),
                 });
@@ -270,23 +312,25 @@ impl<'a> Workload<'a> {
 
     /// The write phase is over: figures, the timeline and per-port lines, then the read-back.
     fn finish_writes<H: Hal, P: BlockPort>(&mut self, stack: &ResourceStack<H, P>) {
+        let per_us = self.clock.ticks_per_us();
         let report = &mut self.report;
-        report.elapsed_us = (clock::rdtsc() - self.start) / clock::tsc_per_us();
+        report.elapsed_us = (self.clock.ticks() - self.start) / per_us;
         report.iops = report.writes_acked * 1_000_000 / report.elapsed_us.max(1);
-        report.max_gap_us = self.gaps.max_us();
-        let _ = self.timeline.write_lines(&mut serial::Console);
-        for (i, meter) in self.meters.iter().enumerate() {
-            if meter.hist.count() > 0 {
-                serial::print_line(&GuestLine::PortStats(meter.stats(i as u8 + 1)));
+        report.max_gap_us = self.gaps.max / per_us;
+        let _ = self.timeline.write_lines(&mut self.out);
+        for i in 0..self.meters.len() {
+            if self.meters[i].hist.count() > 0 {
+                let stats = self.meters[i].stats(i as u8 + 1);
+                self.print(&GuestLine::PortStats(stats));
             }
         }
         self.stage = if let Some(e) = stack.ring_fault {
             let mut message = heapless::String::<128>::new();
             let _ = write!(message, "{e}");
-            serial::print_line(&GuestLine::PeerFault(&message));
+            self.print(&GuestLine::PeerFault(&message));
             Stage::Done
         } else if self.cfg.verify {
-            self.stall = Deadline::after_us(STALL_US);
+            self.progress();
             Stage::Verify {
                 next: self.cfg.first_lba,
                 done: self.cfg.first_lba,
@@ -299,7 +343,7 @@ impl<'a> Workload<'a> {
     /// Counts the completion for the blackout meter; returns `true` (and counts a duplicate) when
     /// `c` is for a request that is not outstanding, which must then be ignored.
     fn first_completion(&mut self, c: Completion) -> bool {
-        self.gaps.tick();
+        self.gaps.tick(self.clock.ticks());
         if self.seq_of_tag[c.tag] == 0 {
             log::error!("duplicate completion for request {}", c.tag);
             self.report.duplicates += 1;
@@ -344,9 +388,9 @@ impl<'a> Workload<'a> {
                     } else {
                         self.report.read_mismatches += 1;
                     }
-                    self.stall = Deadline::after_us(STALL_US);
+                    self.progress();
                 }
-                None if self.stall.expired() => {
+                None if self.stalled() => {
                     return Err(WorkloadError::Stalled {
                         outstanding: stack.outstanding(),
                     });

@@ -63,7 +63,8 @@
 //! # Model checking
 //!
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p baton-core --release --test
-//! loom_redirector` explores, with at most two preemptions per execution, every interleaving of:
+//! loom_redirector` (one of the gates of `./qemu-run.sh test`, built there in `target/loom`)
+//! explores, with at most two preemptions per execution, every interleaving of:
 //! 1. two submitters, a switcher (`direct_switch` then, once drained, `device_released` and
 //!    `open_port2`) and a completer of port 1: no request reaches port 1 once the drain could
 //!    have completed, the switch ends `Drained`, and every request is completed or dispatched

@@ -166,14 +166,10 @@ impl Scenario<'_> {
                 self.note(format!("unexpected owner line `BATON {word}`"));
             }
             Ok(GuestLine::Unknown(rest)) => {
-                let w: String = rest
-                    .split(' ')
-                    .next()
-                    .unwrap_or("")
-                    .chars()
-                    .take(32)
-                    .collect();
-                self.note(format!("unknown owner line `BATON {w}`"));
+                self.note(format!(
+                    "unknown owner line `BATON {}`",
+                    crate::console::unknown_word(rest)
+                ));
             }
             Err(e) => self.note(format!("malformed `BATON {}` line: {e}", e.kind())),
         }

@@ -62,6 +62,7 @@ use crate::qmp::{
 };
 use crate::report::{GuestExit, MigrateReport, Phases, SwitchReport, VmEvent};
 use crate::run::{self, AccelChoice, Ending, RunError, SocketPath, Workdir};
+use crate::setup::{self, EXIT_GRACE, MAX_NOTES, QMP_COMMAND_TIMEOUT};
 use crate::shm::{self, RingWatch, SharedFile};
 use crate::steps::{self, Direction, HandoffRecord, Step, ms_between};
 
@@ -88,12 +89,8 @@ pub const OWNER_VM: u32 = 1;
 /// Default switch point: this long after the owner's first I/O.
 pub const DEFAULT_SWITCH_AFTER_MS: u64 = 300;
 
-/// Guest RAM.
-const MEMORY_MIB: u32 = 128;
 /// Longest wait for a QEMU to connect its control socket and for its QMP socket to answer.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(15);
-/// Longest wait for one QMP command.
-const QMP_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = setup::QMP_CONNECT_TIMEOUT;
 /// Read timeout of the QMP sockets here: bounds how long an event poll blocks.
 const QMP_POLL: Duration = Duration::from_millis(2);
 /// Longest wait for both guests' `hello`.
@@ -110,14 +107,10 @@ const MIGRATION_TIMEOUT: Duration = Duration::from_secs(90);
 const DEST_RUN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest wait for a QEMU to exit after `quit`.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long console lines are collected after a QEMU exited.
-const EXIT_GRACE: Duration = Duration::from_secs(3);
 /// Main loop period.
 const TICK: Duration = Duration::from_millis(1);
 /// Period of `query-migrate` polls.
 const MIGRATE_POLL: Duration = Duration::from_millis(5);
-/// Most notes kept.
-const MAX_NOTES: usize = 32;
 
 /// Errors that stop `migrate` before it can produce a report.
 #[derive(Debug, thiserror::Error)]
@@ -311,15 +304,7 @@ fn chain(e: &dyn std::error::Error) -> String {
 /// Runs the scenario. Failures of the handoff, the migration or the guests end up in the report
 /// (`ok: false`); only set-up problems are errors.
 pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
-    let qemu_bin = qemu::locate_qemu(&cfg.qemu)?;
-    let bios = qemu::locate_bios()?;
-    let kernel = match &cfg.kernel {
-        Some(k) => k.clone(),
-        None => run::default_kernel()?,
-    };
-    if !kernel.is_file() {
-        return Err(RunError::NoKernel(kernel).into());
-    }
+    let bins = setup::Binaries::locate(&cfg.qemu, cfg.kernel.as_deref())?;
     let (accel, accel_reason) = cfg.accel.resolve()?;
     let owner_guest = GuestConfig {
         role: GuestRole::Owner,
@@ -381,19 +366,7 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
     // The shim listens before QEMU starts: COM2 output without a listener is dropped.
     let owner_listener = ControlListener::bind(&dir.join("ctl-owner.sock"))?;
     let peer_listener = ControlListener::bind(&dir.join("ctl-peer.sock"))?;
-    let base = MachineSpec {
-        qemu: qemu_bin,
-        accel,
-        memory_mib: MEMORY_MIB,
-        bios,
-        kernel,
-        append: String::new(),
-        qmp_socket: PathBuf::new(),
-        boot_disk: None,
-        control_socket: None,
-        ring: None,
-        incoming: false,
-    };
+    let base = bins.machine(accel, String::new(), PathBuf::new());
     let peer_spec = MachineSpec {
         append: peer_append,
         qmp_socket: dir.join("qmp-peer.sock"),

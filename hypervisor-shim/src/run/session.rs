@@ -239,14 +239,10 @@ impl Session {
                 ));
             }
             Ok(GuestLine::Unknown(rest)) => {
-                let w: String = rest
-                    .split(' ')
-                    .next()
-                    .unwrap_or("")
-                    .chars()
-                    .take(32)
-                    .collect();
-                lines.note(format!("unknown guest line `BATON {w}`"));
+                lines.note(format!(
+                    "unknown guest line `BATON {}`",
+                    crate::console::unknown_word(rest)
+                ));
             }
             Err(e) => lines.note(format!("malformed `BATON {}` line: {e}", e.kind())),
         }

@@ -161,13 +161,14 @@ pub struct BootInfo {
     pub ram: heapless::Vec<(u64, u64), 32>,
 }
 
-/// Reasons the start-info block cannot be used (reported through `Debug`).
-#[derive(Debug)]
-#[allow(dead_code)]
+/// Reasons the start-info block cannot be used.
+#[derive(Debug, thiserror::Error)]
 pub enum BootError {
     /// `ebx` did not point at a `hvm_start_info` block.
+    #[error("bad start-info magic {0:#x}")]
     BadMagic(u32),
     /// The memory map had no usable RAM.
+    #[error("no usable RAM in the memory map")]
     NoRam,
 }
 

@@ -4,8 +4,7 @@
 //! Each module imports only modules listed before it, so there is no circle: `exit`, `clock`
 //! (TSC, PIT channel 2), `serial` (COM1, logger; reads the clock), `gdt`, `interrupts` (IDT,
 //! PIC, PIT channel 0; reports exceptions on COM1), `memory`, `hal` (DMA from the frames),
-//! [`pci`], `pci_cam`, `shm` (ivshmem BAR2). The control channel (`crate::control`, COM2)
-//! sits on the clock and the interrupts.
+//! [`pci`], `pci_cam`, `shm` (ivshmem BAR2), `control` (the control channel on COM2).
 //! [`pci`] (BAR sizing and placement, hotplug slot decoding) is hardware-independent: it works
 //! on any `ConfigurationAccess` and is unit-tested on the host.
 
@@ -15,6 +14,8 @@ pub mod pci;
 pub mod boot;
 #[cfg(target_os = "none")]
 pub mod clock;
+#[cfg(target_os = "none")]
+pub mod control;
 #[cfg(target_os = "none")]
 pub mod exit;
 #[cfg(target_os = "none")]

@@ -46,11 +46,13 @@ impl Default for BarAllocator {
 }
 
 /// Errors while setting a device up.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum PciSetupError {
     /// A BAR could not be read.
+    #[error("cannot read a BAR: {0}")]
     Bar(PciError),
     /// The window for this kind of BAR is full.
+    #[error("no room left in the BAR window")]
     WindowFull,
 }
 

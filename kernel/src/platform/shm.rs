@@ -11,15 +11,19 @@ use virtio_drivers::transport::pci::bus::{BarInfo, PciRoot};
 const IVSHMEM_ID: (u16, u16) = (0x1af4, 0x1110);
 
 /// Why the shared region is not usable.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ShmError {
     /// No ivshmem function in the slot the shim named.
+    #[error("no ivshmem device in slot {0}")]
     NotFound(u8),
     /// Its BARs could not be placed.
+    #[error("{0}")]
     Setup(PciSetupError),
     /// BAR2 is missing or not memory.
+    #[error("BAR2 is missing, not memory or above 4 GiB")]
     NoSharedMemory,
     /// BAR2 is placed outside the identity-mapped 4 GiB or is not aligned.
+    #[error("shared memory unusable: {0}")]
     Unusable(baton_core::ring::RingError),
 }
 

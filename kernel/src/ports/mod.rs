@@ -40,14 +40,17 @@ pub enum Status {
     DriverError,
 }
 
-/// Errors of a block port (reported through `Debug` in panic messages).
-#[derive(Debug)]
+/// Errors of a block port.
+#[derive(Debug, thiserror::Error)]
 pub enum BlkError {
     /// The queue refused the request or the device misbehaved.
+    #[error("virtio: {0}")]
     Virtio(virtio_drivers::Error),
     /// The request slot is out of range or busy.
+    #[error("request slot out of range or busy")]
     BadSlot,
     /// The LBA is beyond the disk.
+    #[error("block beyond the disk")]
     OutOfRange,
 }
 

@@ -17,6 +17,11 @@
 //! Where the owner is in the handoff is the redirector's own [`State`] (read from the stack), not
 //! a second copy of it: `Direct` before `redirect`, `Draining`/`Drained` until the release,
 //! `Released` until `open-port2`, `Forwarding` after.
+//!
+//! This is the owner's half of the protocol; the shim's half, which messages it accepts from
+//! which guest in which step, is the transition table of `baton_core::control::handoff`. Every
+//! message this driver sends or accepts is a `baton_core::control::Message`, under the same name
+//! on both sides.
 
 use super::{ControlLink, OwnerPlatform};
 use crate::ports::BlockPort;

@@ -207,3 +207,81 @@ fn migration_is_requested_once_and_flush_waits_for_the_acknowledgements() {
     o.handoff.flush(10_000);
     assert!(o.handoff.link().is_some_and(|l| l.idle()));
 }
+
+/// A small deterministic generator (xorshift), so every seed replays the same sequence.
+struct Rng(u64);
+
+impl Rng {
+    fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0 % n
+    }
+}
+
+#[test]
+fn any_order_of_shim_messages_and_completions_keeps_the_protocol() {
+    let mut forwarded = 0;
+    for seed in 1..=300u64 {
+        let mut rng = Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1);
+        let mut o = owner(seed % 7 != 0);
+        let mut submitted = 0;
+        for _ in 0..60 {
+            match rng.below(6) {
+                0 => o.shim(Message::Redirect),
+                1 => o.shim(Message::RingOpened { slot: 6 }),
+                2 => o.shim(Message::OpenPort2),
+                3 => o.shim(Message::DiskAttached { slot: 4 }),
+                4 if o.stack.outstanding() < 8 => {
+                    o.write(submitted % BLOCKS);
+                    submitted += 1;
+                }
+                _ => {
+                    o.disk.borrow_mut().complete(rng.below(3) as usize);
+                    while let Some(c) = o.stack.poll() {
+                        o.stack.release(c.tag);
+                    }
+                    o.handoff.poll(&mut o.stack);
+                }
+            }
+        }
+        let names = o.sent_names();
+        let at = |name: &str| names.iter().position(|n| *n == name);
+        let count = |name: &str| names.iter().filter(|n| **n == name).count();
+        assert_eq!(names[0], "hello", "seed {seed}");
+        for once in ["drained", "released", "forwarding"] {
+            assert!(count(once) <= 1, "seed {seed}: {once} twice in {names:?}");
+        }
+        assert!(o.ejected.borrow().len() <= 1, "seed {seed}");
+        // The handoff's steps come in claim 1's order: drained, released, then forwarding.
+        if let Some(f) = at("forwarding") {
+            assert!(
+                at("released").is_some_and(|r| r < f),
+                "seed {seed}: {names:?}"
+            );
+            assert_eq!(o.stack.state(), State::Forwarding, "seed {seed}");
+            forwarded += 1;
+        }
+        if let Some(r) = at("released") {
+            assert_eq!(at("drained"), Some(r - 1), "seed {seed}: {names:?}");
+            assert_eq!(*o.ejected.borrow(), [DISK_SLOT], "seed {seed}");
+        }
+        let held = o.stack.held();
+        if o.stack.state() != State::Forwarding {
+            assert_eq!(
+                o.stack.port2_requests, 0,
+                "seed {seed}: forwarded before open-port2"
+            );
+        } else {
+            assert_eq!(
+                held, 0,
+                "seed {seed}: held requests left behind after open-port2"
+            );
+        }
+    }
+    assert!(
+        forwarded > 30,
+        "only {forwarded} of 300 sequences reached forwarding"
+    );
+}

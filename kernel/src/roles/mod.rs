@@ -1,6 +1,7 @@
 //! What each guest does with its devices: the owner runs the workload and hands its disk over
-//! (`owner`, driven by [`handoff`]), the peer receives the disk and serves the owner's ring
-//! (`peer`, with the ring server [`serve`]).
+//! (`owner`, one round of its loop in [`owner_loop`], the handoff driver in [`handoff`]), the peer
+//! receives the disk and serves the owner's ring (`peer`, with the ring server [`serve`]). Where
+//! each message falls in the handoff is drawn in docs/design.md ("The handoff").
 //!
 //! The handoff driver is written against two small traits, so it runs on the host against fakes:
 //! [`ControlLink`] (the control channel: `baton_core::control` messages, delivered reliably and
@@ -11,6 +12,7 @@ pub mod disk;
 pub mod handoff;
 #[cfg(target_os = "none")]
 pub mod owner;
+pub mod owner_loop;
 #[cfg(target_os = "none")]
 pub mod peer;
 pub mod serve;
@@ -19,7 +21,7 @@ use baton_core::control::Message;
 use baton_core::ring::SharedRegion;
 
 /// A control channel to the shim (docs/guest-interface.md): messages go out in order and are
-/// delivered once; in the guest, `crate::control::ControlChannel` over COM2.
+/// delivered once; in the guest, `crate::platform::control::ControlChannel` over COM2.
 pub trait ControlLink {
     /// Queues `msg` for delivery. Returns `false` if the queue is full (the message is dropped).
     fn send(&mut self, msg: Message) -> bool;

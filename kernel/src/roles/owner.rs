@@ -4,14 +4,15 @@
 
 use super::disk::{self, GuestBlk};
 use super::handoff::OwnerHandoff;
+use super::owner_loop;
 use super::{ControlLink, OwnerPlatform};
-use crate::control::ControlChannel;
+use crate::platform::control::ControlChannel;
 use crate::platform::exit::{ExitCode, exit};
 use crate::platform::hal::BatonHal;
 use crate::platform::pci_cam::{self, PortCam};
 use crate::platform::{clock, serial, shm};
 use crate::stack::ResourceStack;
-use crate::workload::Workload;
+use crate::workload::{Clock, Workload};
 use baton_core::cmdline::{DiskMode, GuestConfig};
 use baton_core::console::GuestLine;
 use baton_core::control::Message;
@@ -32,6 +33,23 @@ impl ControlLink for ControlChannel {
 
     fn idle(&self) -> bool {
         ControlChannel::idle(self)
+    }
+}
+
+/// The guest's clock for the workload: the TSC, calibrated at boot.
+pub struct GuestClock;
+
+impl Clock for GuestClock {
+    fn ticks(&self) -> u64 {
+        clock::rdtsc()
+    }
+
+    fn ticks_per_us(&self) -> u64 {
+        clock::tsc_per_us()
+    }
+
+    fn uptime_us(&self) -> u64 {
+        clock::uptime_us()
     }
 }
 
@@ -71,16 +89,12 @@ pub fn run(cfg: &GuestConfig) -> ! {
     stack.attach_port1(dev);
     let platform = GuestPlatform { root };
     let mut handoff = OwnerHandoff::new(ControlChannel::open(), platform, df.device, cfg.vm);
-    let mut workload = match Workload::new(cfg, &stack) {
+    let mut workload = match Workload::new(cfg, &stack, GuestClock, serial::Console) {
         Ok(w) => w,
         Err(e) => panic!("workload failed: {e:?}"),
     };
     loop {
-        handoff.poll(&mut stack);
-        if cfg.migrate_at != 0 && workload.writes_submitted() >= cfg.migrate_at {
-            handoff.request_migration();
-        }
-        match workload.step(&mut stack) {
+        match owner_loop::round(cfg, &mut handoff, &mut workload, &mut stack) {
             Ok(true) => break,
             Ok(false) => {}
             Err(e) => panic!("workload failed: {e:?}"),

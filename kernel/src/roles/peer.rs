@@ -13,8 +13,8 @@
 
 use super::disk::{self, GuestBlk};
 use super::serve::{RingService, Step};
-use crate::control::ControlChannel;
 use crate::platform::clock::{self, Deadline, Stopwatch};
+use crate::platform::control::ControlChannel;
 use crate::platform::hal::BatonHal;
 use crate::platform::pci_cam::{self, PortCam};
 use crate::platform::{interrupts, shm};

@@ -9,7 +9,7 @@
 //! Everything runs from the caller's poll loop; nothing here blocks for longer than one frame takes
 //! to leave the UART.
 
-use crate::clock::{self, Deadline};
+use super::clock::{self, Deadline};
 use baton_core::control::{Endpoint, MAX_FRAME_LEN, Message, Received, SendError, Side};
 use uart_16550::SerialPort;
 use x86_64::instructions::port::Port;

@@ -1,0 +1,40 @@
+//! One round of the owner's main loop, hardware-independent: poll the handoff (which may switch
+//! ports, release the device, open port 2), ask for the migration when the command line says so,
+//! then let the workload submit and complete. `roles::owner` runs it on the machine; the host
+//! tests run it with the shim, the peer and both disks played by fakes.
+
+use super::handoff::OwnerHandoff;
+use super::{ControlLink, OwnerPlatform};
+use crate::ports::BlockPort;
+use crate::stack::ResourceStack;
+use crate::workload::{Clock, Workload, WorkloadError};
+use baton_core::cmdline::GuestConfig;
+use core::fmt::Write;
+use virtio_drivers::Hal;
+
+/// One round; `Ok(true)` once the workload's report is ready.
+/// Errors: the workload's ([`WorkloadError`]).
+pub fn round<L, P, H, B, C, W>(
+    cfg: &GuestConfig,
+    handoff: &mut OwnerHandoff<L, P>,
+    workload: &mut Workload<'_, C, W>,
+    stack: &mut ResourceStack<H, B>,
+) -> Result<bool, WorkloadError>
+where
+    L: ControlLink,
+    P: OwnerPlatform,
+    H: Hal,
+    B: BlockPort,
+    C: Clock,
+    W: Write,
+{
+    handoff.poll(stack);
+    if cfg.migrate_at != 0 && workload.writes_submitted() >= cfg.migrate_at {
+        handoff.request_migration();
+    }
+    workload.step(stack)
+}
+
+#[cfg(test)]
+#[path = "owner_loop_tests.rs"]
+mod tests;

@@ -10,11 +10,13 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::ser::SerializeMap;
+use serde::{Serialize, Serializer};
 
 use crate::migrate::{self, DestinationFault, MigrateConfig, MigrateError, Mode, Switch};
 use crate::report::{CompletionTimeline, MigrateReport, PortStatsReport};
-use crate::run::{AccelChoice, BackendKind};
+use crate::setup::{AccelChoice, BackendKind};
+use crate::shm::SHM_DIR;
 use crate::steps::{self, HandoffRecord, Span};
 
 /// Where the disk lives in a handoff run.
@@ -22,7 +24,8 @@ use crate::steps::{self, HandoffRecord, Span};
 pub enum Disk {
     /// QEMU `null-co`: the I/O path only, nothing stored or verified.
     Null,
-    /// A raw image file on tmpfs (`/dev/shm`), verified on the host after the run.
+    /// A raw image file on tmpfs ([`SHM_DIR`], where the ring lives too), verified on the host
+    /// after the run.
     Tmpfs,
 }
 
@@ -35,9 +38,6 @@ impl Disk {
         }
     }
 }
-
-/// Directory for tmpfs images.
-const TMPFS_DIR: &str = "/dev/shm";
 
 /// What is shared by every run of a benchmark.
 #[derive(Debug, Clone)]
@@ -78,77 +78,82 @@ impl Plan {
     }
 }
 
-/// The handoff's phases of one run, in ms, from the run's [`HandoffRecord`]. Each field is one
-/// span of [`crate::steps::SPANS`] (its `bench` name; the first seven are the `migrate` report's
-/// `phases` under the bench's shorter names, e.g. `drained_to_deleted_ms` is the report's
-/// `drained_to_device_deleted_ms`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
-pub struct PhaseTimes {
-    /// `redirect` sent → the owner's `drained` ([`steps::DIRECTED_TO_DRAINED`]).
-    pub directed_to_drained_ms: Option<f64>,
-    /// `drained` → the owner's QEMU released the drive (`DEVICE_DELETED`)
-    /// ([`steps::DRAINED_TO_DRIVE_RELEASED`]).
-    pub drained_to_deleted_ms: Option<f64>,
-    /// Released → the peer's `peer-ready` (disk moved and initialised, ring attached)
-    /// ([`steps::DRIVE_RELEASED_TO_READY`]).
-    pub deleted_to_attached_ms: Option<f64>,
-    /// `peer-ready` → the first forwarded completion on the ring
-    /// ([`steps::READY_TO_FIRST_COMPLETION`]).
-    pub attached_to_first_forwarded_ms: Option<f64>,
-    /// `redirect` sent → the owner's `forwarding` ([`steps::HANDOFF`]).
-    pub handoff_ms: Option<f64>,
-    /// `forwarding` → `migrate` issued (destination started and connected, capabilities)
-    /// ([`steps::MIGRATION_SETUP`]).
-    pub migration_setup_ms: Option<f64>,
-    /// `migrate` issued → the owner runs at the destination (or restored) ([`steps::MIGRATION`]).
-    pub migration_ms: Option<f64>,
-    /// Inside released → peer ready: QEMU's `DEVICE_DELETED` stamp → the shim acting on it
-    /// ([`steps::SHIM_REACTION`]).
-    pub shim_reaction_ms: Option<f64>,
-    /// Inside released → peer ready: the shim acted on `DEVICE_DELETED` → `disk-attached` sent:
-    /// the peer's `device_add`, overlapping the wait for the owner's `released` frame
-    /// ([`steps::TO_ATTACHED`]).
-    pub to_disk_attached_ms: Option<f64>,
-    /// Inside released → peer ready: `disk-attached` sent → `peer-ready` received: the peer's
-    /// PCI and virtio-blk bring-up, and COM2 both ways ([`steps::PEER_INIT`]).
-    pub peer_init_ms: Option<f64>,
+/// The spans the bench reports: those of [`steps::SPANS`] with a bench name, in that order.
+pub fn bench_spans() -> impl Iterator<Item = &'static Span> {
+    let spans: &'static [Span] = &steps::SPANS;
+    spans.iter().filter(|s| s.bench.is_some())
 }
+
+/// The consecutive phases from [`steps::Step::Directed`] to [`steps::Step::FirstCompletion`]:
+/// each starts where the one before ends (the progress line and the plot's bands).
+pub const CHAIN: [Span; 4] = [
+    steps::DIRECTED_TO_DRAINED,
+    steps::DRAINED_TO_DRIVE_RELEASED,
+    steps::DRIVE_RELEASED_TO_READY,
+    steps::READY_TO_FIRST_COMPLETION,
+];
+
+/// What `span` covers, in a few words (empty when its steps' labels say it all).
+fn gloss(span: &Span) -> &'static str {
+    match *span {
+        steps::DIRECTED_TO_DRAINED => "port 1 drains",
+        steps::DRAINED_TO_DRIVE_RELEASED => "QEMU's hot-unplug",
+        steps::DRIVE_RELEASED_TO_READY => "device_add, the peer's virtio init",
+        steps::SHIM_REACTION => "DEVICE_DELETED → the shim acts",
+        steps::TO_ATTACHED => "device_add in the peer ∥ the owner's `released` → disk-attached",
+        steps::PEER_INIT => "disk-attached → peer-ready: the peer's virtio init",
+        steps::READY_TO_FIRST_COMPLETION => "first forwarded",
+        steps::HANDOFF => "the handoff: redirect → forwarding",
+        steps::MIGRATION_SETUP => "set-up: forwarding → migrate issued",
+        steps::MIGRATION => "migrate issued → the owner runs again",
+        _ => "",
+    }
+}
+
+/// A span's name for people, from its steps' labels ([`steps::Step::label`]) and what it covers:
+/// e.g. `drive released → ready (device_add, the peer's virtio init)`. The table's rows and the
+/// plot's bands are named this way.
+pub fn span_label(span: &Span) -> String {
+    match gloss(span) {
+        "" => format!("{} → {}", span.from, span.to),
+        g => format!("{} → {} ({g})", span.from, span.to),
+    }
+}
+
+/// The handoff's phases of one run, in ms, from the run's [`HandoffRecord`]: one value per span
+/// of [`bench_spans`], serialized (a JSON object) under the span's bench name, in that order.
+/// The first seven are the `migrate` report's `phases` under the bench's shorter names (e.g.
+/// `drained_to_deleted_ms` is the report's `drained_to_device_deleted_ms`); the last three lie
+/// inside [`steps::DRIVE_RELEASED_TO_READY`].
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct PhaseTimes([Option<f64>; steps::SPANS.len()]);
 
 impl PhaseTimes {
     /// The phases of `record` (all null without one).
     pub fn from_record(record: Option<&HandoffRecord>) -> Self {
-        let ms = |s: &Span| record.and_then(|r| r.span_ms(s));
-        Self {
-            directed_to_drained_ms: ms(&steps::DIRECTED_TO_DRAINED),
-            drained_to_deleted_ms: ms(&steps::DRAINED_TO_DRIVE_RELEASED),
-            deleted_to_attached_ms: ms(&steps::DRIVE_RELEASED_TO_READY),
-            attached_to_first_forwarded_ms: ms(&steps::READY_TO_FIRST_COMPLETION),
-            handoff_ms: ms(&steps::HANDOFF),
-            migration_setup_ms: ms(&steps::MIGRATION_SETUP),
-            migration_ms: ms(&steps::MIGRATION),
-            shim_reaction_ms: ms(&steps::SHIM_REACTION),
-            to_disk_attached_ms: ms(&steps::TO_ATTACHED),
-            peer_init_ms: ms(&steps::PEER_INIT),
-        }
+        Self(steps::SPANS.map(|s| s.bench.and(record).and_then(|r| r.span_ms(&s))))
     }
 
-    /// `(name, value)` pairs, in order.
-    pub fn named(&self) -> [(&'static str, Option<f64>); 10] {
-        [
-            ("directed_to_drained_ms", self.directed_to_drained_ms),
-            ("drained_to_deleted_ms", self.drained_to_deleted_ms),
-            ("deleted_to_attached_ms", self.deleted_to_attached_ms),
-            (
-                "attached_to_first_forwarded_ms",
-                self.attached_to_first_forwarded_ms,
-            ),
-            ("handoff_ms", self.handoff_ms),
-            ("migration_setup_ms", self.migration_setup_ms),
-            ("migration_ms", self.migration_ms),
-            ("shim_reaction_ms", self.shim_reaction_ms),
-            ("to_disk_attached_ms", self.to_disk_attached_ms),
-            ("peer_init_ms", self.peer_init_ms),
-        ]
+    /// The duration of `span` in ms (`None`: not reached, or not a bench span).
+    pub fn get(&self, span: &Span) -> Option<f64> {
+        span.bench?;
+        let i = steps::SPANS.iter().position(|s| s == span)?;
+        self.0.get(i).copied().flatten()
+    }
+
+    /// `(bench name, value)` pairs, in [`bench_spans`] order.
+    pub fn named(&self) -> impl Iterator<Item = (&'static str, Option<f64>)> + '_ {
+        bench_spans().filter_map(|s| Some((s.bench?, self.get(s))))
+    }
+}
+
+impl Serialize for PhaseTimes {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut m = serializer.serialize_map(Some(bench_spans().count()))?;
+        for (name, v) in self.named() {
+            m.serialize_entry(name, &v)?;
+        }
+        m.end()
     }
 }
 
@@ -208,8 +213,8 @@ pub fn run(plan: &Plan, common: &Common) -> Result<Outcome, MigrateError> {
         Disk::Tmpfs => Some(
             tempfile::Builder::new()
                 .prefix("baton-bench-")
-                .tempdir_in(TMPFS_DIR)
-                .map_err(|e| MigrateError::Config(format!("cannot use {TMPFS_DIR}: {e}")))?,
+                .tempdir_in(SHM_DIR)
+                .map_err(|e| MigrateError::Config(format!("cannot use {SHM_DIR}: {e}")))?,
         ),
         Disk::Null => None,
     };
@@ -318,7 +323,7 @@ pub fn handoff_blackout(
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
 
     fn tl(counts: &[u16]) -> CompletionTimeline {
@@ -329,25 +334,8 @@ mod tests {
         }
     }
 
-    /// The bench's phases carry exactly the spans the table gives a bench name, in its order.
-    #[test]
-    fn phase_names_are_the_span_tables_bench_names() {
-        let named: Vec<&str> = PhaseTimes::default()
-            .named()
-            .iter()
-            .map(|(n, _)| *n)
-            .collect();
-        let table: Vec<&str> = steps::SPANS.iter().filter_map(|s| s.bench).collect();
-        assert_eq!(named, table);
-        let v = serde_json::to_value(PhaseTimes::default()).unwrap();
-        assert_eq!(v.as_object().unwrap().len(), table.len());
-        for n in table {
-            assert!(v.get(n).is_some(), "{n}");
-        }
-    }
-
-    #[test]
-    fn phases_come_from_the_record() {
+    /// A record with every step, 10 ms apart.
+    pub(in crate::bench) fn full_record() -> HandoffRecord {
         use crate::steps::{Direction, Step};
         use std::time::{Duration, Instant};
         let t = Instant::now();
@@ -355,10 +343,65 @@ mod tests {
         for (i, s) in Step::ALL.iter().enumerate() {
             r.record(*s, t + Duration::from_millis(10 * i as u64));
         }
-        let p = PhaseTimes::from_record(Some(&r));
-        assert_eq!(p.directed_to_drained_ms, Some(20.0));
-        assert_eq!(p.shim_reaction_ms, Some(10.0));
-        assert_eq!(p.peer_init_ms, Some(10.0));
+        r
+    }
+
+    /// The bench's phases carry exactly the spans the table gives a bench name, in its order,
+    /// each with its value.
+    #[test]
+    fn phase_names_are_the_span_tables_bench_names() {
+        let p = PhaseTimes::from_record(Some(&full_record()));
+        let named: Vec<&str> = p.named().map(|(n, _)| n).collect();
+        let table: Vec<&str> = steps::SPANS.iter().filter_map(|s| s.bench).collect();
+        assert_eq!(named, table);
+        let v = serde_json::to_value(p).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut sorted = table.clone();
+        keys.sort_unstable();
+        sorted.sort_unstable();
+        assert_eq!(keys, sorted);
+        // Written in the table's order.
+        let text = serde_json::to_string(&p).unwrap();
+        let at: Vec<usize> = table
+            .iter()
+            .map(|n| text.find(&format!("\"{n}\"")).unwrap())
+            .collect();
+        assert!(at.windows(2).all(|w| w[0] < w[1]), "{text}");
+        for s in bench_spans() {
+            let n = s.bench.unwrap();
+            assert_eq!(v[n].as_f64(), p.get(s), "{n}");
+            assert!(p.get(s).is_some(), "{n}");
+        }
+        // Not reached: null, not absent.
+        let v = serde_json::to_value(PhaseTimes::default()).unwrap();
+        assert_eq!(v.as_object().unwrap().len(), table.len());
+        assert!(v["handoff_ms"].is_null());
+        // A span without a bench name has no bench value.
+        assert_eq!(p.get(&steps::SAVE), None);
+    }
+
+    #[test]
+    fn chain_is_consecutive_and_labels_use_step_names() {
+        for w in CHAIN.windows(2) {
+            assert_eq!(w[0].to, w[1].from);
+        }
+        assert_eq!(
+            span_label(&steps::DRIVE_RELEASED_TO_READY),
+            "drive released → ready (device_add, the peer's virtio init)"
+        );
+        let labels: Vec<String> = bench_spans().map(span_label).collect();
+        let mut unique = labels.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), labels.len(), "{labels:?}");
+    }
+
+    #[test]
+    fn phases_come_from_the_record() {
+        let p = PhaseTimes::from_record(Some(&full_record()));
+        assert_eq!(p.get(&steps::DIRECTED_TO_DRAINED), Some(20.0));
+        assert_eq!(p.get(&steps::SHIM_REACTION), Some(10.0));
+        assert_eq!(p.get(&steps::PEER_INIT), Some(10.0));
         assert_eq!(PhaseTimes::from_record(None), PhaseTimes::default());
     }
 

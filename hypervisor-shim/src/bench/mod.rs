@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use crate::migrate::MigrateError;
 use crate::progress::Progress;
-use crate::run::{self, AccelChoice, RunError};
+use crate::setup::{self, AccelChoice, GUEST_MEMORY_MIB, SetupError};
 
 pub mod handoff;
 pub mod idle;
@@ -102,7 +102,7 @@ impl BenchConfig {
 pub enum BenchError {
     /// a direct run could not be set up
     #[error(transparent)]
-    Run(#[from] RunError),
+    Run(#[from] SetupError),
     /// a handoff run could not be set up
     #[error(transparent)]
     Migrate(#[from] MigrateError),
@@ -112,7 +112,7 @@ pub enum BenchError {
 }
 
 fn check_interrupt() -> Result<(), BenchError> {
-    if run::interrupted() {
+    if setup::interrupted() {
         Err(BenchError::Interrupted)
     } else {
         Ok(())
@@ -127,14 +127,14 @@ pub fn bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         failures: Vec::new(),
         qemu_version: String::new(),
     };
-    let (accel, accel_reason) = cfg.accel.resolve().map_err(RunError::Qemu)?;
-    let qemu_bin = crate::qemu::locate_qemu(&cfg.qemu).map_err(RunError::Qemu)?;
+    let (accel, accel_reason) = cfg.accel.resolve().map_err(SetupError::Qemu)?;
+    let qemu_bin = crate::qemu::locate_qemu(&cfg.qemu).map_err(SetupError::Qemu)?;
     let kernel = match &cfg.kernel {
         Some(k) => k.clone(),
-        None => run::default_kernel()?,
+        None => setup::default_kernel()?,
     };
     if !kernel.is_file() {
-        return Err(RunError::NoKernel(kernel).into());
+        return Err(SetupError::NoKernel(kernel).into());
     }
     let mut machine = report::machine();
     ctx.p.say(format!(
@@ -206,7 +206,7 @@ pub fn bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         accel: accel.as_str().into(),
         accel_reason,
         qemu_version: std::mem::take(&mut ctx.qemu_version),
-        guest: "-machine pc, 128 MiB, qboot, 1 vCPU; 4 KiB writes".into(),
+        guest: format!("-machine pc, {GUEST_MEMORY_MIB} MiB, qboot, 1 vCPU; 4 KiB writes"),
         machine,
         side_by_side: side,
         handoffs,

@@ -6,7 +6,8 @@
 //! and with it fontconfig/freetype, which a fresh CI machine lacks.
 //!
 //! Data: one `migrate` run's `completion_timeline` (the owner's completions in 1 ms bins of guest
-//! time; bin 0 = its first submission, `BATON first-io`) and the shim's phase times. The two
+//! time; bin 0 = its first submission, `BATON first-io`) and its phases from the run's handoff
+//! record ([`PhaseTimes`], the bench's spans of [`crate::steps::SPANS`]). The two
 //! clocks are aligned at the owner's first I/O: the shim knows when the `BATON first-io` line
 //! arrived and directs an operator switch exactly `after_first_io_ms` later, so a phase at host
 //! time `t` sits at bin `t − (directed_at_ms − after_first_io_ms)`. A paused guest's clock stops,
@@ -17,8 +18,9 @@ use plotters::style::FontStyle;
 use serde::Serialize;
 
 use crate::report::MigrateReport;
+use crate::steps;
 
-use super::handoff::switch_bins;
+use super::handoff::{CHAIN, PhaseTimes, span_label, switch_bins};
 
 /// Picture size in pixels.
 const W: u32 = 1000;
@@ -65,8 +67,17 @@ pub struct PlotInfo {
     pub alignment_check_ms: Option<f64>,
 }
 
-/// Phase bands of a run, in ms since the owner's first I/O, and the alignment used.
-fn bands(r: &MigrateReport) -> Result<(Vec<Band>, String), String> {
+/// The colours of the bands of [`CHAIN`], in order.
+const CHAIN_COLOURS: [RGBColor; CHAIN.len()] = [
+    RGBColor(0x9e, 0xca, 0xe1),
+    RGBColor(0xfd, 0xae, 0x6b),
+    RGBColor(0xfd, 0xd0, 0xa2),
+    RGBColor(0xc7, 0xe9, 0xc0),
+];
+
+/// Phase bands of a run, in ms since the owner's first I/O, and the alignment used: the
+/// consecutive phases of [`CHAIN`] (named by [`span_label`]), then the migration.
+fn bands(r: &MigrateReport, ph: &PhaseTimes) -> Result<(Vec<Band>, String), String> {
     let directed_at = r
         .switch
         .directed_at_ms
@@ -76,43 +87,24 @@ fn bands(r: &MigrateReport) -> Result<(Vec<Band>, String), String> {
         .after_first_io_ms
         .ok_or("the run's switch was not an operator switch at a known time after the first I/O")?;
     let first_io = directed_at - after as f64;
-    let ph = &r.phases;
     let directed = directed_at - first_io;
     let mut out = Vec::new();
     let mut at = directed;
-    for (name, dur, colour) in [
-        (
-            "directed → drained (port 1 drains)",
-            ph.directed_to_drained_ms,
-            RGBColor(0x9e, 0xca, 0xe1),
-        ),
-        (
-            "drained → drive released (QEMU hot-unplug)",
-            ph.drained_to_device_deleted_ms,
-            RGBColor(0xfd, 0xae, 0x6b),
-        ),
-        (
-            "released → peer ready (device_add, peer's virtio init)",
-            ph.device_deleted_to_attached_ms,
-            RGBColor(0xfd, 0xd0, 0xa2),
-        ),
-        (
-            "peer ready → first forwarded",
-            ph.attached_to_first_forwarded_ms,
-            RGBColor(0xc7, 0xe9, 0xc0),
-        ),
-    ] {
-        let Some(d) = dur else { break };
+    for (span, colour) in CHAIN.iter().zip(CHAIN_COLOURS) {
+        let Some(d) = ph.get(span) else { break };
         out.push(Band {
-            name: name.into(),
+            name: span_label(span),
             from_ms: at,
             to_ms: at + d.max(0.0),
             colour,
         });
         at += d.max(0.0);
     }
-    if let (Some(h), Some(setup), Some(m)) = (ph.handoff_ms, ph.migration_setup_ms, ph.migration_ms)
-    {
+    if let (Some(h), Some(setup), Some(m)) = (
+        ph.get(&steps::HANDOFF),
+        ph.get(&steps::MIGRATION_SETUP),
+        ph.get(&steps::MIGRATION),
+    ) {
         let cmd = directed + h + setup;
         out.push(Band {
             name: format!(
@@ -154,8 +146,9 @@ struct Scene<'a> {
     bands: &'a [Band],
 }
 
-/// The SVG of `r`'s handoff, and what it shows.
-pub fn svg(r: &MigrateReport) -> Result<(String, PlotInfo), String> {
+/// The SVG of `r`'s handoff, its phases `phases` (from the run's handoff record), and what it
+/// shows.
+pub fn svg(r: &MigrateReport, phases: &PhaseTimes) -> Result<(String, PlotInfo), String> {
     let t = r
         .completion_timeline
         .as_ref()
@@ -163,7 +156,7 @@ pub fn svg(r: &MigrateReport) -> Result<(String, PlotInfo), String> {
     if t.counts.is_empty() || t.bin_us == 0 {
         return Err("the run's completion timeline is empty".into());
     }
-    let (bands, alignment) = bands(r)?;
+    let (bands, alignment) = bands(r, phases)?;
     let bin_ms = t.bin_us as f64 / 1000.0;
     let first = bands.first().map_or(0.0, |b| b.from_ms);
     let last = bands.iter().map(|b| b.to_ms).fold(first, f64::max);
@@ -188,7 +181,7 @@ pub fn svg(r: &MigrateReport) -> Result<(String, PlotInfo), String> {
         subtitle: format!(
             "blackout {:.1} ms (longest gap), handoff {:.1} ms; switch {} ms after the first I/O",
             r.blackout_ms.unwrap_or(f64::NAN),
-            r.phases.handoff_ms.unwrap_or(f64::NAN),
+            phases.get(&steps::HANDOFF).unwrap_or(f64::NAN),
             r.switch.after_first_io_ms.unwrap_or(0)
         ),
         x: (x0, x1),
@@ -331,13 +324,13 @@ mod tests {
         };
         let bands = [
             band(
-                "directed → drained (port 1 drains)",
+                &span_label(&steps::DIRECTED_TO_DRAINED),
                 100.0,
                 104.0,
                 RGBColor(1, 2, 3),
             ),
             band(
-                "peer ready → first forwarded",
+                &span_label(&steps::READY_TO_FIRST_COMPLETION),
                 104.0,
                 150.0,
                 RGBColor(4, 5, 6),
@@ -369,7 +362,7 @@ mod tests {
         for text in [
             "baton handoff: &lt;test&gt; &amp; more",
             "blackout 50.0 ms",
-            "peer ready → first forwarded — 46.0 ms",
+            "ready → first completion (first forwarded) — 46.0 ms",
             "migration (3 ms downtime) — 80.0 ms",
             "completions per bin",
             "ms since the owner&apos;s first I/O (guest time)",

@@ -124,7 +124,7 @@ fn run_inner(quick: bool, timeout: Duration, dir: &Path) -> Result<Value, String
             Ok(None) => {}
             Err(e) => return Err(format!("waiting for cargo: {e}")),
         }
-        if start.elapsed() >= timeout || crate::run::interrupted() {
+        if start.elapsed() >= timeout || crate::setup::interrupted() {
             if let Ok(pgid) = i32::try_from(child.id()) {
                 // SAFETY: kill(2) with a negative pid signals the process group we created
                 // (`process_group(0)` made cargo its leader); no memory is touched.

@@ -12,6 +12,7 @@ use super::handoff::HandoffRun;
 use super::stats::Summary;
 use super::{idle, plot, redirector};
 use crate::report::PortStatsReport;
+use crate::steps::Span;
 
 /// Figures of one queue depth over the direct runs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -82,10 +83,19 @@ pub struct HandoffStats {
     pub blackout_ms: Option<Summary>,
     /// The longest gap anywhere in each run (the guest's `max_gap_us`), ms.
     pub max_gap_ms: Option<Summary>,
-    /// Each phase, ms.
+    /// Each phase reached by a successful run, ms, under its bench name
+    /// ([`super::handoff::bench_spans`]).
     pub phases: BTreeMap<String, Summary>,
     /// Every run.
     pub runs: Vec<HandoffRun>,
+}
+
+impl HandoffStats {
+    /// The summary of `span` over the handoffs, found under its bench name (`None`: no run
+    /// reached it, or it is not a bench span).
+    pub fn phase(&self, span: &Span) -> Option<&Summary> {
+        self.phases.get(span.bench?)
+    }
 }
 
 /// Migration figures of one mode.
@@ -152,7 +162,7 @@ pub struct BenchReport {
     pub forwarded_over_direct_iops_qd32: Option<f64>,
     /// Forwarded / direct p50 latency at QD 1 (`null-co`).
     pub forwarded_over_direct_latency_qd1: Option<f64>,
-    /// Live migration downtime of the owner (128 MiB), median, ms.
+    /// Live migration downtime of the owner ([`crate::setup::GUEST_MEMORY_MIB`]), median, ms.
     pub migration_downtime_ms: Option<f64>,
     /// QEMU start → the guest's first I/O, median of the direct runs, ms.
     pub boot_to_first_io_ms: Option<f64>,

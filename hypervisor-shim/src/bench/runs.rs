@@ -5,14 +5,16 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use super::handoff::{self, Common, Disk, HandoffRun, Plan};
+use super::handoff::{self, CHAIN, Common, Disk, HandoffRun, PhaseTimes, Plan};
 use super::report::{DepthResult, DirectRuns, HandoffStats, MigrationStats, SideBySide};
 use super::stats::{self, Summary, round};
 use super::{BenchConfig, BenchError, check_interrupt, idle, plot, redirector};
 use crate::migrate::{Mode, Switch};
 use crate::progress::Progress;
 use crate::report::{MigrateReport, PortStatsReport, RunReport};
-use crate::run::{self, BackendKind, RunConfig};
+use crate::run::{self, RunConfig};
+use crate::setup::BackendKind;
+use crate::steps;
 
 /// What every step shares: the configuration, the progress display, the failures so far and the
 /// QEMU version seen.
@@ -170,8 +172,8 @@ pub(super) struct Repeated {
     pub(super) stats: HandoffStats,
     /// Migration figures by mode.
     pub(super) migration: BTreeMap<String, MigrationStats>,
-    /// The successful live runs' reports with their blackout (for the plot).
-    pub(super) plot_candidates: Vec<(f64, MigrateReport)>,
+    /// The successful live runs' reports with their blackout and phases (for the plot).
+    pub(super) plot_candidates: Vec<(f64, PhaseTimes, MigrateReport)>,
 }
 
 /// Step 3, the repeated handoffs (live and save alternating).
@@ -215,23 +217,30 @@ pub(super) fn repeated_handoffs(
             ));
         }
         let f = |x: Option<f64>| x.map_or("-".into(), |v| format!("{v:.1}"));
+        let chain: Vec<String> = CHAIN
+            .iter()
+            .map(|s| format!("{} → {} {}", s.from, s.to, f(r.phases.get(s))))
+            .collect();
         ctx.p.say(format!(
-            "handoff {}/{} {}{}: blackout {} ms (handoff {} ms: drain {}, release {}, to peer ready {}, to first forwarded {}); migration downtime {} ms, total {} ms",
+            "handoff {}/{} {}{}: blackout {} ms ({} → {} {} ms: {}); migration downtime {} ms, total {} ms",
             i + 1,
             cfg.handoffs,
             mode.as_str(),
             if r.ok { "" } else { " (FAILED)" },
             f(r.blackout_ms),
-            f(r.phases.handoff_ms),
-            f(r.phases.directed_to_drained_ms),
-            f(r.phases.drained_to_deleted_ms),
-            f(r.phases.deleted_to_attached_ms),
-            f(r.phases.attached_to_first_forwarded_ms),
+            steps::HANDOFF.from,
+            steps::HANDOFF.to,
+            f(r.phases.get(&steps::HANDOFF)),
+            chain.join(", "),
             r.migration_downtime_ms.map_or("-".into(), |v| v.to_string()),
             r.migration_total_ms.map_or("-".into(), |v| v.to_string()),
         ));
         if mode == Mode::Live && r.ok {
-            plot_candidates.push((r.blackout_ms.unwrap_or(f64::NAN), o.report.clone()));
+            plot_candidates.push((
+                r.blackout_ms.unwrap_or(f64::NAN),
+                r.phases,
+                o.report.clone(),
+            ));
         }
         runs.push(o.run);
     }
@@ -240,19 +249,7 @@ pub(super) fn repeated_handoffs(
         good.iter().filter_map(|r| f(r)).collect()
     };
     let blackout = Summary::of(&collect(&|r| r.blackout_ms));
-    let mut phases = BTreeMap::new();
-    for (k, _) in handoff::PhaseTimes::default().named() {
-        let v = collect(&|r| {
-            r.phases
-                .named()
-                .iter()
-                .find(|(n, _)| *n == k)
-                .and_then(|(_, v)| *v)
-        });
-        if let Some(s) = Summary::of(&v) {
-            phases.insert(k.to_owned(), s);
-        }
-    }
+    let phases = phase_summaries(&good.iter().map(|r| r.phases).collect::<Vec<_>>());
     let mut migration = BTreeMap::new();
     for mode in [Mode::Live, Mode::Save] {
         let of: Vec<&&HandoffRun> = good.iter().filter(|r| r.mode == mode.as_str()).collect();
@@ -265,7 +262,7 @@ pub(super) fn repeated_handoffs(
                 runs: of.len(),
                 downtime_ms: Summary::of(&v(&|r| r.migration_downtime_ms.map(|x| x as f64))),
                 total_ms: Summary::of(&v(&|r| r.migration_total_ms.map(|x| x as f64))),
-                migrate_to_running_ms: Summary::of(&v(&|r| r.phases.migration_ms)),
+                migrate_to_running_ms: Summary::of(&v(&|r| r.phases.get(&steps::MIGRATION))),
             },
         );
     }
@@ -283,6 +280,19 @@ pub(super) fn repeated_handoffs(
         migration,
         plot_candidates,
     })
+}
+
+/// Each bench phase ([`handoff::bench_spans`]) summarised over `runs`, under its bench name (a
+/// phase no run reached is left out).
+pub(super) fn phase_summaries(runs: &[PhaseTimes]) -> BTreeMap<String, Summary> {
+    let mut out = BTreeMap::new();
+    for span in handoff::bench_spans() {
+        let v: Vec<f64> = runs.iter().filter_map(|p| p.get(span)).collect();
+        if let (Some(name), Some(s)) = (span.bench, Summary::of(&v)) {
+            out.insert(name.to_owned(), s);
+        }
+    }
+    out
 }
 
 /// Step 4, idle guests: the result, or why it failed.
@@ -362,14 +372,14 @@ pub(super) fn redirector_bench(ctx: &mut Ctx<'_>) -> Option<redirector::Redirect
 /// Step 6, the plot of the live run whose blackout is nearest the median: (what it shows, why
 /// there is none, its SVG).
 pub(super) fn plot_nearest(
-    mut candidates: Vec<(f64, MigrateReport)>,
+    mut candidates: Vec<(f64, PhaseTimes, MigrateReport)>,
     median_blackout: f64,
 ) -> (Option<plot::PlotInfo>, Option<String>, Option<String>) {
     let (mut plot_info, mut plot_error, mut plot_svg) = (None, None, None);
     let med = median_blackout;
     candidates.sort_by(|a, b| (a.0 - med).abs().total_cmp(&(b.0 - med).abs()));
     match candidates.first() {
-        Some((_, rep)) => match plot::svg(rep) {
+        Some((_, phases, rep)) => match plot::svg(rep, phases) {
             Ok((svg, info)) => {
                 plot_svg = Some(svg);
                 plot_info = Some(info);
@@ -451,5 +461,20 @@ mod tests {
         assert_eq!(ratio(Some(9), Some(10)), Some(0.9));
         assert_eq!(ratio(Some(9), Some(0)), None);
         assert_eq!(ratio(None, Some(3)), None);
+    }
+
+    /// The report's `handoffs.phases` holds every bench span under its bench name.
+    #[test]
+    fn phase_summaries_name_every_bench_span() {
+        let p = PhaseTimes::from_record(Some(&handoff::tests::full_record()));
+        let m = phase_summaries(&[p, p]);
+        let mut names: Vec<&str> = handoff::bench_spans().filter_map(|s| s.bench).collect();
+        names.sort_unstable();
+        assert_eq!(m.keys().map(String::as_str).collect::<Vec<_>>(), names);
+        for span in handoff::bench_spans() {
+            let s = m[span.bench.unwrap()];
+            assert_eq!(Some(s.p50), p.get(span));
+        }
+        assert!(phase_summaries(&[PhaseTimes::default()]).is_empty());
     }
 }

@@ -1,17 +1,83 @@
 //! The benchmark's table on stdout (Markdown): the targets, direct vs forwarded, the handoff
-//! phases (under the bench's phase names, [`crate::steps::SPANS`]), migration and the direct runs.
+//! phases (each row a span of [`crate::steps::SPANS`], named by its steps' labels and found under
+//! its bench name), migration and the direct runs.
 
 use std::fmt::Write as _;
 
-use super::report::BenchReport;
+use super::handoff::{bench_spans, span_label};
+use super::report::{BenchReport, HandoffStats};
 use super::stats::Summary;
 use crate::report::PortStatsReport;
+use crate::steps::{self, Span};
+
+/// The handoff table's rows in reading order: each bench span ([`bench_spans`]), and whether it
+/// is a part of the row above (`… of which:`). Rows are named by [`span_label`] and their figures
+/// found under the span's bench name; a bench span missing here still gets a row, at the end.
+const PHASE_ROWS: [(Span, bool); 10] = [
+    (steps::DIRECTED_TO_DRAINED, false),
+    (steps::DRAINED_TO_DRIVE_RELEASED, false),
+    (steps::DRIVE_RELEASED_TO_READY, false),
+    (steps::SHIM_REACTION, true),
+    (steps::TO_ATTACHED, true),
+    (steps::PEER_INIT, true),
+    (steps::READY_TO_FIRST_COMPLETION, false),
+    (steps::HANDOFF, false),
+    (steps::MIGRATION_SETUP, false),
+    (steps::MIGRATION, false),
+];
+
+/// `x` with one decimal, or `–`.
+fn f1(x: Option<f64>) -> String {
+    x.map_or("–".into(), |v| format!("{v:.1}"))
+}
+
+/// The repeated handoffs' table: the blackout, each phase and the longest gap (median, p99, max).
+fn handoff_table(t: &mut String, h: &HandoffStats) {
+    let _ = writeln!(
+        t,
+        "Handoffs: {} of {} succeeded ({}), ms:",
+        h.ok, h.count, h.workload
+    );
+    let _ = writeln!(t);
+    let _ = writeln!(t, "| phase | median | p99 | max |");
+    let _ = writeln!(t, "|---|---:|---:|---:|");
+    let row = |t: &mut String, name: &str, s: Option<&Summary>| {
+        let _ = writeln!(
+            t,
+            "| {name} | {} | {} | {} |",
+            f1(s.map(|s| s.p50)),
+            f1(s.map(|s| s.p99)),
+            f1(s.map(|s| s.max))
+        );
+    };
+    row(
+        t,
+        "**blackout** (last port-1 → first port-2 completion)",
+        h.blackout_ms.as_ref(),
+    );
+    let listed = |s: &Span| PHASE_ROWS.iter().any(|(r, _)| r == s);
+    let rows = PHASE_ROWS
+        .iter()
+        .filter(|(s, _)| s.bench.is_some())
+        .copied()
+        .chain(bench_spans().filter(|s| !listed(s)).map(|s| (*s, false)));
+    for (span, part) in rows {
+        let label = span_label(&span);
+        let label = if part {
+            format!("… of which: {label}")
+        } else {
+            label
+        };
+        row(t, &label, h.phase(&span));
+    }
+    row(t, "longest gap anywhere in the run", h.max_gap_ms.as_ref());
+    let _ = writeln!(t);
+}
 
 impl BenchReport {
     /// The table printed on stdout (Markdown).
     pub fn markdown(&self) -> String {
         let mut t = String::new();
-        let f1 = |x: Option<f64>| x.map_or("–".into(), |v| format!("{v:.1}"));
         let f3 = |x: Option<f64>| x.map_or("–".into(), |v| format!("{v:.3}"));
         let span =
             |x: Option<(f64, f64)>| x.map_or(String::new(), |(a, b)| format!("[{a:.2}–{b:.2}]"));
@@ -80,61 +146,7 @@ impl BenchReport {
             );
         }
         let _ = writeln!(t);
-        let h = &self.handoffs;
-        let _ = writeln!(
-            t,
-            "Handoffs: {} of {} succeeded ({}), ms:",
-            h.ok, h.count, h.workload
-        );
-        let _ = writeln!(t);
-        let _ = writeln!(t, "| phase | median | p99 | max |");
-        let _ = writeln!(t, "|---|---:|---:|---:|");
-        let row = |t: &mut String, name: &str, s: Option<&Summary>| {
-            let _ = writeln!(
-                t,
-                "| {name} | {} | {} | {} |",
-                f1(s.map(|s| s.p50)),
-                f1(s.map(|s| s.p99)),
-                f1(s.map(|s| s.max))
-            );
-        };
-        row(
-            &mut t,
-            "**blackout** (last port-1 → first port-2 completion)",
-            h.blackout_ms.as_ref(),
-        );
-        for (k, label) in [
-            ("directed_to_drained_ms", "directed → drained"),
-            ("drained_to_deleted_ms", "drained → drive released"),
-            ("deleted_to_attached_ms", "released → peer ready"),
-            (
-                "shim_reaction_ms",
-                "… of which: DEVICE_DELETED → the shim acts",
-            ),
-            (
-                "to_disk_attached_ms",
-                "… of which: device_add in the peer ∥ the owner's `released` → disk-attached",
-            ),
-            (
-                "peer_init_ms",
-                "… of which: disk-attached → peer-ready (peer's virtio init)",
-            ),
-            (
-                "attached_to_first_forwarded_ms",
-                "peer ready → first forwarded",
-            ),
-            ("handoff_ms", "handoff (directed → forwarding)"),
-            ("migration_setup_ms", "forwarding → migrate issued (set-up)"),
-            ("migration_ms", "migrate issued → owner runs again"),
-        ] {
-            row(&mut t, label, h.phases.get(k));
-        }
-        row(
-            &mut t,
-            "longest gap anywhere in the run",
-            h.max_gap_ms.as_ref(),
-        );
-        let _ = writeln!(t);
+        handoff_table(&mut t, &self.handoffs);
         let _ = writeln!(
             t,
             "| migration | runs | downtime median [max] ms | total median [max] ms |"
@@ -188,5 +200,50 @@ impl BenchReport {
             }
         }
         t
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bench::handoff::PhaseTimes;
+    use crate::bench::handoff::tests::full_record;
+    use crate::bench::runs::phase_summaries;
+
+    /// Every bench span has exactly one row, named by its steps' labels, with its figures: a span
+    /// renamed in [`steps::SPANS`] cannot turn a row into `–`.
+    #[test]
+    fn every_bench_phase_has_a_row_with_its_figures() {
+        let phases = PhaseTimes::from_record(Some(&full_record()));
+        let h = HandoffStats {
+            count: 1,
+            ok: 1,
+            workload: "tmpfs-file QD 32, 8 writes".into(),
+            blackout_ms: None,
+            max_gap_ms: None,
+            phases: phase_summaries(&[phases]),
+            runs: Vec::new(),
+        };
+        let mut t = String::new();
+        handoff_table(&mut t, &h);
+        let mut n = 0;
+        for span in bench_spans() {
+            let label = span_label(span);
+            let v = f1(phases.get(span));
+            assert_ne!(v, "–", "{label}");
+            let prefix = if PHASE_ROWS.iter().any(|(s, part)| s == span && *part) {
+                "… of which: "
+            } else {
+                ""
+            };
+            let line = format!("| {prefix}{label} | {v} | {v} | {v} |");
+            assert_eq!(t.lines().filter(|l| *l == line).count(), 1, "{line}\n{t}");
+            n += 1;
+        }
+        // The blackout, the phases, the longest gap; nothing else.
+        assert_eq!(t.lines().filter(|l| l.starts_with("| ")).count(), n + 3);
+        assert!(t.contains("| drive released → ready (device_add, the peer's virtio init) |"));
+        // Every listed row is a bench span.
+        assert!(PHASE_ROWS.iter().all(|(s, _)| s.bench.is_some()));
     }
 }

@@ -5,10 +5,12 @@ use serde_json::Value;
 use super::handoff::Disk;
 use super::report::{BenchReport, Target};
 use super::stats::round;
+use crate::setup::GUEST_MEMORY_MIB;
+use crate::steps::{self, Span};
 
 /// The issue's targets against the report.
 pub(super) fn targets(r: &BenchReport) -> Vec<Target> {
-    let ph = |k: &str| r.handoffs.phases.get(k).map(|s| s.p50);
+    let ph = |s: &Span| r.handoffs.phase(s).map(|s| s.p50);
     let f = |x: Option<f64>| x.map_or("?".into(), |v| format!("{v:.1}"));
     let tcg = r.accel == "tcg";
     let mut out = Vec::new();
@@ -16,12 +18,12 @@ pub(super) fn targets(r: &BenchReport) -> Vec<Target> {
         "medians: port-1 drain {} ms (before the blackout); in it: QEMU releases the drive {} ms \
          after `drained`, the shim acts {} ms later, device_add ∥ the owner's `released` {} ms, \
          the peer's PCI + virtio-blk bring-up {} ms, peer ready → first forwarded {} ms",
-        f(ph("directed_to_drained_ms")),
-        f(ph("drained_to_deleted_ms")),
-        f(ph("shim_reaction_ms")),
-        f(ph("to_disk_attached_ms")),
-        f(ph("peer_init_ms")),
-        f(ph("attached_to_first_forwarded_ms")),
+        f(ph(&steps::DIRECTED_TO_DRAINED)),
+        f(ph(&steps::DRAINED_TO_DRIVE_RELEASED)),
+        f(ph(&steps::SHIM_REACTION)),
+        f(ph(&steps::TO_ATTACHED)),
+        f(ph(&steps::PEER_INIT)),
+        f(ph(&steps::READY_TO_FIRST_COMPLETION)),
     );
     out.push(Target {
         name: "handoff blackout, max".into(),
@@ -75,7 +77,7 @@ pub(super) fn targets(r: &BenchReport) -> Vec<Target> {
         ),
     });
     out.push(Target {
-        name: "live migration downtime, 128 MiB guest (median)".into(),
+        name: format!("live migration downtime, {GUEST_MEMORY_MIB} MiB guest (median)"),
         target: "≤ 20 ms".into(),
         value: r.migration_downtime_ms,
         met: r.migration_downtime_ms.map(|v| v <= 20.0),

@@ -94,7 +94,7 @@ gate() {
 # The gates run before the test suite (and so in CI, through .ci/run).
 gates() {
     gate "formatting" cargo fmt --all --check
-    gate "clippy, host crates" cargo clippy --all-targets --release -- -D warnings
+    gate "clippy, host crates" cargo clippy --workspace --all-targets --release -- -D warnings
     gate "clippy, guest kernel" cargo kclippy -- -D warnings
     # The loom build gets its own target directory: `--cfg loom` would otherwise invalidate the
     # release build of the suite. Two preemptions per execution: about 1.5 CPU-minutes for the

@@ -30,7 +30,3 @@ pub mod workload;
 
 #[cfg(test)]
 pub mod fakes;
-
-// `platform::control` names the interrupt controller by this path.
-#[cfg(target_os = "none")]
-use platform::interrupts;

@@ -91,3 +91,8 @@ pub const MAX_FRAME_LEN: usize = 128;
 pub const FRAME_PREFIX: &str = "@baton";
 /// Highest PCI slot number on the root bus.
 pub const MAX_PCI_SLOT: u8 = 31;
+/// How long each side waits for the ack of its outstanding frame before sending it again, in µs
+/// (200 ms: about 18 times what the longest frame takes on a 115200-baud line, and well below any
+/// handoff step's timeout). The guest and the shim use the same interval, passed to
+/// [`Endpoint::new`].
+pub const RETRANSMIT_US: u64 = 200_000;

@@ -25,16 +25,14 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use baton_core::control::{
-    self, ControlError, Endpoint, EndpointStats, MAX_FRAME_LEN, Message, SendError, Side,
+    self, ControlError, Endpoint, EndpointStats, MAX_FRAME_LEN, Message, RETRANSMIT_US, SendError,
+    Side,
 };
 
 #[cfg(doc)]
 use baton_core::control::HandoffGate;
 pub use handoff::{Handoff, Rejection};
 
-/// Time before an unacknowledged shim frame is sent again, in microseconds (the guest uses the
-/// same period).
-const RETRANSMIT_US: u64 = 200_000;
 /// Time before an unacknowledged shim frame is sent again (the guest uses the same period).
 pub const RETRANSMIT: Duration = Duration::from_micros(RETRANSMIT_US);
 /// Most shim messages waiting to be sent to one guest.

@@ -10,14 +10,14 @@
 //! to leave the UART.
 
 use super::clock::{self, Deadline};
-use baton_core::control::{Endpoint, MAX_FRAME_LEN, Message, Received, SendError, Side};
+use baton_core::control::{
+    Endpoint, MAX_FRAME_LEN, Message, RETRANSMIT_US, Received, SendError, Side,
+};
 use uart_16550::SerialPort;
 use x86_64::instructions::port::Port;
 
 /// COM2 I/O base.
 const COM2: u16 = 0x2f8;
-/// Time before an unacknowledged frame is sent again.
-const RETRANSMIT_US: u64 = 200_000;
 /// Most messages waiting for the shim's ack.
 const QUEUE: usize = 16;
 
@@ -46,7 +46,7 @@ impl ControlChannel {
         let mut port = unsafe { SerialPort::new(COM2) };
         // 38400 8N1, FIFO, receive interrupt enabled: incoming frames wake a halted guest.
         port.init();
-        crate::interrupts::unmask_wake_irq(crate::interrupts::COM2_IRQ);
+        super::interrupts::unmask_wake_irq(super::interrupts::COM2_IRQ);
         Some(ControlChannel {
             port,
             endpoint: Endpoint::new(Side::Guest, RETRANSMIT_US),
@@ -118,7 +118,7 @@ impl ControlChannel {
         loop {
             if let Some(msg) = self.poll() {
                 if want(&msg) {
-                    crate::interrupts::busy();
+                    super::interrupts::busy();
                     return Some(msg);
                 }
                 log::warn!("control: ignoring {} here", msg.name());
@@ -126,7 +126,7 @@ impl ControlChannel {
             if deadline.expired() {
                 return None;
             }
-            crate::interrupts::idle(waited.elapsed_us());
+            super::interrupts::idle(waited.elapsed_us());
         }
     }
 }

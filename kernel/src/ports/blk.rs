@@ -114,7 +114,11 @@ impl<H: Hal, T: Transport> BlockPort for BlkDevice<H, T> {
         let sector = lba
             .checked_mul(SECTORS_PER_BLOCK)
             .ok_or(BlkError::OutOfRange)?;
-        if op != Op::Flush && sector + SECTORS_PER_BLOCK > self.capacity_sectors {
+        if op != Op::Flush
+            && sector
+                .checked_add(SECTORS_PER_BLOCK)
+                .is_none_or(|end| end > self.capacity_sectors)
+        {
             return Err(BlkError::OutOfRange);
         }
         let header = Header {

@@ -1,7 +1,8 @@
 //! One QEMU guest process as every scenario drives it: the process (killed and reaped on drop), its
 //! serial console (COM1, [`crate::console`]), its stderr, its QMP session and the events QEMU sent
 //! on it, and how it ended ([`Ending`], [`classify`]: the exit protocol of docs/guest-interface.md,
-//! `isa-debug-exit` 0x10 → status 33, 0x11 → 35).
+//! `isa-debug-exit` 0x10 → status 33, 0x11 → 35), and whether its report describes the run it was
+//! asked for ([`check_echo`]).
 //!
 //! Logs go to the scenario's working directory ([`VmLogs`]): the command line, the console with the
 //! shim's timestamps, QEMU's stderr.
@@ -10,6 +11,9 @@ use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitStatus;
 use std::time::{Duration, Instant, SystemTime};
+
+use baton_core::cmdline::GuestConfig;
+use baton_core::report::GuestReport;
 
 use crate::console::{Recv, SerialConsole, StderrCapture};
 use crate::qemu::{EXIT_FAILURE, EXIT_SUCCESS, MachineSpec, QemuError, QemuProcess};
@@ -350,6 +354,34 @@ pub fn classify(
     }
 }
 
+/// Checks that the guest's report describes the run the shim asked for (its role and the figures
+/// of its command line); `Err` says what differs. Both scenarios' verdicts use it.
+pub fn check_echo(r: &GuestReport, g: &GuestConfig) -> Result<(), String> {
+    let mismatches: Vec<String> = [
+        ("vm", u64::from(r.vm), u64::from(g.vm)),
+        ("seed", r.seed, g.seed),
+        ("blocks", r.blocks, g.blocks),
+        ("passes", u64::from(r.passes), u64::from(g.passes)),
+        ("qd", u64::from(r.qd), u64::from(g.qd)),
+        ("first_lba", r.first_lba, g.first_lba),
+    ]
+    .iter()
+    .filter(|(_, got, want)| got != want)
+    .map(|(k, got, want)| format!("{k}={got} (asked {want})"))
+    .collect();
+    if r.role != g.role {
+        return Err(format!("guest report has role {}", r.role));
+    }
+    if mismatches.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "guest report describes another run: {}",
+            mismatches.join(", ")
+        ))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -414,5 +446,15 @@ mod tests {
         );
         assert_eq!(l.stderr, Path::new("/w/qemu-peer.stderr"));
         assert_eq!(tail("a\nb\nc\n", 2), "b | c");
+    }
+
+    #[test]
+    fn report_echo_is_checked() {
+        let g = GuestConfig::default();
+        let mut r = GuestReport::new(&g);
+        assert!(check_echo(&r, &g).is_ok());
+        r.seed = 99;
+        let e = check_echo(&r, &g).unwrap_err();
+        assert!(e.contains("seed=99 (asked 1)"), "{e}");
     }
 }

@@ -188,7 +188,7 @@ impl Scenario<'_> {
 
     /// Stops the wait when something went wrong that makes it pointless.
     pub(super) fn check(&mut self) -> Result<(), Abort> {
-        if run::interrupted() {
+        if setup::interrupted() {
             return Err(Abort::Interrupted);
         }
         if let Some(e) = &self.ctl.guest_error {

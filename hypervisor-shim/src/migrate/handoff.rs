@@ -127,10 +127,12 @@ impl Scenario<'_> {
 
     /// Step 1: `device_del` + `redirect`; the ring opened in both guests while port 1 drains.
     pub(super) fn direct(&mut self, p: &mut Progress) -> Result<(), Abort> {
-        if !self.ctl.handoff.shim_moves_to(HandoffState::Redirecting) {
+        // Both guests said hello, so the table is in `Direct`; anything else (a guest's `error`
+        // moved it to `Failed`) leaves nothing to direct: the run ends here, as before.
+        let state = self.ctl.handoff.state();
+        if let Err(why) = self.ctl.handoff.act(ShimAction::Redirect) {
             return Err(Abort::Other(format!(
-                "cannot direct the switch in state {:?}",
-                self.ctl.handoff.state()
+                "cannot direct the switch in state {state:?}: {why}"
             )));
         }
         // `device_del` first: it only marks the slot for removal, and nothing is removed before
@@ -176,7 +178,7 @@ impl Scenario<'_> {
         p.step(
             Step::RingOpened,
             format!(
-                "while port 1 drains: {} ({} MiB), ivshmem-plain in slot {slot} of both (owner master=on)",
+                "{} ({} MiB), ivshmem-plain in slot {slot} of both (owner master=on), while port 1 drains",
                 ring.mem_path.display(),
                 RING_BYTES >> 20
             ),
@@ -193,8 +195,8 @@ impl Scenario<'_> {
     }
 
     /// Waits until the owner's QEMU released the disk's drive: the `DEVICE_DELETED` of the
-    /// virtio backend (`.../disk0/virtio-backend`, the first of the two; qemu-notes.md), or of
-    /// `disk0` itself. QOM's `object_finalize` releases the backend's `drive` property (the
+    /// virtio backend (`.../disk0/virtio-backend`, the first of the two; docs/design.md, "QEMU 7.2
+    /// facts the design rests on"), or of `disk0` itself. QOM's `object_finalize` releases the backend's `drive` property (the
     /// BlockBackend and with it the image's write lock) just before `device_finalize` sends its
     /// event; the proxy's own event follows ~60 ms later only because its memory regions are
     /// freed by QEMU's RCU thread, which waits up to 5 × 10 ms for callbacks to pile up
@@ -205,11 +207,10 @@ impl Scenario<'_> {
         let (at, what) = self.wait_until(p, "DEVICE_DELETED of disk0", STEP_TIMEOUT, |s| {
             s.vms.owner.pump_events(QMP_POLL);
             Ok(s.vms.owner.events.iter().find_map(|(at, e)| {
-                if e.name != "DEVICE_DELETED" {
-                    None
-                } else if e.data.get("device").and_then(Value::as_str) == Some(DISK_ID) {
+                let deleted = e.device_deleted()?;
+                if deleted.device.as_deref() == Some(DISK_ID) {
                     Some((*at, DISK_ID.to_owned()))
-                } else if e.data.get("path").and_then(Value::as_str) == Some(backend.as_str()) {
+                } else if deleted.path == backend {
                     Some((*at, format!("{DISK_ID}/virtio-backend")))
                 } else {
                     None

@@ -5,11 +5,18 @@
 
 use super::*;
 
+/// How a `migrate` of the owner's QEMU ended short of `completed`.
+enum Unfinished {
+    /// A QMP step failed (or the wait for the end did).
+    Failed(Abort),
+    /// The source ended the migration with another status; why, in words.
+    NotCompleted(String),
+}
+
 /// A destination QEMU that was started but is not connected yet.
 pub(super) struct PendingDest {
     pub(super) vm: Vm,
     pub(super) listener: ControlListener,
-    pub(super) qmp_socket: PathBuf,
 }
 
 impl Scenario<'_> {
@@ -35,26 +42,17 @@ impl Scenario<'_> {
         self.out
             .commands
             .insert(label.to_owned(), vm.command.clone());
-        self.out.serial_logs.insert(
-            label.to_owned(),
-            vm.serial_log(&self.dir).display().to_string(),
-        );
-        Ok(PendingDest {
-            vm,
-            listener,
-            qmp_socket: spec.qmp_socket,
-        })
+        self.out
+            .serial_logs
+            .insert(label.to_owned(), vm.serial_log.display().to_string());
+        Ok(PendingDest { vm, listener })
     }
 
     /// Accepts a started destination's control connection and connects its QMP.
     pub(super) fn connect_destination(
         pending: PendingDest,
     ) -> Result<(Vm, ControlListener, UnixStream), Box<(Abort, Vm)>> {
-        let PendingDest {
-            mut vm,
-            listener,
-            qmp_socket,
-        } = pending;
+        let PendingDest { mut vm, listener } = pending;
         let label = vm.label;
         let stream = match listener.accept(CONNECT_TIMEOUT, || vm.alive()) {
             Ok(s) => s,
@@ -68,7 +66,7 @@ impl Scenario<'_> {
                 )));
             }
         };
-        if let Err(e) = vm.connect_qmp(&qmp_socket) {
+        if let Err(e) = vm.connect_qmp() {
             return Err(Box::new((e, vm)));
         }
         Ok((vm, listener, stream))
@@ -138,7 +136,7 @@ impl Scenario<'_> {
             if info.finished() {
                 return Ok(info);
             }
-            if run::interrupted() {
+            if setup::interrupted() {
                 return Err(Abort::Interrupted);
             }
             if start.elapsed() >= MIGRATION_TIMEOUT || Instant::now() >= self.deadline {
@@ -197,7 +195,7 @@ impl Scenario<'_> {
                     }
                 }
             }
-            if run::interrupted() {
+            if setup::interrupted() {
                 return Err("interrupted by a signal".into());
             }
             std::thread::sleep(MIGRATE_POLL);
@@ -263,7 +261,9 @@ impl Scenario<'_> {
             },
             Err(e) => self.note(format!("source status unknown: {}", chain(&e))),
         }
-        let _ = self.ctl.handoff.shim_moves_to(HandoffState::Forwarding);
+        // Refused when the migration never began in the table (its `begin-migration` was
+        // refused, noted there) or a guest's `error` moved the handoff to `Failed` meanwhile.
+        self.shim_acts(ShimAction::EndMigration);
     }
 
     /// Whether the owner's QEMU exited (waits briefly: its sockets close just before it is
@@ -306,9 +306,56 @@ impl Scenario<'_> {
         Ok(())
     }
 
+    /// `migrate` of the owner's QEMU to `uri`, polled to its end; the figures go into the
+    /// report's facts. `Ok`: the source says `completed`. `what` prefixes the reason of a
+    /// migration that ended otherwise (`"save: "` for a save).
+    fn migrate_owner(
+        &mut self,
+        p: &mut Progress,
+        uri: String,
+        what: &str,
+    ) -> Result<MigrationInfo, Unfinished> {
+        self.vms
+            .owner
+            .exec(&Migrate { uri })
+            .map_err(Unfinished::Failed)?;
+        let info = self.poll_migration(p).map_err(Unfinished::Failed)?;
+        self.facts.migration.status = info.status.clone();
+        self.facts.migration.downtime_ms = info.downtime;
+        self.facts.migration.total_ms = info.total_time;
+        if info.status.as_deref() != Some("completed") {
+            return Err(Unfinished::NotCompleted(format!(
+                "{what}the source says `{}`{}",
+                info.status.as_deref().unwrap_or("?"),
+                info.error_desc
+                    .map_or_else(String::new, |d| format!(": {d}"))
+            )));
+        }
+        Ok(info)
+    }
+
+    /// A migration that did not complete: a failed step ([`Self::migration_failed`]) or a status
+    /// other than `completed` (rolled back). `dest`: the destination QEMU, if one was started.
+    fn unfinished(
+        &mut self,
+        p: &mut Progress,
+        u: Unfinished,
+        dest: Option<Vm>,
+    ) -> Result<(), Abort> {
+        match u {
+            Unfinished::Failed(e) => self.migration_failed(p, e, dest),
+            Unfinished::NotCompleted(why) => {
+                self.roll_back(p, why, dest);
+                Ok(())
+            }
+        }
+    }
+
     /// Step 4, live: migrate the owner to a second QEMU.
     pub(super) fn live_migrate(&mut self, p: &mut Progress) -> Result<(), Abort> {
-        let _ = self.ctl.handoff.shim_moves_to(HandoffState::Migrating);
+        // Not expected to be refused: the handoff waited for the owner's `forwarding`, so the
+        // table is in `Forwarding`, unless a guest's `error` since then moved it to `Failed`.
+        self.shim_acts(ShimAction::BeginMigration);
         // Started only now: a QEMU starting up during the handoff would compete for the CPU with
         // the guests while the owner's I/O is stalled.
         let connected = match self.launch_destination("destination") {
@@ -342,26 +389,10 @@ impl Scenario<'_> {
         }
         self.record.record(Step::MigrationStarted, Instant::now());
         p.say("x-ignore-shared on both sides, BAR2 workaround applied; migrate");
-        if let Err(e) = self.vms.owner.exec(&Migrate { uri }) {
-            return self.migration_failed(p, e, Some(dest));
-        }
-        let info = match self.poll_migration(p) {
+        let info = match self.migrate_owner(p, uri, "") {
             Ok(i) => i,
-            Err(e) => return self.migration_failed(p, e, Some(dest)),
+            Err(u) => return self.unfinished(p, u, Some(dest)),
         };
-        self.facts.migration.status = info.status.clone();
-        self.facts.migration.downtime_ms = info.downtime;
-        self.facts.migration.total_ms = info.total_time;
-        if info.status.as_deref() != Some("completed") {
-            let why = format!(
-                "the source says `{}`{}",
-                info.status.as_deref().unwrap_or("?"),
-                info.error_desc
-                    .map_or_else(String::new, |d| format!(": {d}"))
-            );
-            self.roll_back(p, why, Some(dest));
-            return Ok(());
-        }
         // The source's word is not enough: the destination must run the guest.
         match self.wait_running(p, &mut dest) {
             Ok(status) => {
@@ -378,7 +409,9 @@ impl Scenario<'_> {
                 );
                 self.take_over(p, dest, stream);
                 drop(listener);
-                let _ = self.ctl.handoff.shim_moves_to(HandoffState::Forwarding);
+                // Refused only if the migration never began in the table or a guest's `error`
+                // came during it; either is in the notes.
+                self.shim_acts(ShimAction::EndMigration);
                 Ok(())
             }
             Err(why) => {
@@ -395,7 +428,9 @@ impl Scenario<'_> {
 
     /// Step 4, save: save the owner to a file, quit its QEMU, restore it in a new one.
     pub(super) fn save_restore(&mut self, p: &mut Progress) -> Result<(), Abort> {
-        let _ = self.ctl.handoff.shim_moves_to(HandoffState::Migrating);
+        // As for a live migration: not expected to be refused after the owner's `forwarding`,
+        // unless a guest's `error` since then moved the table to `Failed`.
+        self.shim_acts(ShimAction::BeginMigration);
         let state = self.dir.join("vm1.state");
         let _ = std::fs::remove_file(&state);
         // The saved state goes when the scenario ends, however it ends (unless --keep).
@@ -411,26 +446,10 @@ impl Scenario<'_> {
         self.record.record(Step::MigrationStarted, Instant::now());
         let uri = format!("exec:cat > {}", shell_quote(&state.to_string_lossy()));
         p.say(format!("saving the owner: migrate to {}", state.display()));
-        if let Err(e) = self.vms.owner.exec(&Migrate { uri }) {
-            return self.migration_failed(p, e, None);
-        }
-        let info = match self.poll_migration(p) {
+        let info = match self.migrate_owner(p, uri, "save: ") {
             Ok(i) => i,
-            Err(e) => return self.migration_failed(p, e, None),
+            Err(u) => return self.unfinished(p, u, None),
         };
-        self.facts.migration.status = info.status.clone();
-        self.facts.migration.downtime_ms = info.downtime;
-        self.facts.migration.total_ms = info.total_time;
-        if info.status.as_deref() != Some("completed") {
-            let why = format!(
-                "save: the source says `{}`{}",
-                info.status.as_deref().unwrap_or("?"),
-                info.error_desc
-                    .map_or_else(String::new, |d| format!(": {d}"))
-            );
-            self.roll_back(p, why, None);
-            return Ok(());
-        }
         self.record.record(Step::Saved, Instant::now());
         let size = std::fs::metadata(&state).map_or(0, |m| m.len());
         p.step(
@@ -452,7 +471,7 @@ impl Scenario<'_> {
         let restored = match self.launch_destination("restored") {
             Ok(pd) => match Self::connect_destination(pd) {
                 Ok((vm, listener, stream)) => {
-                    self.restore(p, vm, listener, stream, &state, bar0, bar2)
+                    self.restore(p, vm, listener, stream, &state, (bar0, bar2))
                 }
                 Err(b) => {
                     let (e, vm) = *b;
@@ -466,7 +485,9 @@ impl Scenario<'_> {
                 let source = std::mem::replace(&mut self.vms.owner, vm);
                 self.vms.retired.push(source);
                 self.vms.owner_is_destination = true;
-                let _ = self.ctl.handoff.shim_moves_to(HandoffState::Forwarding);
+                // As after a live migration: refused only if the save never began in the table
+                // or a guest's `error` came during it.
+                self.shim_acts(ShimAction::EndMigration);
                 Ok(())
             }
             Err(b) => {
@@ -484,8 +505,9 @@ impl Scenario<'_> {
         }
     }
 
-    /// Restores the saved owner into `vm`; on success the owner's channel moves to it.
-    #[allow(clippy::too_many_arguments)]
+    /// Restores the saved owner (`state`, the file of the save) into `vm`, whose BAR0 and BAR2
+    /// are placed at the source's (`bars`, [`Self::ring_bars`]); on success the owner's channel
+    /// moves to it.
     pub(super) fn restore(
         &mut self,
         p: &mut Progress,
@@ -493,8 +515,7 @@ impl Scenario<'_> {
         listener: ControlListener,
         stream: UnixStream,
         state: &Path,
-        bar0: u64,
-        bar2: u64,
+        (bar0, bar2): (u64, u64),
     ) -> Result<Vm, Box<(String, Option<Vm>)>> {
         let r = (|| -> Result<(), Abort> {
             Self::ignore_shared(&mut vm)?;

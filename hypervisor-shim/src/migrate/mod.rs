@@ -42,10 +42,9 @@ use std::process::ExitStatus;
 use std::time::{Duration, Instant};
 
 use baton_core::cmdline::{DiskMode, Fault, GuestConfig, Role as GuestRole};
-use baton_core::control::{HandoffState, Message, Role};
+use baton_core::control::{Message, Role, ShimAction};
 use baton_core::report::GuestReport;
 use baton_core::ring::{self, offsets};
-use serde_json::Value;
 
 use crate::channel::{ChannelError, ControlChannel, ControlListener, Handoff, Received};
 use crate::console::Recv;
@@ -61,10 +60,13 @@ use crate::qmp::{
     QueryMigrate, QueryPci, QueryStatus, QueryVersion, Quit,
 };
 use crate::report::{GuestExit, MigrateReport, Phases, SwitchReport, VmEvent};
-use crate::run::{self, AccelChoice, Ending, RunError, SocketPath, Workdir};
-use crate::setup::{self, EXIT_GRACE, MAX_NOTES, QMP_COMMAND_TIMEOUT};
+use crate::setup::{
+    self, AccelChoice, BackendKind, EXIT_GRACE, MAX_NOTES, QMP_COMMAND_TIMEOUT, SetupError,
+    SocketPath, Workdir,
+};
 use crate::shm::{self, RingWatch, SharedFile};
 use crate::steps::{self, Direction, HandoffRecord, Step, ms_between};
+use crate::vm::Ending;
 
 mod events;
 mod handoff;
@@ -75,7 +77,7 @@ mod verdict;
 mod vm;
 
 use report::{build_report, failed_setup_report};
-use scenario::{Scenario, start};
+use scenario::{GuestSetup, Scenario, start};
 #[cfg(test)]
 use vm::event_instant;
 use vm::{Vm, describe_exit};
@@ -117,7 +119,7 @@ const MIGRATE_POLL: Duration = Duration::from_millis(5);
 pub enum MigrateError {
     /// set-up shared with `run`: QEMU, kernel, workdir, disk
     #[error(transparent)]
-    Setup(#[from] RunError),
+    Setup(#[from] SetupError),
     /// cannot listen for a control channel
     #[error(transparent)]
     Channel(#[from] ChannelError),
@@ -128,13 +130,13 @@ pub enum MigrateError {
 
 impl From<qemu::QemuError> for MigrateError {
     fn from(e: qemu::QemuError) -> Self {
-        Self::Setup(RunError::Qemu(e))
+        Self::Setup(SetupError::Qemu(e))
     }
 }
 
 impl From<disk::DiskError> for MigrateError {
     fn from(e: disk::DiskError) -> Self {
-        Self::Setup(RunError::Disk(e))
+        Self::Setup(SetupError::Disk(e))
     }
 }
 
@@ -178,7 +180,8 @@ pub enum DestinationFault {
     /// None.
     None,
     /// The destination is started without the ivshmem device: it dies on the unknown savevm
-    /// section while the source reports `completed` (qemu-notes.md).
+    /// section while the source reports `completed` (seen with QEMU 7.2; the migration facts
+    /// this rests on are in docs/design.md, "QEMU 7.2 facts the design rests on").
     WithoutRing,
 }
 
@@ -189,7 +192,7 @@ pub struct MigrateConfig {
     pub mode: Mode,
     /// The disk: a raw image (verified on the host) or `null-co` (the I/O path only; nothing kept,
     /// nothing verified).
-    pub backend: run::BackendKind,
+    pub backend: BackendKind,
     /// Accelerator.
     pub accel: AccelChoice,
     /// Distinct blocks.
@@ -316,7 +319,7 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
         first_lba: 0,
         disk: DiskMode::Boot,
         // null-co reads zeroes: a read-back check there can only fail.
-        verify: cfg.backend == run::BackendKind::File,
+        verify: cfg.backend == BackendKind::File,
         panic: false,
         migrate_at: match cfg.switch {
             Switch::OwnerRequest(n) => n,
@@ -357,8 +360,8 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
         image.keep();
     }
     let backend = match cfg.backend {
-        run::BackendKind::File => DiskBackend::File(image.path().to_path_buf()),
-        run::BackendKind::Null => DiskBackend::Null { size: disk_bytes },
+        BackendKind::File => DiskBackend::File(image.path().to_path_buf()),
+        BackendKind::Null => DiskBackend::Null { size: disk_bytes },
     };
     let t0 = Instant::now();
     let mut progress = Progress::new(t0, cfg.progress);
@@ -390,17 +393,15 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
         workdir: &workdir,
         image: &image,
     };
-    let started = start(
-        cfg,
-        &dir,
-        t0,
-        &owner_spec,
-        &peer_spec,
-        &owner_listener,
-        &peer_listener,
-        &backend,
-        &mut progress,
-    );
+    let owner = GuestSetup {
+        spec: &owner_spec,
+        listener: &owner_listener,
+    };
+    let peer = GuestSetup {
+        spec: &peer_spec,
+        listener: &peer_listener,
+    };
+    let started = start(cfg, &dir, t0, owner, peer, &backend, &mut progress);
     let (report, handoffs) = match started {
         Ok(mut s) => {
             let result = s.drive(&mut progress);
@@ -463,7 +464,7 @@ mod tests {
         };
         let ev = |timestamp_us| qmp::Event {
             name: "DEVICE_DELETED".into(),
-            data: Value::Null,
+            data: serde_json::Value::Null,
             timestamp_us,
         };
         let old = ev(us(wall - Duration::from_millis(40)));

@@ -3,6 +3,7 @@
 
 use super::verdict::{self, DiskCheck};
 use super::*;
+use crate::vm::{check_echo, classify};
 
 /// The report of a scenario that could not start its guests.
 pub(super) fn failed_setup_report(
@@ -85,8 +86,8 @@ pub(super) fn failed_setup_report(
 
 fn backend_name(cfg: &MigrateConfig) -> &'static str {
     match cfg.backend {
-        run::BackendKind::File => "file",
-        run::BackendKind::Null => "null",
+        BackendKind::File => "file",
+        BackendKind::Null => "null",
     }
 }
 
@@ -115,7 +116,7 @@ fn check_disk(plan: &Plan<'_>, guest_report: Option<&GuestReport>, p: &mut Progr
         note: note.to_owned(),
         problem: problem.map(str::to_owned),
     };
-    if plan.cfg.backend == run::BackendKind::Null {
+    if plan.cfg.backend == BackendKind::Null {
         return skipped("skipped: null-co keeps no data (a measurement run)", None);
     }
     let schedule = plan.guest.schedule();
@@ -164,8 +165,7 @@ pub(super) fn build_report(
     let cfg = plan.cfg;
     let guest = plan.guest;
     let lines = std::mem::take(&mut s.facts.owner_lines);
-    let (guest_exit, reason, qemu_exit_code) =
-        run::classify(&ending, lines.panic.as_ref(), cfg.timeout);
+    let (guest_exit, reason, qemu_exit_code) = classify(&ending, lines.panic.as_ref(), cfg.timeout);
     let exited = matches!(ending, Ending::Exited(_));
     let where_ = exited.then(|| {
         if s.vms.owner_is_destination {
@@ -179,7 +179,7 @@ pub(super) fn build_report(
     let mut guest_report = None;
     let mut guest_report_error = None;
     match lines.result {
-        Some(Ok(r)) => match run::check_echo(&r, guest) {
+        Some(Ok(r)) => match check_echo(&r, guest) {
             Ok(()) => guest_report = Some(r),
             Err(e) => guest_report_error = Some(e),
         },

@@ -104,19 +104,27 @@ pub(super) struct Scenario<'a> {
     pub(super) out: Output,
 }
 
+/// One guest to start: its machine and the control socket it connects to.
+#[derive(Clone, Copy)]
+pub(super) struct GuestSetup<'g> {
+    /// Its QEMU machine.
+    pub(super) spec: &'g MachineSpec,
+    /// The shim's end of its control channel (COM2).
+    pub(super) listener: &'g ControlListener,
+}
+
 /// Starts both guests and connects everything.
-#[allow(clippy::too_many_arguments)]
 pub(super) fn start<'a>(
     cfg: &'a MigrateConfig,
     dir: &Path,
     t0: Instant,
-    owner_spec: &MachineSpec,
-    peer_spec: &MachineSpec,
-    owner_listener: &ControlListener,
-    peer_listener: &ControlListener,
+    owner: GuestSetup<'_>,
+    peer: GuestSetup<'_>,
     backend: &DiskBackend,
     progress: &mut Progress,
 ) -> Result<Scenario<'a>, Abort> {
+    let (owner_spec, owner_listener) = (owner.spec, owner.listener);
+    let (peer_spec, peer_listener) = (peer.spec, peer.listener);
     let setup = |e: MigrateError| Abort::Other(chain(&e));
     let mut peer = Vm::spawn("peer", peer_spec, dir).map_err(setup)?;
     let mut owner = Vm::spawn("owner", owner_spec, dir).map_err(setup)?;
@@ -136,18 +144,15 @@ pub(super) fn start<'a>(
     };
     let peer_stream = accept(peer_listener, &mut peer)?;
     let owner_stream = accept(owner_listener, &mut owner)?;
-    peer.connect_qmp(&peer_spec.qmp_socket)?;
-    owner.connect_qmp(&owner_spec.qmp_socket)?;
+    peer.connect_qmp()?;
+    owner.connect_qmp()?;
     let version = owner.exec(&QueryVersion {})?;
     let mut commands = BTreeMap::new();
     commands.insert("owner".to_owned(), owner.command.clone());
     commands.insert("peer".to_owned(), peer.command.clone());
     let mut serial_logs = BTreeMap::new();
     for vm in [&owner, &peer] {
-        serial_logs.insert(
-            vm.label.to_owned(),
-            vm.serial_log(dir).display().to_string(),
-        );
+        serial_logs.insert(vm.label.to_owned(), vm.serial_log.display().to_string());
     }
     Ok(Scenario {
         cfg,
@@ -188,6 +193,25 @@ impl Scenario<'_> {
         }
     }
 
+    /// Takes the shim's own step `action` in the handoff's transition table
+    /// ([`baton_core::control::TRANSITIONS`]). A refusal leaves the state as it was and goes into
+    /// the report as a note; it does not end the run (a failure path may try a move the table
+    /// refuses, e.g. after a guest's `error` moved the handoff to `Failed`). Returns whether the
+    /// table took it.
+    pub(super) fn shim_acts(&mut self, action: ShimAction) -> bool {
+        let state = self.ctl.handoff.state();
+        match self.ctl.handoff.act(action) {
+            Ok(_) => true,
+            Err(why) => {
+                self.note(format!(
+                    "handoff: the shim's `{}` was refused in state {state:?}: {why}",
+                    action.name()
+                ));
+                false
+            }
+        }
+    }
+
     /// The handoff itself, then the migration, then the wait for the owner at the destination.
     pub(super) fn drive(&mut self, p: &mut Progress) -> Result<(), Abort> {
         self.wait_until(p, "both guests' hello", HELLO_TIMEOUT, |s| {
@@ -221,7 +245,7 @@ impl Scenario<'_> {
             if self.vms.owner.poll_exit().is_some() {
                 return Ok(());
             }
-            if run::interrupted() {
+            if setup::interrupted() {
                 return Err(Abort::Interrupted);
             }
             if let Some(st) = self.vms.peer.poll_exit() {

@@ -17,21 +17,16 @@ impl Vm {
     ) -> Result<Self, MigrateError> {
         Vm::start(label, spec, &VmLogs::labelled(dir, label)).map_err(|e| match e {
             VmError::Qemu(e) => e.into(),
-            VmError::Log { source, .. } => MigrateError::Setup(RunError::Workdir {
+            VmError::Log { source, .. } => MigrateError::Setup(SetupError::Workdir {
                 path: dir.to_path_buf(),
                 source,
             }),
         })
     }
 
-    /// The console log (`dir` is where the guest was spawned).
-    pub(super) fn serial_log(&self, _dir: &Path) -> PathBuf {
-        self.serial_log.clone()
-    }
-
-    /// Connects QMP on the guest's socket (`_path`, given at spawn) with short reads, so event
-    /// polls don't block the loop.
-    pub(super) fn connect_qmp(&mut self, _path: &Path) -> Result<(), Abort> {
+    /// Connects QMP on the guest's socket (the one of its [`MachineSpec`]) with short reads, so
+    /// event polls don't block the loop.
+    pub(super) fn connect_qmp(&mut self) -> Result<(), Abort> {
         self.open_qmp(CONNECT_TIMEOUT)
             .map_err(|source| Abort::Qmp {
                 vm: self.label.into(),

@@ -81,7 +81,7 @@ pub struct RingSpec {
     /// Its size in bytes.
     pub size: u64,
     /// `master=on`: this guest's copy of the region is the one migration carries (the guest that is
-    /// migrated must be the master; qemu-notes.md).
+    /// migrated must be the master; docs/design.md, "QEMU 7.2 facts the design rests on").
     pub master: bool,
     /// PCI slot of the ivshmem device.
     pub slot: u8,

@@ -9,13 +9,14 @@ use baton_core::cmdline::GuestConfig;
 use baton_core::workload::Schedule;
 use serde_json::Value;
 
+use super::RunConfig;
 use super::session::Session;
-use super::verdict::{self, DiskCheck, Facts, check_echo};
-use super::{RunConfig, Workdir};
+use super::verdict::{self, DiskCheck, Facts};
 use crate::disk::{self, Acks, DiskImage};
 use crate::qemu::{DiskBackend, MachineSpec};
 use crate::report::{EventRecord, GuestExit, RunReport};
-use crate::vm::{Ending, classify};
+use crate::setup::Workdir;
+use crate::vm::{Ending, check_echo, classify};
 
 /// What the run was set up to do.
 pub(super) struct Plan<'a> {

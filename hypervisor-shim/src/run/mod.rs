@@ -20,20 +20,16 @@ use baton_core::cmdline::{DiskMode, GuestConfig, Role};
 use crate::disk::{self, DiskImage};
 use crate::qemu::{Accel, DiskBackend, MachineSpec};
 use crate::report::RunReport;
-use crate::setup::{self, Binaries};
+use crate::setup::{self, Binaries, SetupError, Workdir};
 
 mod assemble;
 mod session;
 mod verdict;
 
-// Set-up and exit items under the paths `migrate`, `bench` and the CLI have imported them from.
-pub use crate::setup::{
-    AccelChoice, BackendKind, SetupError as RunError, Workdir, default_kernel,
-    install_interrupt_handler,
-};
-pub(crate) use crate::setup::{SocketPath, interrupted};
-pub(crate) use crate::vm::{Ending, classify};
-pub(crate) use verdict::check_echo;
+// Only `bench/` still imports these set-up items through `run`; everything else takes them from
+// `crate::setup`. They go once `bench/` does the same.
+pub(crate) use crate::setup::interrupted;
+pub use crate::setup::{AccelChoice, BackendKind, SetupError as RunError, default_kernel};
 
 use assemble::{Plan, build_report};
 use session::Session;
@@ -84,7 +80,7 @@ pub struct RunOutcome {
 
 /// Runs the scenario. Guest failures end up in the report (`ok: false`); only set-up problems are
 /// errors.
-pub fn run(cfg: &RunConfig) -> Result<RunOutcome, RunError> {
+pub fn run(cfg: &RunConfig) -> Result<RunOutcome, SetupError> {
     let bins = Binaries::locate(&cfg.qemu, cfg.kernel.as_deref())?;
     let (accel, accel_reason) = cfg.accel.resolve()?;
     let guest = GuestConfig {
@@ -107,7 +103,7 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, RunError> {
     };
     // Validate with the guest's own parser, so the guest cannot reject what we send.
     let append = guest.to_string();
-    GuestConfig::parse(&append).map_err(|e| RunError::Config(e.to_string()))?;
+    GuestConfig::parse(&append).map_err(|e| SetupError::Config(e.to_string()))?;
 
     let workdir = Workdir::create(cfg.workdir.as_deref(), cfg.keep)?;
     let dir = workdir.path().to_path_buf();

@@ -7,12 +7,13 @@ use std::time::{Duration, Instant};
 use baton_core::console::{GuestLine, Kind, LineError};
 use baton_core::report::GuestReport;
 
-use super::RunError;
 use crate::console::Recv;
 use crate::qemu::{self, DISK_ID, DiskBackend, HOTPLUG_DISK_SLOT, MachineSpec};
 use crate::qmp::{self, BlockdevAdd, DeviceAdd, QueryStatus, QueryVersion};
 use crate::report::PortStatsReport;
-use crate::setup::{EXIT_GRACE, MAX_NOTES, QMP_COMMAND_TIMEOUT, QMP_CONNECT_TIMEOUT, interrupted};
+use crate::setup::{
+    EXIT_GRACE, MAX_NOTES, QMP_COMMAND_TIMEOUT, QMP_CONNECT_TIMEOUT, SetupError, interrupted,
+};
 use crate::vm::{Ending, Vm, VmError, VmLogs};
 
 /// How often QMP events are collected while the guest runs.
@@ -64,10 +65,10 @@ impl Session {
         spec: &MachineSpec,
         dir: &Path,
         timeout: Duration,
-    ) -> Result<Self, RunError> {
+    ) -> Result<Self, SetupError> {
         let vm = Vm::start("guest", spec, &VmLogs::single(dir)).map_err(|e| match e {
-            VmError::Qemu(e) => RunError::Qemu(e),
-            VmError::Log { source, .. } => RunError::Workdir {
+            VmError::Qemu(e) => SetupError::Qemu(e),
+            VmError::Log { source, .. } => SetupError::Workdir {
                 path: dir.to_path_buf(),
                 source,
             },

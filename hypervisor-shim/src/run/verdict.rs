@@ -1,7 +1,6 @@
 //! The verdict of a direct run: the facts the shim gathered go in, the list of failures comes out
 //! (an empty list is a pass). No I/O, so every rule is unit-tested here.
 
-use baton_core::cmdline::GuestConfig;
 use baton_core::report::GuestReport;
 
 use crate::disk::Verification;
@@ -107,36 +106,10 @@ pub(super) fn failures(f: &Facts<'_>) -> Vec<String> {
     failures
 }
 
-/// Checks that the guest's report describes the run the shim asked for.
-pub(crate) fn check_echo(r: &GuestReport, g: &GuestConfig) -> Result<(), String> {
-    let mismatches: Vec<String> = [
-        ("vm", u64::from(r.vm), u64::from(g.vm)),
-        ("seed", r.seed, g.seed),
-        ("blocks", r.blocks, g.blocks),
-        ("passes", u64::from(r.passes), u64::from(g.passes)),
-        ("qd", u64::from(r.qd), u64::from(g.qd)),
-        ("first_lba", r.first_lba, g.first_lba),
-    ]
-    .iter()
-    .filter(|(_, got, want)| got != want)
-    .map(|(k, got, want)| format!("{k}={got} (asked {want})"))
-    .collect();
-    if r.role != g.role {
-        return Err(format!("guest report has role {}", r.role));
-    }
-    if mismatches.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "guest report describes another run: {}",
-            mismatches.join(", ")
-        ))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baton_core::cmdline::GuestConfig;
 
     fn clean<'a>(r: &'a GuestReport) -> Facts<'a> {
         Facts {
@@ -223,15 +196,5 @@ mod tests {
         let got = failures(&f);
         assert_eq!(got[0], "a guest panic was requested (--guest-panic)");
         assert_eq!(got.last().unwrap(), "disk verification failed: short read");
-    }
-
-    #[test]
-    fn report_echo_is_checked() {
-        let g = GuestConfig::default();
-        let mut r = GuestReport::new(&g);
-        assert!(check_echo(&r, &g).is_ok());
-        r.seed = 99;
-        let e = check_echo(&r, &g).unwrap_err();
-        assert!(e.contains("seed=99 (asked 1)"), "{e}");
     }
 }

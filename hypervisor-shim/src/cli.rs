@@ -58,7 +58,8 @@ pub enum Backend {
 /// Accelerator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum AccelArg {
-    /// KVM if /dev/kvm can be opened read-write, else TCG.
+    /// KVM if /dev/kvm can be opened read-write and is hardware-backed (VMX/SVM), else TCG; the
+    /// report's `accel_reason` says which and why.
     Auto,
     /// KVM (fails if /dev/kvm is unusable).
     Kvm,
@@ -107,7 +108,7 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 120,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout_secs: u64,
-    /// Guest kernel ELF [default: <shim dir>/../x86_64-unknown-none/release/baton-kernel].
+    /// Guest kernel ELF [default: `<shim dir>/../x86_64-unknown-none/release/baton-kernel`].
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// Working directory for the disk image, QMP socket and logs [default: a fresh temp dir].
@@ -220,7 +221,7 @@ pub struct MigrateArgs {
     #[arg(long, default_value_t = 180,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout_secs: u64,
-    /// Guest kernel ELF [default: <shim dir>/../x86_64-unknown-none/release/baton-kernel].
+    /// Guest kernel ELF [default: `<shim dir>/../x86_64-unknown-none/release/baton-kernel`].
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// Working directory for the disk image, sockets, logs and saved state [default: a fresh
@@ -291,12 +292,12 @@ pub struct BenchArgs {
     /// Accelerator.
     #[arg(long, value_enum, default_value_t = AccelArg::Auto)]
     pub accel: AccelArg,
-    /// Smoke check in under a minute: tiny workloads, 2 handoffs, 2 s idle sample, the quick
-    /// redirector bench.
+    /// Smoke check: tiny workloads, 2 handoffs, 2 s idle sample, the quick redirector bench
+    /// (under half a minute once that bench is built; its first build takes a minute or two).
     #[arg(long)]
     pub quick: bool,
     /// Queue depths of the direct runs (comma-separated).
-    #[arg(long, value_delimiter = ',', default_values_t = [1u16, 32],
+    #[arg(long, value_delimiter = ',', default_value = "1,32",
           value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_QD)))]
     pub qd: Vec<u16>,
     /// Direct runs per queue depth (the median is reported) [default: 3, quick 1].
@@ -325,7 +326,7 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 300,
           value_parser = clap::value_parser!(u64).range(1..=86_400))]
     pub timeout_secs: u64,
-    /// Guest kernel ELF [default: <shim dir>/../x86_64-unknown-none/release/baton-kernel].
+    /// Guest kernel ELF [default: `<shim dir>/../x86_64-unknown-none/release/baton-kernel`].
     #[arg(long)]
     pub kernel: Option<PathBuf>,
     /// QEMU binary (name on PATH or a path).
@@ -380,7 +381,7 @@ pub struct CheckArgs {
     /// QEMU binary (name on PATH or a path).
     #[arg(long, default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,
-    /// Guest kernel ELF [default: <shim dir>/../x86_64-unknown-none/release/baton-kernel].
+    /// Guest kernel ELF [default: `<shim dir>/../x86_64-unknown-none/release/baton-kernel`].
     #[arg(long)]
     pub kernel: Option<PathBuf>,
 }

@@ -26,11 +26,7 @@ mod assemble;
 mod session;
 mod verdict;
 
-// Only `bench/` still imports these set-up items through `run`; everything else takes them from
-// `crate::setup`. They go once `bench/` does the same.
-pub(crate) use crate::setup::interrupted;
-pub use crate::setup::{AccelChoice, BackendKind, SetupError as RunError, default_kernel};
-
+use crate::setup::{AccelChoice, BackendKind};
 use assemble::{Plan, build_report};
 use session::Session;
 

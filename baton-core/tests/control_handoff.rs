@@ -3,40 +3,18 @@
 //! rejected event changes nothing; the gate's `hello` checks.
 
 use baton_core::control::{
-    Event, HandoffGate, HandoffState, MAX_PCI_SLOT, Message, MessageKind, PROTOCOL_VERSION,
-    Rejection, Role, ShimAction, TRANSITIONS, Trigger, accepts, accepts_from, step,
+    Event, HandoffGate, HandoffState, Message, MessageKind, PROTOCOL_VERSION, Rejection, Role,
+    ShimAction, TRANSITIONS, Trigger, accepts, accepts_from, step,
 };
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-fn role() -> impl Strategy<Value = Role> {
-    prop_oneof![Just(Role::Owner), Just(Role::Peer)]
-}
+mod common;
+use common::role;
 
 /// Any message, with small numbers so that `hello`s sometimes carry the right VM id.
 fn message() -> impl Strategy<Value = Message> {
-    let slot = 0..=MAX_PCI_SLOT;
-    prop_oneof![
-        (role(), 0u32..4, 0u32..3).prop_map(|(role, vm, version)| Message::Hello {
-            role,
-            vm,
-            version
-        }),
-        (any::<u64>(), any::<u32>()).prop_map(|(port1_completed, held)| Message::Drained {
-            port1_completed,
-            held
-        }),
-        slot.clone().prop_map(|slot| Message::Released { slot }),
-        any::<u64>().prop_map(|capacity_sectors| Message::PeerReady { capacity_sectors }),
-        Just(Message::Forwarding),
-        Just(Message::MigrateRequest),
-        any::<u32>().prop_map(|code| Message::Error { code }),
-        any::<u32>().prop_map(|seq| Message::Ack { seq }),
-        Just(Message::Redirect),
-        slot.clone().prop_map(|slot| Message::RingOpened { slot }),
-        slot.prop_map(|slot| Message::DiskAttached { slot }),
-        Just(Message::OpenPort2),
-    ]
+    common::message(0u32..4, 0u32..3)
 }
 
 fn action() -> impl Strategy<Value = ShimAction> {

@@ -6,40 +6,17 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use baton_core::control::{
-    ControlError, Decoder, Frame, HandoffState, MAX_FRAME_LEN, MAX_PCI_SLOT, Message, Role,
-    accepts, decode_line, encode,
+    ControlError, Decoder, Frame, HandoffState, MAX_FRAME_LEN, Message, accepts, decode_line,
+    encode,
 };
 use baton_core::fuzz_entry::fuzz_control_decoder;
 use proptest::collection::vec;
 use proptest::prelude::*;
 
-fn role() -> impl Strategy<Value = Role> {
-    prop_oneof![Just(Role::Owner), Just(Role::Peer)]
-}
+mod common;
 
 fn message() -> impl Strategy<Value = Message> {
-    let slot = 0..=MAX_PCI_SLOT;
-    prop_oneof![
-        (role(), any::<u32>(), any::<u32>()).prop_map(|(role, vm, version)| Message::Hello {
-            role,
-            vm,
-            version
-        }),
-        (any::<u64>(), any::<u32>()).prop_map(|(port1_completed, held)| Message::Drained {
-            port1_completed,
-            held
-        }),
-        slot.clone().prop_map(|slot| Message::Released { slot }),
-        any::<u64>().prop_map(|capacity_sectors| Message::PeerReady { capacity_sectors }),
-        Just(Message::Forwarding),
-        Just(Message::MigrateRequest),
-        any::<u32>().prop_map(|code| Message::Error { code }),
-        any::<u32>().prop_map(|seq| Message::Ack { seq }),
-        Just(Message::Redirect),
-        slot.clone().prop_map(|slot| Message::RingOpened { slot }),
-        slot.prop_map(|slot| Message::DiskAttached { slot }),
-        Just(Message::OpenPort2),
-    ]
+    common::message(any::<u32>(), any::<u32>())
 }
 
 fn encoded(msg: &Message, seq: u32) -> Vec<u8> {

@@ -161,12 +161,7 @@ impl Scenario<'_> {
                 // Control channel trouble is reported by the next waits; keep checking QEMU.
             }
             if let Some(st) = dest.poll_exit() {
-                return Err(format!(
-                    "the {} QEMU exited ({}): {}",
-                    dest.label,
-                    describe_exit(st),
-                    dest.stderr_tail()
-                ));
+                return Err(exited(dest, st));
             }
             match dest.exec(&QueryStatus {}) {
                 Ok(s) if s.running => return Ok(s.status),
@@ -183,12 +178,7 @@ impl Scenario<'_> {
                 }
                 Err(e) => {
                     if let Some(st) = dest.poll_exit() {
-                        return Err(format!(
-                            "the {} QEMU exited ({}): {}",
-                            dest.label,
-                            describe_exit(st),
-                            dest.stderr_tail()
-                        ));
+                        return Err(exited(dest, st));
                     }
                     if start.elapsed() >= DEST_RUN_TIMEOUT {
                         return Err(chain(&e));
@@ -549,4 +539,15 @@ impl Scenario<'_> {
             }
         }
     }
+}
+
+/// Why a destination (or restored) QEMU that exited cannot run the guest: its exit and the tail of
+/// its stderr.
+fn exited(dest: &Vm, st: std::process::ExitStatus) -> String {
+    format!(
+        "the {} QEMU exited ({}): {}",
+        dest.label,
+        describe_exit(st),
+        dest.stderr_tail()
+    )
 }

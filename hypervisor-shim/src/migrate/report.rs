@@ -3,6 +3,7 @@
 
 use super::verdict::{self, DiskCheck};
 use super::*;
+use crate::report::DiskVerification;
 use crate::vm::{check_echo, classify};
 
 /// The report of a scenario that could not start its guests.
@@ -55,14 +56,7 @@ pub(super) fn failed_setup_report(
         writes_submitted: None,
         writes_acked: None,
         write_errors: None,
-        verified: false,
-        verification: "skipped: the scenario did not start".into(),
-        writes_verified: None,
-        lost: None,
-        stale: None,
-        newer_unacked: None,
-        corrupt_blocks: None,
-        verification_problems: Vec::new(),
+        disk: DiskVerification::new("skipped: the scenario did not start".into(), None),
         reads_verified: None,
         read_mismatches: None,
         guest_exit: GuestExit::ShimError,
@@ -268,14 +262,7 @@ pub(super) fn build_report(
             .map(|v| v.writes_acked)
             .or(g.map(|r| r.writes_acked)),
         write_errors: g.map(|r| r.write_errors),
-        verified: verification.is_some(),
-        verification: disk.note,
-        writes_verified: verification.as_ref().map(|v| v.writes_verified),
-        lost: verification.as_ref().map(|v| v.lost),
-        stale: verification.as_ref().map(|v| v.stale),
-        newer_unacked: verification.as_ref().map(|v| v.newer_unacked),
-        corrupt_blocks: verification.as_ref().map(|v| v.corrupt_blocks),
-        verification_problems: verification.map(|v| v.problems).unwrap_or_default(),
+        disk: DiskVerification::new(disk.note, verification),
         reads_verified: g.map(|r| r.reads_verified),
         read_mismatches: g.map(|r| r.read_mismatches),
         guest_exit,

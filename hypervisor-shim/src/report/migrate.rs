@@ -8,7 +8,9 @@ use serde::Serialize;
 
 use crate::steps::{self, HandoffRecord, Span};
 
-use super::{CompletionTimeline, GuestExit, PortStatsReport, TimelineEntry, ms, opt};
+use super::{
+    CompletionTimeline, DiskVerification, GuestExit, PortStatsReport, TimelineEntry, ms, opt,
+};
 
 /// A QMP event of one of the handoff's QEMUs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -186,22 +188,9 @@ pub struct MigrateReport {
     pub writes_acked: Option<u64>,
     /// Guest's figure: writes that failed.
     pub write_errors: Option<u64>,
-    /// Whether the shim verified the disk image.
-    pub verified: bool,
-    /// What verification did, or why it was skipped.
-    pub verification: String,
-    /// Acknowledged writes found on disk (null when not verified).
-    pub writes_verified: Option<u64>,
-    /// Acknowledged writes missing from disk (null when not verified).
-    pub lost: Option<u64>,
-    /// LBAs not holding their last acknowledged write (null when not verified).
-    pub stale: Option<u64>,
-    /// LBAs holding a newer, submitted but unacknowledged write (legal).
-    pub newer_unacked: Option<u64>,
-    /// Non-zero blocks that are no valid write of this run (null when not verified).
-    pub corrupt_blocks: Option<u64>,
-    /// The first few verification problems.
-    pub verification_problems: Vec<String>,
+    /// The host's check of the image (`verified` … `verification_problems` in the JSON).
+    #[serde(flatten)]
+    pub disk: DiskVerification,
     /// Guest's figure: blocks it read back (through the peer) and found correct.
     pub reads_verified: Option<u64>,
     /// Guest's figure: blocks it read back and found wrong.
@@ -336,22 +325,8 @@ impl fmt::Display for MigrateReport {
                     .map_or_else(String::new, |m| format!(" ({m})"))
             )?;
         }
-        if self.verified {
-            writeln!(
-                f,
-                "  disk       verified {} of {} acked writes; lost {}, stale {}, corrupt blocks {}",
-                opt(&self.writes_verified),
-                opt(&self.writes_acked),
-                opt(&self.lost),
-                opt(&self.stale),
-                opt(&self.corrupt_blocks),
-            )?;
-        } else {
-            writeln!(f, "  disk       not verified: {}", self.verification)?;
-        }
-        for p in &self.verification_problems {
-            writeln!(f, "  problem    {p}")?;
-        }
+        self.disk.fmt_lines(f, self.writes_acked)?;
+        self.disk.fmt_problems(f)?;
         for n in &self.notes {
             writeln!(f, "  note       {n}")?;
         }

@@ -16,6 +16,74 @@ mod run;
 pub use migrate::{MigrateReport, Phases, SwitchReport, VmEvent};
 pub use run::{EventRecord, RunReport};
 
+/// The host's check of the disk image, as both reports carry it (flattened into their JSON: the
+/// fields `verified` … `verification_problems` sit at the top level of each report).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct DiskVerification {
+    /// Whether the shim verified the disk image.
+    pub verified: bool,
+    /// What verification did, or why it was skipped.
+    pub verification: String,
+    /// Acknowledged writes found on disk (null when not verified).
+    pub writes_verified: Option<u64>,
+    /// Acknowledged writes missing from disk (null when not verified).
+    pub lost: Option<u64>,
+    /// LBAs not holding their last acknowledged write (null when not verified).
+    pub stale: Option<u64>,
+    /// LBAs holding a newer, submitted but unacknowledged write (legal).
+    pub newer_unacked: Option<u64>,
+    /// Non-zero blocks that are no valid write of this run (null when not verified).
+    pub corrupt_blocks: Option<u64>,
+    /// The first few verification problems.
+    pub verification_problems: Vec<String>,
+}
+
+impl DiskVerification {
+    /// The report's block for a check that ran (`Some`) or was skipped (`None`), with `note`
+    /// saying what it did or why not.
+    #[must_use]
+    pub fn new(note: String, verification: Option<crate::disk::Verification>) -> Self {
+        let v = verification.as_ref();
+        DiskVerification {
+            verified: v.is_some(),
+            writes_verified: v.map(|v| v.writes_verified),
+            lost: v.map(|v| v.lost),
+            stale: v.map(|v| v.stale),
+            newer_unacked: v.map(|v| v.newer_unacked),
+            corrupt_blocks: v.map(|v| v.corrupt_blocks),
+            verification_problems: verification.map(|v| v.problems).unwrap_or_default(),
+            verification: note,
+        }
+    }
+
+    /// The summary's `disk` line (`writes_acked`: the report's acknowledged writes) and one
+    /// `problem` line per verification problem.
+    fn fmt_lines(&self, f: &mut fmt::Formatter<'_>, writes_acked: Option<u64>) -> fmt::Result {
+        if self.verified {
+            writeln!(
+                f,
+                "  disk       verified {} of {} acked writes; lost {}, stale {}, corrupt blocks {}",
+                opt(&self.writes_verified),
+                opt(&writes_acked),
+                opt(&self.lost),
+                opt(&self.stale),
+                opt(&self.corrupt_blocks),
+            )?;
+        } else {
+            writeln!(f, "  disk       not verified: {}", self.verification)?;
+        }
+        Ok(())
+    }
+
+    /// The summary's `problem` lines.
+    fn fmt_problems(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for p in &self.verification_problems {
+            writeln!(f, "  problem    {p}")?;
+        }
+        Ok(())
+    }
+}
+
 /// What a guest's own report says went wrong: writes not all submitted, failed writes, duplicate
 /// completions, read-back mismatches. `who` names the guest in the messages ("guest", "owner").
 pub(crate) fn guest_report_failures(

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::{GuestExit, PortStatsReport, ms, opt};
+use super::{DiskVerification, GuestExit, PortStatsReport, ms, opt};
 
 /// One QMP event seen during the run.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -60,22 +60,9 @@ pub struct RunReport {
     pub writes_acked: Option<u64>,
     /// Guest's figure: writes that failed.
     pub write_errors: Option<u64>,
-    /// Whether the shim verified the disk image.
-    pub verified: bool,
-    /// What verification did, or why it was skipped.
-    pub verification: String,
-    /// Acknowledged writes found on disk (null when not verified).
-    pub writes_verified: Option<u64>,
-    /// Acknowledged writes missing from disk (null when not verified).
-    pub lost: Option<u64>,
-    /// LBAs not holding their last acknowledged write (null when not verified).
-    pub stale: Option<u64>,
-    /// LBAs holding a newer, submitted but unacknowledged write (legal).
-    pub newer_unacked: Option<u64>,
-    /// Non-zero blocks that are no valid write of this run (null when not verified).
-    pub corrupt_blocks: Option<u64>,
-    /// The first few verification problems.
-    pub verification_problems: Vec<String>,
+    /// The host's check of the image (`verified` … `verification_problems` in the JSON).
+    #[serde(flatten)]
+    pub disk: DiskVerification,
     /// Guest's figure: blocks it read back and found correct.
     pub reads_verified: Option<u64>,
     /// Guest's figure: blocks it read back and found wrong.
@@ -165,19 +152,7 @@ impl fmt::Display for RunReport {
         if let Some(p) = &self.guest_panic_message {
             writeln!(f, "  panic      {p}")?;
         }
-        if self.verified {
-            writeln!(
-                f,
-                "  disk       verified {} of {} acked writes; lost {}, stale {}, corrupt blocks {}",
-                opt(&self.writes_verified),
-                opt(&self.writes_acked),
-                opt(&self.lost),
-                opt(&self.stale),
-                opt(&self.corrupt_blocks),
-            )?;
-        } else {
-            writeln!(f, "  disk       not verified: {}", self.verification)?;
-        }
+        self.disk.fmt_lines(f, self.writes_acked)?;
         writeln!(
             f,
             "  timing     ready {}, first I/O {}, total {:.1} ms; guest IOPS {}",
@@ -189,9 +164,7 @@ impl fmt::Display for RunReport {
         if let Some(h) = self.hotplug_ms {
             writeln!(f, "  hotplug    disk added at {h:.1} ms")?;
         }
-        for p in &self.verification_problems {
-            writeln!(f, "  problem    {p}")?;
-        }
+        self.disk.fmt_problems(f)?;
         for n in &self.notes {
             writeln!(f, "  note       {n}")?;
         }

@@ -14,7 +14,7 @@ use super::session::Session;
 use super::verdict::{self, DiskCheck, Facts};
 use crate::disk::{self, Acks, DiskImage};
 use crate::qemu::{DiskBackend, MachineSpec};
-use crate::report::{EventRecord, GuestExit, RunReport};
+use crate::report::{DiskVerification, EventRecord, GuestExit, RunReport};
 use crate::setup::Workdir;
 use crate::vm::{Ending, check_echo, classify};
 
@@ -155,7 +155,6 @@ pub(super) fn build_report(plan: &Plan<'_>, mut s: Session, ending: Ending) -> R
         DiskCheck::Verified(v) => Some(v),
         _ => None,
     };
-    let verified = verification.is_some();
     RunReport {
         scenario: if cfg.hotplug_disk {
             "hotplug"
@@ -184,14 +183,7 @@ pub(super) fn build_report(plan: &Plan<'_>, mut s: Session, ending: Ending) -> R
             .map(|v| v.writes_acked)
             .or(g.map(|r| r.writes_acked)),
         write_errors: g.map(|r| r.write_errors),
-        verified,
-        verification: note,
-        writes_verified: verification.as_ref().map(|v| v.writes_verified),
-        lost: verification.as_ref().map(|v| v.lost),
-        stale: verification.as_ref().map(|v| v.stale),
-        newer_unacked: verification.as_ref().map(|v| v.newer_unacked),
-        corrupt_blocks: verification.as_ref().map(|v| v.corrupt_blocks),
-        verification_problems: verification.map(|v| v.problems).unwrap_or_default(),
+        disk: DiskVerification::new(note, verification),
         reads_verified: g.map(|r| r.reads_verified),
         read_mismatches: g.map(|r| r.read_mismatches),
         guest_exit,

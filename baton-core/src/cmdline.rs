@@ -12,7 +12,7 @@ use crate::workload::Schedule;
 /// Largest accepted `blocks=` value.
 pub const MAX_BLOCKS: u64 = 1 << 20;
 /// Largest accepted `passes=` value.
-pub const MAX_PASSES: u32 = 64;
+pub const MAX_PASSES: u32 = 1024;
 /// Largest accepted `qd=` value.
 pub const MAX_QD: u16 = 64;
 /// Largest accepted `first_lba=` value: any run then stays below `2^64` 512-byte sectors.
@@ -105,13 +105,15 @@ pub enum Key {
     Panic,
     /// `migrate_at=`
     MigrateAt,
+    /// `failback_at=`
+    FailbackAt,
     /// `fault=`
     Fault,
 }
 
 impl Key {
     /// Every key, in the order [`GuestConfig`]'s `Display` renders them.
-    pub const ALL: [Key; 12] = [
+    pub const ALL: [Key; 13] = [
         Key::Role,
         Key::Vm,
         Key::Blocks,
@@ -123,6 +125,7 @@ impl Key {
         Key::Verify,
         Key::Panic,
         Key::MigrateAt,
+        Key::FailbackAt,
         Key::Fault,
     ];
 
@@ -141,6 +144,7 @@ impl Key {
             Key::Verify => "verify",
             Key::Panic => "panic",
             Key::MigrateAt => "migrate_at",
+            Key::FailbackAt => "failback_at",
             Key::Fault => "fault",
         }
     }
@@ -215,6 +219,10 @@ pub struct GuestConfig {
     /// `migrate_at=` the owner asks the shim to migrate it once it has submitted this many
     /// writes (default 0: never asks; the operator directs the handoff).
     pub migrate_at: u64,
+    /// `failback_at=` the owner asks the shim for its disk back (`failback-request`) once it
+    /// forwards through the peer and has submitted this many writes (default 0: never asks; the
+    /// shim directs the failback).
+    pub failback_at: u64,
     /// `fault=none|bad-completion` test hook for the peer (default none).
     pub fault: Fault,
 }
@@ -253,6 +261,7 @@ impl Default for GuestConfig {
             verify: true,
             panic: false,
             migrate_at: 0,
+            failback_at: 0,
             fault: Fault::None,
         }
     }
@@ -302,6 +311,7 @@ impl GuestConfig {
                 Key::Verify => cfg.verify = parse_flag(value).ok_or(CmdlineError::BadValue(key))?,
                 Key::Panic => cfg.panic = parse_flag(value).ok_or(CmdlineError::BadValue(key))?,
                 Key::MigrateAt => cfg.migrate_at = ranged(key, value, 0, u64::MAX)?,
+                Key::FailbackAt => cfg.failback_at = ranged(key, value, 0, u64::MAX)?,
                 Key::Fault => {
                     cfg.fault = match value {
                         "none" => Fault::None,
@@ -334,7 +344,7 @@ impl core::fmt::Display for GuestConfig {
         write!(
             f,
             "role={} vm={} blocks={} passes={} qd={} seed={} first_lba={} disk={} verify={} panic={} \
-             migrate_at={} fault={}",
+             migrate_at={} failback_at={} fault={}",
             self.role,
             self.vm,
             self.blocks,
@@ -346,6 +356,7 @@ impl core::fmt::Display for GuestConfig {
             u8::from(self.verify),
             u8::from(self.panic),
             self.migrate_at,
+            self.failback_at,
             self.fault.as_str(),
         )
     }
@@ -364,7 +375,7 @@ mod tests {
         assert_eq!(
             GuestConfig::default().to_string(),
             "role=owner vm=1 blocks=256 passes=4 qd=32 seed=1 first_lba=0 disk=boot verify=1 panic=0 \
-             migrate_at=0 fault=none"
+             migrate_at=0 failback_at=0 fault=none"
         );
     }
 
@@ -389,6 +400,7 @@ mod tests {
                 verify: false,
                 panic: true,
                 migrate_at: 0,
+                failback_at: 0,
                 fault: Fault::None,
             }
         );
@@ -408,7 +420,7 @@ mod tests {
             ("vm=4294967296", OutOfRange(Key::Vm)),
             ("blocks=0", OutOfRange(Key::Blocks)),
             ("blocks=1048577", OutOfRange(Key::Blocks)),
-            ("passes=65", OutOfRange(Key::Passes)),
+            ("passes=1025", OutOfRange(Key::Passes)),
             ("qd=0", OutOfRange(Key::Qd)),
             ("qd=99999999999999999999", BadValue(Key::Qd)),
             ("seed=0x1", BadValue(Key::Seed)),
@@ -448,6 +460,7 @@ mod tests {
                 any::<bool>(),
                 any::<bool>(),
                 any::<u64>(),
+                any::<u64>(),
                 prop_oneof![Just(Fault::None), Just(Fault::BadCompletion)],
             ),
         )
@@ -461,7 +474,7 @@ mod tests {
                     seed,
                     first_lba,
                     disk,
-                    (verify, panic, migrate_at, fault),
+                    (verify, panic, migrate_at, failback_at, fault),
                 )| {
                     GuestConfig {
                         role,
@@ -475,6 +488,7 @@ mod tests {
                         verify,
                         panic,
                         migrate_at,
+                        failback_at,
                         fault,
                     }
                 },

@@ -228,10 +228,8 @@ fn through(frame: &[u8], fate: Fate) -> Vec<u8> {
 fn guest_message() -> impl Strategy<Value = Message> {
     prop_oneof![
         (0u32..4).prop_map(|vm| Message::hello(Role::Peer, vm)),
-        (any::<u64>(), any::<u32>()).prop_map(|(port1_completed, held)| Message::Drained {
-            port1_completed,
-            held
-        }),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(completed, held)| Message::Drained { completed, held }),
         Just(Message::Forwarding),
         any::<u32>().prop_map(|code| Message::Error { code }),
     ]

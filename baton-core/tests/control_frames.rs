@@ -23,7 +23,7 @@ fn all_messages() -> Vec<Message> {
             version: 0,
         },
         Message::Drained {
-            port1_completed: u64::MAX,
+            completed: u64::MAX,
             held: u32::MAX,
         },
         Message::Released { slot: 31 },
@@ -61,7 +61,7 @@ fn decode_all(bytes: &[u8]) -> Vec<Result<Frame, ControlError>> {
 fn exact_encoding() {
     let bytes = frame_bytes(
         &Message::Drained {
-            port1_completed: 1042,
+            completed: 1042,
             held: 17,
         },
         7,
@@ -355,7 +355,7 @@ fn the_handoff_in_order_is_accepted() {
     );
     assert!(owner(S::Direct, Message::MigrateRequest));
     let drained = Message::Drained {
-        port1_completed: 10,
+        completed: 10,
         held: 2,
     };
     assert!(owner(S::Redirecting, drained));

@@ -22,6 +22,7 @@ fn action() -> impl Strategy<Value = ShimAction> {
         Just(ShimAction::Redirect),
         Just(ShimAction::BeginMigration),
         Just(ShimAction::EndMigration),
+        Just(ShimAction::Failback),
     ]
 }
 
@@ -40,7 +41,7 @@ fn event() -> impl Strategy<Value = Event> {
         Just(Event::Guest {
             from: Role::Owner,
             msg: Message::Drained {
-                port1_completed: 5,
+                completed: 5,
                 held: 1
             }
         }),
@@ -57,6 +58,15 @@ fn event() -> impl Strategy<Value = Event> {
         Just(Event::Guest {
             from: Role::Owner,
             msg: Message::Forwarding
+        }),
+        Just(Event::Shim(ShimAction::Failback)),
+        Just(Event::Guest {
+            from: Role::Peer,
+            msg: Message::Released { slot: 5 }
+        }),
+        Just(Event::Guest {
+            from: Role::Owner,
+            msg: Message::Direct
         }),
     ];
     prop_oneof![
@@ -134,7 +144,7 @@ fn sample(kind: MessageKind) -> Message {
     match kind {
         MessageKind::Hello => Message::hello(Role::Owner, 1),
         MessageKind::Drained => Message::Drained {
-            port1_completed: 1,
+            completed: 1,
             held: 1,
         },
         MessageKind::Released => Message::Released { slot: 4 },
@@ -149,6 +159,11 @@ fn sample(kind: MessageKind) -> Message {
         MessageKind::RingOpened => Message::RingOpened { slot: 6 },
         MessageKind::DiskAttached => Message::DiskAttached { slot: 4 },
         MessageKind::OpenPort2 => Message::OpenPort2,
+        MessageKind::FailbackRequest => Message::FailbackRequest,
+        MessageKind::Direct => Message::Direct,
+        MessageKind::Failback => Message::Failback,
+        MessageKind::ReleaseDisk => Message::ReleaseDisk,
+        MessageKind::CloseRing => Message::CloseRing { slot: 6 },
     }
 }
 
@@ -156,7 +171,7 @@ fn sample(kind: MessageKind) -> Message {
 fn rejections_say_why() {
     use HandoffState as S;
     let drained = Message::Drained {
-        port1_completed: 1,
+        completed: 1,
         held: 0,
     };
     let guest = |from, msg| Event::Guest { from, msg };
@@ -236,31 +251,54 @@ fn the_gate_checks_hello() {
 proptest! {
     #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
 
-    /// I2 at the shim: `Forwarding` only after `drained`, `released` and `peer-ready` were
-    /// accepted, in that order, from the right guests; and `Migrating` only from `Forwarding`.
+    /// I2 at the shim, both ways: `Forwarding` only after `drained`, `released` and `peer-ready`
+    /// were accepted since the last `Direct`, in that order, from the right guests; `Direct`
+    /// again (a failback) only after the owner's `drained`, the peer's `released` and the owner's
+    /// `direct` since the last `Forwarding`; `Migrating` only from `Forwarding`.
     #[test]
-    fn forwarding_needs_drained_released_and_peer_ready(events in vec(event(), 0..60)) {
+    fn each_direction_needs_drained_released_and_ready(events in vec(event(), 0..80)) {
         let mut gate = HandoffGate::new(1, 2);
-        let mut steps: Vec<(Role, MessageKind)> = Vec::new();
+        let mut since_direct: Vec<(Role, MessageKind)> = Vec::new();
+        let mut since_forwarding: Vec<(Role, MessageKind)> = Vec::new();
         let mut last = gate.state();
         for event in events {
             let Ok(next) = apply(&mut gate, event) else { continue };
             if let Event::Guest { from, msg } = event {
-                steps.push((from, msg.kind()));
+                since_direct.push((from, msg.kind()));
+                since_forwarding.push((from, msg.kind()));
             }
-            if next == HandoffState::Forwarding && last != HandoffState::Migrating {
+            if next == HandoffState::Forwarding && last != HandoffState::Migrating
+                && last != HandoffState::Forwarding
+            {
                 let order = [
                     (Role::Owner, MessageKind::Drained),
                     (Role::Owner, MessageKind::Released),
                     (Role::Peer, MessageKind::PeerReady),
                     (Role::Owner, MessageKind::Forwarding),
                 ];
-                let handoff: Vec<_> = steps
+                let handoff: Vec<_> = since_direct
                     .iter()
                     .copied()
                     .filter(|s| order.contains(s))
                     .collect();
                 prop_assert_eq!(handoff, order.to_vec());
+                since_forwarding.clear();
+            }
+            if next == HandoffState::Direct && last != HandoffState::Direct {
+                if last != HandoffState::Booting {
+                    let order = [
+                        (Role::Owner, MessageKind::Drained),
+                        (Role::Peer, MessageKind::Released),
+                        (Role::Owner, MessageKind::Direct),
+                    ];
+                    let failback: Vec<_> = since_forwarding
+                        .iter()
+                        .copied()
+                        .filter(|s| order.contains(s))
+                        .collect();
+                    prop_assert_eq!(failback, order.to_vec());
+                }
+                since_direct.clear();
             }
             if next == HandoffState::Migrating && last != HandoffState::Migrating {
                 prop_assert_eq!(last, HandoffState::Forwarding);
@@ -291,7 +329,7 @@ proptest! {
     /// `step` is the table: a guest message is accepted iff some row admits it, and the role
     /// check is the only difference between `accepts_from` and `accepts`.
     #[test]
-    fn step_agrees_with_accepts(msg in message(), from in role(), i in 0usize..9) {
+    fn step_agrees_with_accepts(msg in message(), from in role(), i in 0usize..HandoffState::ALL.len()) {
         let state = HandoffState::ALL[i];
         let stepped = step(state, Event::Guest { from, msg });
         prop_assert_eq!(stepped.is_ok(), accepts_from(from, state, &msg));

@@ -76,7 +76,7 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             version: 1,
         },
         Message::Drained {
-            port1_completed: 1042,
+            completed: 1042,
             held: 17,
         },
         Message::Released { slot: 4 },

@@ -158,9 +158,11 @@ pub enum ModeArg {
     Live,
     /// Save to a file, quit, restore in a new QEMU process.
     Save,
-    /// The handoff only, no migration: the owner finishes at the source through the peer
-    /// (measures the forwarded path; `bench` uses it).
+    /// The handoff only, no migration: the owner stays at the source, forwarding through the
+    /// peer (measures the forwarded path; `bench` uses it). No failback unless --failback.
     None,
+    /// Cycles alternate: live migration in odd cycles, save + restore in even ones.
+    Mixed,
 }
 
 /// The peer's fault hook.
@@ -176,9 +178,33 @@ pub enum PeerFaultArg {
 /// Options of `migrate`.
 #[derive(Debug, Args)]
 pub struct MigrateArgs {
-    /// Live migration, save + restore, or none (the handoff only).
+    /// Live migration, save + restore, mixed (alternating, with --cycles), or none (the handoff
+    /// only).
     #[arg(long, value_enum, default_value_t = ModeArg::Live)]
     pub mode: ModeArg,
+    /// Full cycles (handoff → migration or save/restore → failback), each started at a point
+    /// drawn from the seed; the owner's workload runs through all of them.
+    #[arg(long, default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    pub cycles: u32,
+    /// Give the disk back to the owner after the migration and close the ring (the default for
+    /// live, save and mixed).
+    #[arg(long, conflicts_with = "no_failback")]
+    pub failback: bool,
+    /// One-way run: the owner keeps forwarding through the peer after the migration (the default
+    /// for --mode none).
+    #[arg(long)]
+    pub no_failback: bool,
+    /// Direct the failback this many ms after the owner runs at its destination [default: at
+    /// once].
+    #[arg(long, default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=3_600_000))]
+    pub failback_after_ms: u64,
+    /// The owner asks for its disk back itself (`failback-request`) once it forwards and has
+    /// submitted this many writes (`failback_at=N`); the shim directs the failback then, or once
+    /// the migration is over.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub failback_request_at: Option<u64>,
     /// Disk backend (`null`: the I/O path only, nothing verified).
     #[arg(long, value_enum, default_value_t = Backend::File)]
     pub backend: Backend,
@@ -189,10 +215,10 @@ pub struct MigrateArgs {
     #[arg(long, default_value_t = 2048,
           value_parser = clap::value_parser!(u64).range(1..=MAX_BLOCKS))]
     pub blocks: u64,
-    /// Times each block is written.
-    #[arg(long, default_value_t = 8,
-          value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PASSES)))]
-    pub passes: u32,
+    /// Times each block is written [default: 8; with --cycles N, 4 × N + 4, so that the
+    /// workload outlasts the cycles].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PASSES)))]
+    pub passes: Option<u32>,
     /// Requests in flight.
     #[arg(long, default_value_t = 32,
           value_parser = clap::value_parser!(u16).range(1..=i64::from(MAX_QD)))]
@@ -251,19 +277,30 @@ impl MigrateArgs {
             (None, None, Some(_)) => Switch::Seeded,
             (None, None, None) => Switch::AfterMs(DEFAULT_SWITCH_AFTER_MS),
         };
+        let mode = match self.mode {
+            ModeArg::Live => Mode::Live,
+            ModeArg::Save => Mode::Save,
+            ModeArg::None => Mode::None,
+            ModeArg::Mixed => Mode::Mixed,
+        };
+        let passes = self.passes.unwrap_or(if self.cycles > 1 {
+            (4 * self.cycles + 4).min(MAX_PASSES)
+        } else {
+            8
+        });
         MigrateConfig {
-            mode: match self.mode {
-                ModeArg::Live => Mode::Live,
-                ModeArg::Save => Mode::Save,
-                ModeArg::None => Mode::None,
-            },
+            mode,
+            failback: self.failback || (!self.no_failback && mode != Mode::None),
+            failback_after_ms: self.failback_after_ms,
+            failback_request_at: self.failback_request_at.unwrap_or(0),
+            cycles: self.cycles,
             backend: match self.backend {
                 Backend::File => BackendKind::File,
                 Backend::Null => BackendKind::Null,
             },
             accel: accel_choice(self.accel),
             blocks: self.blocks,
-            passes: self.passes,
+            passes,
             qd: self.qd,
             seed: self.seed.unwrap_or(1),
             switch,
@@ -404,7 +441,7 @@ mod tests {
             &["s", "run", "--qd", "0"][..],
             &["s", "run", "--qd", "65"],
             &["s", "run", "--blocks", "0"],
-            &["s", "run", "--passes", "65"],
+            &["s", "run", "--passes", "1025"],
             &["s", "run", "--backend", "nvme"],
             &["s", "run", "--accel", "hvf"],
             &["s", "run", "--timeout-secs", "0"],

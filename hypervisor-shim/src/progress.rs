@@ -78,6 +78,11 @@ impl Progress {
         self.say(format!("{}: {detail}", step.label()));
     }
 
+    /// The line of a failback step: `"failback {step}: {detail}"`.
+    pub fn fb_step(&mut self, step: Step, detail: impl fmt::Display) {
+        self.say(format!("failback {}: {detail}", step.label()));
+    }
+
     /// The lines kept so far (emptied).
     pub fn take_lines(&mut self) -> Vec<TimelineEntry> {
         std::mem::take(&mut self.lines)

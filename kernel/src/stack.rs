@@ -122,6 +122,11 @@ impl<H: Hal, P: BlockPort> ResourceStack<H, P> {
         self.port1.take()
     }
 
+    /// Takes the ring client away from port 2 (after a failback, before the ring is unplugged).
+    pub fn detach_port2(&mut self) -> Option<RingClient<'static>> {
+        self.port2.take()
+    }
+
     /// Puts the ring client behind port 2.
     pub fn attach_port2(&mut self, client: RingClient<'static>) {
         self.port2 = Some(client);
@@ -155,6 +160,18 @@ impl<H: Hal, P: BlockPort> ResourceStack<H, P> {
     /// Opens port 2 and forwards what was held, in order.
     pub fn open_port2(&mut self) -> Result<State, RedirectError> {
         let state = self.redirector.open_port2()?;
+        self.dispatch_queued();
+        Ok(state)
+    }
+
+    /// Directs the failback: new requests are held while port 2 drains.
+    pub fn begin_failback(&mut self) -> Result<State, RedirectError> {
+        self.redirector.begin_failback()
+    }
+
+    /// The device is behind port 1 again: the held requests go to it first, in order.
+    pub fn device_attached(&mut self) -> Result<State, RedirectError> {
+        let state = self.redirector.device_attached()?;
         self.dispatch_queued();
         Ok(state)
     }

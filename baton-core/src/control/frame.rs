@@ -38,19 +38,22 @@ fn write_body(w: &mut Cursor<'_>, msg: &Message, seq: u32) -> fmt::Result {
     write!(w, "{FRAME_PREFIX} {PROTOCOL_VERSION} {seq} {}", msg.name())?;
     match *msg {
         Message::Hello { role, vm, version } => write!(w, " {} {vm} {version}", role.name()),
-        Message::Drained {
-            port1_completed,
-            held,
-        } => write!(w, " {port1_completed} {held}"),
+        Message::Drained { completed, held } => write!(w, " {completed} {held}"),
         Message::Released { slot }
         | Message::RingOpened { slot }
-        | Message::DiskAttached { slot } => write!(w, " {slot}"),
+        | Message::DiskAttached { slot }
+        | Message::CloseRing { slot } => write!(w, " {slot}"),
         Message::PeerReady { capacity_sectors } => write!(w, " {capacity_sectors}"),
         Message::Error { code } => write!(w, " {code}"),
         Message::Ack { seq } => write!(w, " {seq}"),
-        Message::Forwarding | Message::MigrateRequest | Message::Redirect | Message::OpenPort2 => {
-            Ok(())
-        }
+        Message::Forwarding
+        | Message::MigrateRequest
+        | Message::FailbackRequest
+        | Message::Direct
+        | Message::Redirect
+        | Message::OpenPort2
+        | Message::Failback
+        | Message::ReleaseDisk => Ok(()),
     }
 }
 
@@ -61,7 +64,8 @@ fn write_body(w: &mut Cursor<'_>, msg: &Message, seq: u32) -> fmt::Result {
 pub fn encode(msg: &Message, seq: u32, out: &mut [u8]) -> Result<usize, ControlError> {
     if let Message::Released { slot }
     | Message::RingOpened { slot }
-    | Message::DiskAttached { slot } = *msg
+    | Message::DiskAttached { slot }
+    | Message::CloseRing { slot } = *msg
         && slot > MAX_PCI_SLOT
     {
         return Err(ControlError::BadSlot);
@@ -164,7 +168,7 @@ fn parse_message(name: &[u8], args: &[&[u8]]) -> Result<Message, ControlError> {
         b"drained" => {
             arity(2)?;
             Message::Drained {
-                port1_completed: parse_u64(arg(0)?)?,
+                completed: parse_u64(arg(0)?)?,
                 held: parse_u32(arg(1)?)?,
             }
         }
@@ -187,6 +191,14 @@ fn parse_message(name: &[u8], args: &[&[u8]]) -> Result<Message, ControlError> {
         b"migrate-request" => {
             arity(0)?;
             Message::MigrateRequest
+        }
+        b"failback-request" => {
+            arity(0)?;
+            Message::FailbackRequest
+        }
+        b"direct" => {
+            arity(0)?;
+            Message::Direct
         }
         b"error" => {
             arity(1)?;
@@ -219,6 +231,20 @@ fn parse_message(name: &[u8], args: &[&[u8]]) -> Result<Message, ControlError> {
         b"open-port2" => {
             arity(0)?;
             Message::OpenPort2
+        }
+        b"failback" => {
+            arity(0)?;
+            Message::Failback
+        }
+        b"release-disk" => {
+            arity(0)?;
+            Message::ReleaseDisk
+        }
+        b"close-ring" => {
+            arity(1)?;
+            Message::CloseRing {
+                slot: parse_slot(arg(0)?)?,
+            }
         }
         _ => return Err(ControlError::UnknownMessage),
     };

@@ -20,6 +20,12 @@
 //! | PeerReady   | forwarding from the owner         | Forwarding  |
 //! | Forwarding  | shim: begin-migration             | Migrating   |
 //! | Migrating   | shim: end-migration               | Forwarding  |
+//! | Forwarding  | failback-request from the owner   | Forwarding  |
+//! | Migrating   | failback-request from the owner   | Migrating   |
+//! | Forwarding  | shim: failback                    | FailingBack |
+//! | FailingBack | drained from the owner            | FailbackDrained |
+//! | FailbackDrained | released from the peer        | FailbackReleased |
+//! | FailbackReleased | direct from the owner        | Direct      |
 //! | any         | ack from either guest             | unchanged   |
 //! | any         | error from either guest           | Failed      |
 //!
@@ -31,8 +37,13 @@
 //! released and the peer is ready. `baton-core/tests/control_handoff.rs` checks this over random
 //! event sequences, and that this table and [`TRANSITIONS`] agree.
 //!
-//! The state and action names say what happened to the handoff, not which guest did it, so the
-//! reverse handoff can reuse them with the roles swapped in the rows.
+//! The failback (docs/design.md, "Failback") is the handoff in reverse, with its own three states:
+//! the owner's port 2 drains (`FailingBack` → `FailbackDrained`), the peer releases the disk
+//! (`FailbackReleased`), and the owner's `direct` (the disk is behind port 1 again, the held
+//! requests went there first) brings the handoff back to `Direct`, where the next cycle's
+//! `redirect` can start. So (mirrored I2) `Direct` is reachable from `Forwarding` only through
+//! `FailbackDrained → FailbackReleased`: nothing reaches port 1 before port 2 drained and the
+//! peer let the disk go.
 
 use core::fmt;
 
@@ -57,13 +68,19 @@ pub enum HandoffState {
     Forwarding,
     /// The owner is being saved or migrated (still forwarding).
     Migrating,
+    /// `failback` sent: the owner holds new requests while port 2 drains.
+    FailingBack,
+    /// The owner reported port 2 drained; the peer is told to release the disk.
+    FailbackDrained,
+    /// The peer released the disk; the shim moves it back to the owner.
+    FailbackReleased,
     /// A guest reported an error; the handoff is stopped.
     Failed,
 }
 
 impl HandoffState {
     /// Every state, in handoff order.
-    pub const ALL: [HandoffState; 9] = [
+    pub const ALL: [HandoffState; 12] = [
         HandoffState::Booting,
         HandoffState::Direct,
         HandoffState::Redirecting,
@@ -72,6 +89,9 @@ impl HandoffState {
         HandoffState::PeerReady,
         HandoffState::Forwarding,
         HandoffState::Migrating,
+        HandoffState::FailingBack,
+        HandoffState::FailbackDrained,
+        HandoffState::FailbackReleased,
         HandoffState::Failed,
     ];
 
@@ -93,14 +113,17 @@ pub enum ShimAction {
     BeginMigration,
     /// Its save or migration ended (completed or rolled back); port 2 still forwards.
     EndMigration,
+    /// The shim directed the failback (sent `failback` to the owner).
+    Failback,
 }
 
 impl ShimAction {
     /// Every action.
-    pub const ALL: [ShimAction; 3] = [
+    pub const ALL: [ShimAction; 4] = [
         ShimAction::Redirect,
         ShimAction::BeginMigration,
         ShimAction::EndMigration,
+        ShimAction::Failback,
     ];
 
     /// The name in the transition table.
@@ -109,6 +132,7 @@ impl ShimAction {
             ShimAction::Redirect => "redirect",
             ShimAction::BeginMigration => "begin-migration",
             ShimAction::EndMigration => "end-migration",
+            ShimAction::Failback => "failback",
         }
     }
 }
@@ -199,7 +223,7 @@ const fn row(from: Option<HandoffState>, on: Trigger, to: Option<HandoffState>) 
 
 /// The handoff's transition table, in the order of the module docs' table. The first row that
 /// matches the state and the event decides.
-pub const TRANSITIONS: [Transition; 12] = {
+pub const TRANSITIONS: [Transition; 18] = {
     use HandoffState as S;
     use MessageKind as K;
     use Trigger::{Guest, Shim};
@@ -253,6 +277,36 @@ pub const TRANSITIONS: [Transition; 12] = {
             Some(S::Migrating),
             Shim(ShimAction::EndMigration),
             Some(S::Forwarding),
+        ),
+        row(
+            Some(S::Forwarding),
+            Guest(Sender::Owner, K::FailbackRequest),
+            Some(S::Forwarding),
+        ),
+        row(
+            Some(S::Migrating),
+            Guest(Sender::Owner, K::FailbackRequest),
+            Some(S::Migrating),
+        ),
+        row(
+            Some(S::Forwarding),
+            Shim(ShimAction::Failback),
+            Some(S::FailingBack),
+        ),
+        row(
+            Some(S::FailingBack),
+            Guest(Sender::Owner, K::Drained),
+            Some(S::FailbackDrained),
+        ),
+        row(
+            Some(S::FailbackDrained),
+            Guest(Sender::Peer, K::Released),
+            Some(S::FailbackReleased),
+        ),
+        row(
+            Some(S::FailbackReleased),
+            Guest(Sender::Owner, K::Direct),
+            Some(S::Direct),
         ),
         row(None, Guest(Sender::Either, K::Ack), None),
         row(None, Guest(Sender::Either, K::Error), Some(S::Failed)),

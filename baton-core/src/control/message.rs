@@ -98,14 +98,16 @@ pub enum Message {
         /// Guest software version.
         version: u32,
     },
-    /// Guest → shim: port 1 drained.
+    /// Guest (owner) → shim: the port it stopped using drained — port 1 after `redirect`, port 2
+    /// after `failback`.
     Drained {
-        /// Requests port 1 completed in total.
-        port1_completed: u64,
-        /// Requests held at port 2.
+        /// Requests that port completed in total.
+        completed: u64,
+        /// Requests held for the next port.
         held: u32,
     },
-    /// Guest → shim: device quiesced and ejected from `slot`.
+    /// Guest → shim: device quiesced and ejected from `slot` (the owner in a handoff, the peer in
+    /// a failback).
     Released {
         /// PCI slot written to the eject register.
         slot: u8,
@@ -119,6 +121,12 @@ pub enum Message {
     Forwarding,
     /// Guest (owner) → shim: please migrate me.
     MigrateRequest,
+    /// Guest (owner) → shim: please give my device back (honoured once the owner's migration is
+    /// over).
+    FailbackRequest,
+    /// Guest (owner) → shim: the failback is done: the disk is initialised behind port 1 again
+    /// and the held requests went to it first, in order.
+    Direct,
     /// Guest → shim: something failed.
     Error {
         /// Guest-defined error code.
@@ -143,6 +151,17 @@ pub enum Message {
     },
     /// Shim → owner: start forwarding over the ring.
     OpenPort2,
+    /// Shim → owner: the failback is directed: hold new requests while port 2 drains.
+    Failback,
+    /// Shim → peer: the failback: quiesce the disk and eject its slot (its `device_del` is
+    /// issued).
+    ReleaseDisk,
+    /// Shim → guest: the ring's ivshmem device in `slot` is being unplugged: stop using the ring
+    /// and eject the slot.
+    CloseRing {
+        /// PCI slot of the ivshmem device.
+        slot: u8,
+    },
 }
 
 impl Message {
@@ -164,12 +183,17 @@ impl Message {
             Message::PeerReady { .. } => MessageKind::PeerReady,
             Message::Forwarding => MessageKind::Forwarding,
             Message::MigrateRequest => MessageKind::MigrateRequest,
+            Message::FailbackRequest => MessageKind::FailbackRequest,
+            Message::Direct => MessageKind::Direct,
             Message::Error { .. } => MessageKind::Error,
             Message::Ack { .. } => MessageKind::Ack,
             Message::Redirect => MessageKind::Redirect,
             Message::RingOpened { .. } => MessageKind::RingOpened,
             Message::DiskAttached { .. } => MessageKind::DiskAttached,
             Message::OpenPort2 => MessageKind::OpenPort2,
+            Message::Failback => MessageKind::Failback,
+            Message::ReleaseDisk => MessageKind::ReleaseDisk,
+            Message::CloseRing { .. } => MessageKind::CloseRing,
         }
     }
 
@@ -210,6 +234,10 @@ pub enum MessageKind {
     Forwarding,
     /// `migrate-request`, guest → shim.
     MigrateRequest,
+    /// `failback-request`, guest → shim.
+    FailbackRequest,
+    /// `direct`, guest → shim.
+    Direct,
     /// `error`, guest → shim.
     Error,
     /// `ack`, both ways.
@@ -222,23 +250,34 @@ pub enum MessageKind {
     DiskAttached,
     /// `open-port2`, shim → guest.
     OpenPort2,
+    /// `failback`, shim → guest.
+    Failback,
+    /// `release-disk`, shim → guest.
+    ReleaseDisk,
+    /// `close-ring`, shim → guest.
+    CloseRing,
 }
 
 impl MessageKind {
     /// Every kind, in grammar order.
-    pub const ALL: [MessageKind; 12] = [
+    pub const ALL: [MessageKind; 17] = [
         MessageKind::Hello,
         MessageKind::Drained,
         MessageKind::Released,
         MessageKind::PeerReady,
         MessageKind::Forwarding,
         MessageKind::MigrateRequest,
+        MessageKind::FailbackRequest,
+        MessageKind::Direct,
         MessageKind::Error,
         MessageKind::Ack,
         MessageKind::Redirect,
         MessageKind::RingOpened,
         MessageKind::DiskAttached,
         MessageKind::OpenPort2,
+        MessageKind::Failback,
+        MessageKind::ReleaseDisk,
+        MessageKind::CloseRing,
     ];
 
     /// The wire name.
@@ -250,12 +289,17 @@ impl MessageKind {
             MessageKind::PeerReady => "peer-ready",
             MessageKind::Forwarding => "forwarding",
             MessageKind::MigrateRequest => "migrate-request",
+            MessageKind::FailbackRequest => "failback-request",
+            MessageKind::Direct => "direct",
             MessageKind::Error => "error",
             MessageKind::Ack => "ack",
             MessageKind::Redirect => "redirect",
             MessageKind::RingOpened => "ring-opened",
             MessageKind::DiskAttached => "disk-attached",
             MessageKind::OpenPort2 => "open-port2",
+            MessageKind::Failback => "failback",
+            MessageKind::ReleaseDisk => "release-disk",
+            MessageKind::CloseRing => "close-ring",
         }
     }
 
@@ -267,6 +311,9 @@ impl MessageKind {
                 | MessageKind::RingOpened
                 | MessageKind::DiskAttached
                 | MessageKind::OpenPort2
+                | MessageKind::Failback
+                | MessageKind::ReleaseDisk
+                | MessageKind::CloseRing
         );
         match side {
             Side::Guest => !shim_only,

@@ -28,16 +28,21 @@
 //! crc      = 8 lowercase hex digits: CRC-32 (crate::crc32) of the body bytes
 //! dec      = "0" / %x31-39 *%x30-39   ; no sign, no leading zeros, must fit the field
 //! message  = "hello" SP role SP vm SP version       ; guest → shim   role = "owner" / "peer"
-//!          / "drained" SP port1_completed SP held   ; guest → shim   u64, u32
+//!          / "drained" SP completed SP held         ; guest → shim   u64, u32
 //!          / "released" SP slot                     ; guest → shim   PCI slot 0..=31
 //!          / "peer-ready" SP capacity_sectors       ; guest → shim   u64
 //!          / "forwarding"                           ; guest → shim
 //!          / "migrate-request"                      ; guest → shim
+//!          / "failback-request"                     ; guest → shim
+//!          / "direct"                               ; guest → shim
 //!          / "error" SP code                        ; guest → shim   u32
 //!          / "redirect"                             ; shim → guest
 //!          / "ring-opened" SP slot                  ; shim → guest
 //!          / "disk-attached" SP slot                ; shim → guest
 //!          / "open-port2"                           ; shim → guest
+//!          / "failback"                             ; shim → guest
+//!          / "release-disk"                         ; shim → guest
+//!          / "close-ring" SP slot                   ; shim → guest
 //!          / "ack" SP seq                           ; both ways
 //! ```
 //!

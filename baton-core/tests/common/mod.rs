@@ -18,10 +18,8 @@ pub fn message(
     let slot = 0..=MAX_PCI_SLOT;
     prop_oneof![
         (role(), vm, version).prop_map(|(role, vm, version)| Message::Hello { role, vm, version }),
-        (any::<u64>(), any::<u32>()).prop_map(|(port1_completed, held)| Message::Drained {
-            port1_completed,
-            held
-        }),
+        (any::<u64>(), any::<u32>())
+            .prop_map(|(completed, held)| Message::Drained { completed, held }),
         slot.clone().prop_map(|slot| Message::Released { slot }),
         any::<u64>().prop_map(|capacity_sectors| Message::PeerReady { capacity_sectors }),
         Just(Message::Forwarding),
@@ -30,7 +28,12 @@ pub fn message(
         any::<u32>().prop_map(|seq| Message::Ack { seq }),
         Just(Message::Redirect),
         slot.clone().prop_map(|slot| Message::RingOpened { slot }),
-        slot.prop_map(|slot| Message::DiskAttached { slot }),
+        slot.clone().prop_map(|slot| Message::DiskAttached { slot }),
         Just(Message::OpenPort2),
+        Just(Message::FailbackRequest),
+        Just(Message::Direct),
+        Just(Message::Failback),
+        Just(Message::ReleaseDisk),
+        slot.prop_map(|slot| Message::CloseRing { slot }),
     ]
 }

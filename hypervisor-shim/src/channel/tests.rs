@@ -197,7 +197,7 @@ fn the_gate_follows_the_handoff_and_rejects_wrong_state_messages() {
     assert!(h.offer(Role::Owner, &HELLO_OWNER).is_err(), "second hello");
     // `drained` before `redirect` was sent.
     let drained = Message::Drained {
-        port1_completed: 10,
+        completed: 10,
         held: 3,
     };
     assert!(h.offer(Role::Owner, &drained).is_err());

@@ -10,26 +10,26 @@ impl Scenario<'_> {
     /// Steps 1-3 (claim 1): direct the handoff, let port 1 drain, move the device to the peer,
     /// open port 2. Each step is recorded in [`Scenario::record`] where it happens.
     pub(super) fn hand_over(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        let mark = self.vms.owner.events.len();
         self.direct(p)?;
         let (msg, at) = self.wait_msg(p, Role::Owner, "the owner's `drained`", |m| {
             matches!(m, Message::Drained { .. })
         })?;
-        if let Message::Drained {
-            port1_completed,
-            held,
-        } = msg
-        {
-            self.facts.drained = Some((port1_completed, held));
+        if let Message::Drained { completed, held } = msg {
+            if self.facts.drained.is_none() {
+                self.facts.drained = Some((completed, held));
+            }
+            self.handoff_drained = Some((completed, held));
             self.record.record(Step::Drained, at);
             p.step(
                 Step::Drained,
-                format!("port 1 completed {port1_completed} requests, {held} held at port 2"),
+                format!("port 1 completed {completed} requests, {held} held at port 2"),
             );
         }
         // QEMU's DEVICE_DELETED (the drive released) usually comes before the owner's
         // `released` frame: the peer's `device_add` overlaps the wait for it.
-        self.wait_drive_released(p)?;
-        let attempts = self.add_peer_disk(p)?;
+        self.wait_drive_released(p, mark)?;
+        let attempts = self.add_disk(p, Role::Peer, PEER_DISK_SLOT)?;
         let (msg, at) = self.wait_msg(p, Role::Owner, "the owner's `released`", |m| {
             matches!(m, Message::Released { .. })
         })?;
@@ -194,29 +194,14 @@ impl Scenario<'_> {
         Ok(())
     }
 
-    /// Waits until the owner's QEMU released the disk's drive: the `DEVICE_DELETED` of the
-    /// virtio backend (`.../disk0/virtio-backend`, the first of the two; docs/design.md, "QEMU 7.2
-    /// facts the design rests on"), or of `disk0` itself. QOM's `object_finalize` releases the backend's `drive` property (the
-    /// BlockBackend and with it the image's write lock) just before `device_finalize` sends its
-    /// event; the proxy's own event follows ~60 ms later only because its memory regions are
-    /// freed by QEMU's RCU thread, which waits up to 5 × 10 ms for callbacks to pile up
-    /// (util/rcu.c, `call_rcu_thread`). `device_add` in the peer is retried if the lock is still
-    /// held ([`Scenario::add_peer_disk`]).
-    pub(super) fn wait_drive_released(&mut self, p: &mut Progress) -> Result<(), Abort> {
-        let backend = format!("/machine/peripheral/{DISK_ID}/virtio-backend");
-        let (at, what) = self.wait_until(p, "DEVICE_DELETED of disk0", STEP_TIMEOUT, |s| {
-            s.vms.owner.pump_events(QMP_POLL);
-            Ok(s.vms.owner.events.iter().find_map(|(at, e)| {
-                let deleted = e.device_deleted()?;
-                if deleted.device.as_deref() == Some(DISK_ID) {
-                    Some((*at, DISK_ID.to_owned()))
-                } else if deleted.path == backend {
-                    Some((*at, format!("{DISK_ID}/virtio-backend")))
-                } else {
-                    None
-                }
-            }))
-        })?;
+    /// Waits until the owner's QEMU released the disk's drive (events after `mark`; see
+    /// [`Scenario::wait_device_deleted`]) and records it.
+    pub(super) fn wait_drive_released(
+        &mut self,
+        p: &mut Progress,
+        mark: usize,
+    ) -> Result<(), Abort> {
+        let (at, what) = self.wait_device_deleted(p, Role::Owner, mark, DISK_ID, true)?;
         self.record.record(Step::DriveReleased, at);
         self.record.record(Step::DriveReleaseSeen, Instant::now());
         p.step(
@@ -226,17 +211,66 @@ impl Scenario<'_> {
         Ok(())
     }
 
-    /// `device_add` of the disk into the peer, retried for a while if QEMU says the image is still
-    /// locked (the owner's QEMU not yet through releasing it). Returns the attempts made.
-    pub(super) fn add_peer_disk(&mut self, p: &mut Progress) -> Result<u32, Abort> {
+    /// Waits for the `DEVICE_DELETED` of device `id` from `role`'s QEMU among its events after
+    /// the first `mark`; with `backend`, the event of its virtio backend
+    /// (`.../<id>/virtio-backend`, the first of the two; docs/design.md, "QEMU 7.2 facts the
+    /// design rests on") counts too. That one marks the drive released: QOM's `object_finalize`
+    /// releases the backend's `drive` property (the BlockBackend and with it the image's write
+    /// lock) just before `device_finalize` sends its event; the proxy's own event follows ~60 ms
+    /// later only because its memory regions are freed by QEMU's RCU thread, which waits up to 5 ×
+    /// 10 ms for callbacks to pile up (util/rcu.c, `call_rcu_thread`). A `device_add` elsewhere
+    /// is retried if the lock is still held ([`Scenario::add_disk`]). Returns the event's time and
+    /// what it named.
+    pub(super) fn wait_device_deleted(
+        &mut self,
+        p: &mut Progress,
+        role: Role,
+        mark: usize,
+        id: &str,
+        backend: bool,
+    ) -> Result<(Instant, String), Abort> {
+        let backend_path = format!("/machine/peripheral/{id}/virtio-backend");
+        let what = format!("DEVICE_DELETED of {id} in the {}'s QEMU", role.name());
+        self.wait_until(p, &what, STEP_TIMEOUT, |s| {
+            let vm = match role {
+                Role::Owner => &mut s.vms.owner,
+                Role::Peer => &mut s.vms.peer,
+            };
+            vm.pump_events(QMP_POLL);
+            Ok(vm.events.iter().skip(mark).find_map(|(at, e)| {
+                let deleted = e.device_deleted()?;
+                if deleted.device.as_deref() == Some(id) {
+                    Some((*at, id.to_owned()))
+                } else if backend && deleted.path == backend_path {
+                    Some((*at, format!("{id}/virtio-backend")))
+                } else {
+                    None
+                }
+            }))
+        })
+    }
+
+    /// `device_add` of the disk into `role`'s QEMU in `slot`, retried for a while if QEMU says
+    /// the image is still locked (the other QEMU not yet through releasing it). Returns the
+    /// attempts made.
+    pub(super) fn add_disk(
+        &mut self,
+        p: &mut Progress,
+        role: Role,
+        slot: u8,
+    ) -> Result<u32, Abort> {
         let start = Instant::now();
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let r = self.vms.peer.exec(&DeviceAdd {
+            let vm = match role {
+                Role::Owner => &mut self.vms.owner,
+                Role::Peer => &mut self.vms.peer,
+            };
+            let r = vm.exec(&DeviceAdd {
                 driver: "virtio-blk-pci".into(),
                 id: DISK_ID.into(),
-                props: qemu::virtio_blk_device_props(DISK_ID, PEER_DISK_SLOT),
+                props: qemu::virtio_blk_device_props(DISK_ID, slot),
             });
             match r {
                 Ok(_) => return Ok(attempts),

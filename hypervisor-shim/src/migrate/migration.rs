@@ -348,7 +348,7 @@ impl Scenario<'_> {
         self.shim_acts(ShimAction::BeginMigration);
         // Started only now: a QEMU starting up during the handoff would compete for the CPU with
         // the guests while the owner's I/O is stalled.
-        let connected = match self.launch_destination("destination") {
+        let connected = match self.launch_destination(self.cycle_label("destination")) {
             Ok(pd) => Self::connect_destination(pd),
             Err(e) => return self.migration_failed(p, e, None),
         };
@@ -421,7 +421,7 @@ impl Scenario<'_> {
         // As for a live migration: not expected to be refused after the owner's `forwarding`,
         // unless a guest's `error` since then moved the table to `Failed`.
         self.shim_acts(ShimAction::BeginMigration);
-        let state = self.dir.join("vm1.state");
+        let state = self.dir.join(format!("{}.state", self.cycle_label("vm1")));
         let _ = std::fs::remove_file(&state);
         // The saved state goes when the scenario ends, however it ends (unless --keep).
         let _state_guard = (!self.cfg.keep).then(|| SocketPath(state.clone()));
@@ -458,7 +458,7 @@ impl Scenario<'_> {
         }
         // From here on there is no source to fall back to.
         self.record.record(Step::RestoreStarted, Instant::now());
-        let restored = match self.launch_destination("restored") {
+        let restored = match self.launch_destination(self.cycle_label("restored")) {
             Ok(pd) => match Self::connect_destination(pd) {
                 Ok((vm, listener, stream)) => {
                     self.restore(p, vm, listener, stream, &state, (bar0, bar2))

@@ -57,7 +57,7 @@ use crate::qemu::{
 use crate::qmp::{
     self, BlockdevAdd, BlockdevDel, Cont, DeviceAdd, DeviceDel, HumanMonitorCommand, Migrate,
     MigrateIncoming, MigrateSetCapabilities, MigrationCapability, MigrationInfo, ObjectAdd,
-    QueryMigrate, QueryPci, QueryStatus, QueryVersion, Quit,
+    ObjectDel, QueryMigrate, QueryPci, QueryStatus, QueryVersion, Quit,
 };
 use crate::report::{GuestExit, MigrateReport, Phases, SwitchReport, VmEvent};
 use crate::setup::{
@@ -69,6 +69,7 @@ use crate::steps::{self, Direction, HandoffRecord, Step, ms_between};
 use crate::vm::Ending;
 
 mod events;
+mod failback;
 mod handoff;
 mod migration;
 mod report;
@@ -147,18 +148,30 @@ pub enum Mode {
     Live,
     /// Save the owner to a file, quit its QEMU, restore it in a new one.
     Save,
-    /// The handoff only, no migration: the owner finishes at the source, forwarding through the
+    /// The handoff only, no migration: the owner stays at the source, forwarding through the
     /// peer (measures the forwarded path without a migration inside it).
     None,
+    /// Cycles alternate: live in odd cycles, save + restore in even ones.
+    Mixed,
 }
 
 impl Mode {
-    /// `live` or `save`.
+    /// `live`, `save`, `none` or `mixed`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Live => "live",
             Self::Save => "save",
             Self::None => "none",
+            Self::Mixed => "mixed",
+        }
+    }
+
+    /// What cycle `n` (from 1) does: `Mixed` is live in odd cycles and save in even ones.
+    pub fn for_cycle(self, n: u32) -> Mode {
+        match self {
+            Self::Mixed if n % 2 == 1 => Self::Live,
+            Self::Mixed => Self::Save,
+            m => m,
         }
     }
 }
@@ -203,8 +216,18 @@ pub struct MigrateConfig {
     pub qd: u16,
     /// Schedule seed.
     pub seed: u64,
-    /// How the handoff is directed.
+    /// How the (first) handoff is directed. Later cycles start at a point drawn from the seed
+    /// after the previous failback ([`cycle_pause_ms`]).
     pub switch: Switch,
+    /// Give the disk back to the owner after its migration (the failback), and close the ring.
+    pub failback: bool,
+    /// Wait this long after the owner runs at its destination before directing the failback
+    /// (the owner's `failback-request` directs it earlier).
+    pub failback_after_ms: u64,
+    /// The owner asks for its disk back after this many writes (`failback_at=`; 0: never).
+    pub failback_request_at: u64,
+    /// Full cycles (handoff → migration → failback) to run; more than one needs `failback`.
+    pub cycles: u32,
     /// The peer's fault hook.
     pub peer_fault: Fault,
     /// Test hook: break the migration.
@@ -252,6 +275,12 @@ fn splitmix64(mut x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// The pause before cycle `cycle`'s handoff (cycles after the first), drawn from `seed`: 20..120
+/// ms after the previous failback ended, while the owner does direct I/O.
+pub fn cycle_pause_ms(seed: u64, cycle: u32) -> u64 {
+    20 + splitmix64(seed ^ (u64::from(cycle) << 32) ^ 0xc7c1_e000) % 100
 }
 
 /// Why the scenario stopped early.
@@ -325,6 +354,7 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
             Switch::OwnerRequest(n) => n,
             _ => 0,
         },
+        failback_at: cfg.failback_request_at,
         fault: Fault::None,
     };
     let peer_guest = GuestConfig {
@@ -340,6 +370,17 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
         return Err(MigrateError::Config(format!(
             "--migrate-at {n} must lie in 1..{writes_total} (the workload's writes)"
         )));
+    }
+    if cfg.cycles == 0 || (cfg.cycles > 1 && !cfg.failback) {
+        return Err(MigrateError::Config(format!(
+            "--cycles {} needs at least one cycle, and more than one needs the failback",
+            cfg.cycles
+        )));
+    }
+    if cfg.failback_request_at != 0 && !cfg.failback {
+        return Err(MigrateError::Config(
+            "--failback-request-at needs the failback (drop --no-failback)".into(),
+        ));
     }
     if cfg.destination_fault != DestinationFault::None && cfg.mode != Mode::Live {
         return Err(MigrateError::Config(

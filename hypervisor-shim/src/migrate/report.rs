@@ -1,9 +1,11 @@
 //! The `migrate` report, assembled from the finished scenario, the host's disk check and the
 //! verdict ([`super::verdict`]).
 
+use super::failback::FailbackFacts;
 use super::verdict::{self, DiskCheck};
 use super::*;
 use crate::report::DiskVerification;
+use crate::report::{CycleReport, FailbackReport};
 use crate::vm::{check_echo, classify};
 
 /// The report of a scenario that could not start its guests.
@@ -50,6 +52,11 @@ pub(super) fn failed_setup_report(
         migration_error: None,
         source_resumed: false,
         phases: Phases::default(),
+        cycles_planned: cfg.cycles,
+        cycles_completed: 0,
+        cycles: Vec::new(),
+        failback: Vec::new(),
+        port1_requests_after_failback: None,
         control_rejected: 0,
         control_rejections: Vec::new(),
         control: BTreeMap::new(),
@@ -182,7 +189,18 @@ pub(super) fn build_report(
     }
     let writes_total = guest.schedule().total_writes();
     let disk = check_disk(plan, guest_report.as_ref(), p);
-    let failures = verdict::failures(verdict::Evidence {
+    let first = s.first_record();
+    let cycle_reports = cycle_reports(&s);
+    let failback_reports = failback_reports(&s);
+    let cycles_completed = cycle_reports
+        .iter()
+        .filter(|c| {
+            c.failback_ok
+                .unwrap_or(!cfg.failback && c.migration_error.is_none() && c.handoff_ms.is_some())
+        })
+        .count() as u32;
+    let port1_after = port1_after_failback(&s, guest_report.as_ref());
+    let mut failures = verdict::failures(verdict::Evidence {
         mode: cfg.mode,
         run_failures: std::mem::take(&mut s.out.failures),
         guest_exit,
@@ -191,13 +209,32 @@ pub(super) fn build_report(
         owner_is_destination: s.vms.owner_is_destination,
         migration_failed: s.facts.migration.error.is_some(),
         peer_fault: lines.peer_fault.as_deref(),
-        record: &s.record,
+        record: &first,
         guest_report: guest_report.as_ref(),
         guest_report_error: guest_report_error.as_deref(),
         result_line_seen: lines.result_from.is_some(),
         writes_total,
         disk: &disk,
     });
+    for f in &failback_reports {
+        if !f.ok {
+            failures.push(format!(
+                "failback of cycle {} did not complete: {}",
+                f.cycle,
+                f.error.as_deref().unwrap_or(if f.ring_closed {
+                    "the owner never reported port 1 open"
+                } else {
+                    "the ring was not closed"
+                })
+            ));
+        }
+    }
+    if failures.is_empty() && cycles_completed < cfg.cycles {
+        failures.push(format!(
+            "{cycles_completed} of {} cycles completed: the owner's workload ended first (raise --passes or --blocks)",
+            cfg.cycles
+        ));
+    }
     let rejected = s.ctl.handoff.rejected();
     if rejected > 0 {
         s.note(format!(
@@ -212,7 +249,7 @@ pub(super) fn build_report(
     let queued = g
         .map(|r| r.held_at_switch)
         .or(s.facts.drained.map(|(_, h)| u64::from(h)));
-    let directed_at_ms = s.record.since(s.t0, Step::Directed);
+    let directed_at_ms = first.since(s.t0, Step::Directed);
     let timeline = p.take_lines();
     let elapsed_ms = ms_between(s.t0, Instant::now());
     let ok = failures.is_empty();
@@ -252,7 +289,12 @@ pub(super) fn build_report(
         migration_total_ms: s.facts.migration.total_ms,
         migration_error: s.facts.migration.error.take(),
         source_resumed: s.facts.migration.source_resumed,
-        phases: Phases::from_record(Some(&s.record)),
+        phases: Phases::from_record(Some(&first)),
+        cycles_planned: cfg.cycles,
+        cycles_completed,
+        cycles: cycle_reports,
+        failback: failback_reports,
+        port1_requests_after_failback: port1_after,
         control_rejected: rejected,
         control_rejections: s.ctl.handoff.rejections().to_vec(),
         control,
@@ -282,4 +324,70 @@ pub(super) fn build_report(
         workdir: plan.workdir.path().display().to_string(),
         artifacts_kept: plan.workdir.kept(),
     }
+}
+
+/// One entry per cycle started.
+fn cycle_reports(s: &Scenario<'_>) -> Vec<CycleReport> {
+    s.cycles
+        .iter()
+        .map(|c| CycleReport {
+            cycle: c.n,
+            mode: c.mode.as_str().into(),
+            requests_held_at_handoff: c.held_at_handoff,
+            handoff_ms: c.handoff.span_ms(&steps::HANDOFF),
+            handoff_blackout_ms: s.switch_gap_ms(false, c.n),
+            migration_status: c.migration.status.clone(),
+            migration_downtime_ms: c.migration.downtime_ms,
+            migration_ms: c.handoff.span_ms(&steps::MIGRATION),
+            migration_error: c.migration.error.clone(),
+            failback_ok: c.failback.as_ref().map(FailbackFacts::ok),
+        })
+        .collect()
+}
+
+/// One entry per failback directed.
+fn failback_reports(s: &Scenario<'_>) -> Vec<FailbackReport> {
+    s.cycles
+        .iter()
+        .filter_map(|c| Some((c.n, c.failback.as_ref()?)))
+        .map(|(n, f)| {
+            let [
+                directed_to_drained_ms,
+                drained_to_released_ms,
+                drained_to_drive_released_ms,
+                released_to_attached_ms,
+                attached_to_port1_open_ms,
+                port1_open_to_first_completion_ms,
+                failback_ms,
+            ] = FailbackReport::times(&f.record);
+            FailbackReport {
+                cycle: n,
+                ok: f.ok(),
+                requests_held_at_failback: f.held,
+                blackout_ms: s.switch_gap_ms(true, n),
+                directed_to_drained_ms,
+                drained_to_released_ms,
+                drained_to_drive_released_ms,
+                released_to_attached_ms,
+                attached_to_port1_open_ms,
+                port1_open_to_first_completion_ms,
+                failback_ms,
+                directed_at_ms: f.record.since(s.t0, Step::Directed),
+                ring_closed: f.ring_closed,
+                error: f.error.clone(),
+            }
+        })
+        .collect()
+}
+
+/// Requests the owner sent to port 1 after its last completed failback: its total port-1
+/// requests less those it had made when that cycle's handoff drained port 1.
+fn port1_after_failback(s: &Scenario<'_>, g: Option<&GuestReport>) -> Option<u64> {
+    let last = s
+        .cycles
+        .iter()
+        .rev()
+        .find(|c| c.failback.as_ref().is_some_and(FailbackFacts::ok))?;
+    let before = last.port1_at_handoff?;
+    Some(g?.port1_requests.saturating_sub(before))
 }

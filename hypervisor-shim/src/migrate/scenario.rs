@@ -16,7 +16,7 @@ pub(super) struct OwnerLines {
 }
 
 /// What QEMU's migration said, and what became of the destination.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub(super) struct MigrationOutcome {
     pub(super) status: Option<String>,
     pub(super) destination_status: Option<String>,
@@ -89,6 +89,25 @@ pub(super) struct Output {
     pub(super) serial_logs: BTreeMap<String, String>,
 }
 
+/// One finished (or interrupted) cycle: handoff → migration → failback.
+#[derive(Debug, Clone)]
+pub(super) struct CycleFacts {
+    /// From 1.
+    pub(super) n: u32,
+    /// What the cycle's migration did (`Mixed` resolved).
+    pub(super) mode: Mode,
+    /// The handoff's steps.
+    pub(super) handoff: HandoffRecord,
+    /// Requests held at port 2 when port 1 drained.
+    pub(super) held_at_handoff: Option<u32>,
+    /// Requests port 1 had completed in total when it drained (the owner's `drained`).
+    pub(super) port1_at_handoff: Option<u64>,
+    /// The migration's outcome.
+    pub(super) migration: MigrationOutcome,
+    /// The failback, when one was directed.
+    pub(super) failback: Option<failback::FailbackFacts>,
+}
+
 /// The running scenario.
 pub(super) struct Scenario<'a> {
     pub(super) cfg: &'a MigrateConfig,
@@ -98,8 +117,16 @@ pub(super) struct Scenario<'a> {
     pub(super) vms: Vms,
     pub(super) ctl: Control,
     pub(super) ring: Ring,
-    /// The handoff's steps, as they happen.
+    /// The running cycle's handoff steps, as they happen.
     pub(super) record: HandoffRecord,
+    /// The running cycle (from 1; 0 before the first handoff).
+    pub(super) cycle: u32,
+    /// The running cycle's handoff `drained`: (port 1 completed, held at port 2).
+    pub(super) handoff_drained: Option<(u64, u32)>,
+    /// The running cycle's failback, once directed.
+    pub(super) failback: Option<failback::FailbackFacts>,
+    /// Finished cycles, in order.
+    pub(super) cycles: Vec<CycleFacts>,
     pub(super) facts: Facts,
     pub(super) out: Output,
 }
@@ -176,6 +203,10 @@ pub(super) fn start<'a>(
         },
         ring: Ring::default(),
         record: HandoffRecord::new(Direction::OWNER_TO_PEER),
+        cycle: 0,
+        handoff_drained: None,
+        failback: None,
+        cycles: Vec::new(),
         facts: Facts::default(),
         out: Output {
             qemu_version: Some(version.to_string()),
@@ -212,21 +243,89 @@ impl Scenario<'_> {
         }
     }
 
-    /// The handoff itself, then the migration, then the wait for the owner at the destination.
+    /// The cycles — each the handoff, the migration, the failback — then the wait for the owner
+    /// to finish its workload.
     pub(super) fn drive(&mut self, p: &mut Progress) -> Result<(), Abort> {
         self.wait_until(p, "both guests' hello", HELLO_TIMEOUT, |s| {
             Ok(s.ctl.handoff.both_hello().then_some(()))
         })?;
         p.say("both guests said hello over COM2 (owner: port 1 = virtio-blk in slot 4)");
-        self.wait_for_switch(p)?;
-        self.hand_over(p)?;
-        self.await_first_completion(p)?;
-        match self.cfg.mode {
-            Mode::Live => self.live_migrate(p)?,
-            Mode::Save => self.save_restore(p)?,
-            Mode::None => p.say("no migration (--mode none): the owner finishes at the source"),
+        for n in 1..=self.cfg.cycles {
+            self.begin_cycle(p, n)?;
+            self.hand_over(p)?;
+            self.await_first_completion(p)?;
+            match self.cfg.mode.for_cycle(n) {
+                Mode::Live | Mode::Mixed => self.live_migrate(p)?,
+                Mode::Save => self.save_restore(p)?,
+                Mode::None => p.say("no migration (--mode none): the owner stays at the source"),
+            }
+            if self.cfg.failback {
+                self.wait_for_failback(p)?;
+                self.fail_back(p)?;
+            }
+            self.end_cycle();
         }
         self.wait_owner_exit(p)
+    }
+
+    /// Starts cycle `n`: the first waits for its switch point; a later one starts a fresh
+    /// record and pauses a seeded 20..120 ms of direct I/O after the previous failback.
+    fn begin_cycle(&mut self, p: &mut Progress, n: u32) -> Result<(), Abort> {
+        self.cycle = n;
+        if n == 1 {
+            return self.wait_for_switch(p);
+        }
+        self.record = HandoffRecord::new(Direction::OWNER_TO_PEER);
+        self.handoff_drained = None;
+        self.facts.migration = MigrationOutcome::default();
+        let pause = cycle_pause_ms(self.cfg.seed, n);
+        p.say(format!(
+            "cycle {n} of {}: handoff in {pause} ms ({})",
+            self.cfg.cycles,
+            self.cfg.mode.for_cycle(n).as_str()
+        ));
+        let at = Instant::now() + Duration::from_millis(pause);
+        self.wait_until(p, "the next cycle's switch point", Duration::MAX, |_| {
+            Ok((Instant::now() >= at).then_some(()))
+        })
+    }
+
+    /// Files the running cycle (once) with what it reached.
+    pub(super) fn end_cycle(&mut self) {
+        if self.cycle == 0 || self.cycles.last().is_some_and(|c| c.n == self.cycle) {
+            return;
+        }
+        self.cycles.push(CycleFacts {
+            n: self.cycle,
+            mode: self.cfg.mode.for_cycle(self.cycle),
+            handoff: self.record,
+            held_at_handoff: self.handoff_drained.map(|(_, h)| h),
+            port1_at_handoff: self.handoff_drained.map(|(c, _)| c),
+            migration: self.facts.migration.clone(),
+            failback: self.failback.take(),
+        });
+    }
+
+    /// The blackout the owner measured around handoff (`failback`: failback) `n`, in ms: its
+    /// `BATON switch` line.
+    pub(super) fn switch_gap_ms(&self, failback: bool, n: u32) -> Option<f64> {
+        let _ = (failback, n);
+        None
+    }
+
+    /// The first cycle's handoff record (the report's `phases`).
+    pub(super) fn first_record(&self) -> HandoffRecord {
+        self.cycles.first().map_or(self.record, |c| c.handoff)
+    }
+
+    /// A QEMU label for this cycle: `base` in the first, `base-N` after (leaked: one short
+    /// string per cycle for the life of the process, since labels are `&'static str`).
+    pub(super) fn cycle_label(&self, base: &'static str) -> &'static str {
+        if self.cycle <= 1 {
+            base
+        } else {
+            Box::leak(format!("{base}-{}", self.cycle).into_boxed_str())
+        }
     }
 
     /// Step 5: the owner finishes its workload (at the destination, normally).
@@ -331,6 +430,7 @@ impl Scenario<'_> {
         {
             vm.kill();
         }
+        self.end_cycle();
         self.collect_events();
         self.ring.watch = None;
         self.ring.shm = None;

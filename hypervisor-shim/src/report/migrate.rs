@@ -12,6 +12,83 @@ use super::{
     CompletionTimeline, DiskVerification, GuestExit, PortStatsReport, TimelineEntry, ms, opt,
 };
 
+/// One cycle: handoff → migration (or save + restore) → failback.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CycleReport {
+    /// From 1.
+    pub cycle: u32,
+    /// `live`, `save` or `none` (a `mixed` run alternates).
+    pub mode: String,
+    /// Requests held at port 2 when port 1 drained.
+    pub requests_held_at_handoff: Option<u32>,
+    /// `redirect` sent → the owner's `forwarding`, in ms.
+    pub handoff_ms: Option<f64>,
+    /// The longest completion gap around the handoff (the owner's `BATON switch` line), in ms.
+    pub handoff_blackout_ms: Option<f64>,
+    /// The source's final `query-migrate` status.
+    pub migration_status: Option<String>,
+    /// QEMU's downtime of the migration (save: of the save), in ms.
+    pub migration_downtime_ms: Option<u64>,
+    /// `migrate` issued → the guest runs again, in ms.
+    pub migration_ms: Option<f64>,
+    /// Why the migration failed, if it did.
+    pub migration_error: Option<String>,
+    /// Whether this cycle's failback completed (null: none was directed).
+    pub failback_ok: Option<bool>,
+}
+
+/// One failback (docs/design.md, "Failback"): the disk back to the owner, the ring closed. Step
+/// times in ms by the shim's clock (null when not reached).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct FailbackReport {
+    /// The cycle, from 1.
+    pub cycle: u32,
+    /// The owner has its disk behind port 1 again and the ring is closed.
+    pub ok: bool,
+    /// Requests the owner held while port 2 drained (sent to port 1 first).
+    pub requests_held_at_failback: Option<u32>,
+    /// The longest completion gap around the failback, in ms (the owner's `BATON switch
+    /// kind=failback` line: from `failback` to the first port-1 completion).
+    pub blackout_ms: Option<f64>,
+    /// `failback` sent → the owner's `drained` (port 2 drained).
+    pub directed_to_drained_ms: Option<f64>,
+    /// Port 2 drained → the peer's `released` (disk reset and ejected).
+    pub drained_to_released_ms: Option<f64>,
+    /// Inside it: port 2 drained → the peer's QEMU released the drive (`DEVICE_DELETED`).
+    pub drained_to_drive_released_ms: Option<f64>,
+    /// `released` → `disk-attached` sent to the owner (its `device_add` done).
+    pub released_to_attached_ms: Option<f64>,
+    /// `disk-attached` → the owner's `direct` (disk initialised, port 1 reopened, held requests
+    /// sent).
+    pub attached_to_port1_open_ms: Option<f64>,
+    /// Port 1 reopened → the first port-1 completion seen (the owner's `BATON switch` line).
+    pub port1_open_to_first_completion_ms: Option<f64>,
+    /// `failback` sent → port 1 reopened.
+    pub failback_ms: Option<f64>,
+    /// When `failback` was sent, ms since the scenario started.
+    pub directed_at_ms: Option<f64>,
+    /// No ivshmem device left in either QEMU's `query-pci`, and the /dev/shm file unlinked.
+    pub ring_closed: bool,
+    /// Why the failback did not complete.
+    pub error: Option<String>,
+}
+
+impl FailbackReport {
+    /// The step times of a failback's record (direction peer → owner).
+    pub fn times(record: &HandoffRecord) -> [Option<f64>; 7] {
+        use steps::Step as S;
+        [
+            record.ms(S::Directed, S::Drained),
+            record.ms(S::Drained, S::Released),
+            record.ms(S::Drained, S::DriveReleased),
+            record.ms(S::Released, S::Attached),
+            record.ms(S::Attached, S::PortOpen),
+            record.ms(S::PortOpen, S::FirstCompletion),
+            record.ms(S::Directed, S::PortOpen),
+        ]
+    }
+}
+
 /// A QMP event of one of the handoff's QEMUs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VmEvent {
@@ -173,8 +250,19 @@ pub struct MigrateReport {
     pub migration_error: Option<String>,
     /// Whether the source was resumed (`cont`) after a failed migration.
     pub source_resumed: bool,
-    /// Phase wall times.
+    /// Phase wall times (the first cycle's handoff).
     pub phases: Phases,
+    /// Full cycles planned (`--cycles`).
+    pub cycles_planned: u32,
+    /// Cycles whose failback completed (or, without failback, whose migration did).
+    pub cycles_completed: u32,
+    /// One entry per cycle started: its mode, handoff and migration.
+    pub cycles: Vec<CycleReport>,
+    /// One entry per failback directed, in cycle order.
+    pub failback: Vec<FailbackReport>,
+    /// Guest-and-shim figure: requests the owner sent to port 1 after its last completed failback
+    /// (its disk back); > 0 when it did direct I/O again. Null without a completed failback.
+    pub port1_requests_after_failback: Option<u64>,
     /// Guest control messages rejected because they arrived in the wrong state or from the wrong
     /// guest (must be 0 in a normal run).
     pub control_rejected: u64,

@@ -13,7 +13,7 @@ use serde::Serialize;
 mod migrate;
 mod run;
 
-pub use migrate::{MigrateReport, Phases, SwitchReport, VmEvent};
+pub use migrate::{CycleReport, FailbackReport, MigrateReport, Phases, SwitchReport, VmEvent};
 pub use run::{EventRecord, RunReport};
 
 /// The host's check of the disk image, as both reports carry it (flattened into their JSON: the

@@ -2,6 +2,9 @@
 //! queues, and a platform with a settable clock, a record of ejects and a ring region in host
 //! memory.
 
+use crate::fakes::blk::FakeBlkTransport;
+use crate::fakes::hal::FakeHal;
+use crate::ports::blk::BlkDevice;
 use crate::roles::{ControlLink, OwnerPlatform};
 use baton_core::control::Message;
 use baton_core::ring::SharedRegion;
@@ -61,7 +64,11 @@ impl ControlLink for FakeLink {
     }
 }
 
-/// The machine: a clock that advances 1 ms per reading, ejected slots, and ring memory.
+/// The owner's disk in the host tests: the virtio-blk driver on a fake device.
+pub type FakeDisk = BlkDevice<FakeHal, FakeBlkTransport>;
+
+/// The machine: a clock that advances 1 ms per reading, ejected slots, ring memory, and the disk
+/// a failback plugs.
 pub struct FakePlatform {
     /// Microseconds; every `now_us` adds [`FakePlatform::TICK_US`].
     pub now: Cell<u64>,
@@ -69,6 +76,10 @@ pub struct FakePlatform {
     pub ejected: Rc<RefCell<Vec<u8>>>,
     /// The memory behind the ivshmem device (`None`: the device is unusable).
     pub ring: Option<SharedRegion<'static>>,
+    /// The disk the next `open_disk` returns (`None`: the slot is empty or the disk unusable).
+    pub disk: Rc<RefCell<Option<FakeDisk>>>,
+    /// Slots `open_disk` was called for, in order.
+    pub opened_disks: Rc<RefCell<Vec<u8>>>,
 }
 
 impl FakePlatform {
@@ -83,11 +94,15 @@ impl FakePlatform {
             now: Cell::new(0),
             ejected: Rc::default(),
             ring: Some(SharedRegion::from_words(words)),
+            disk: Rc::default(),
+            opened_disks: Rc::default(),
         }
     }
 }
 
 impl OwnerPlatform for FakePlatform {
+    type Disk = FakeDisk;
+
     fn now_us(&self) -> u64 {
         self.now.set(self.now.get() + Self::TICK_US);
         self.now.get()
@@ -99,5 +114,10 @@ impl OwnerPlatform for FakePlatform {
 
     fn open_ring(&mut self, _slot: u8) -> Option<SharedRegion<'static>> {
         self.ring
+    }
+
+    fn open_disk(&mut self, slot: u8) -> Option<FakeDisk> {
+        self.opened_disks.borrow_mut().push(slot);
+        self.disk.borrow_mut().take()
     }
 }

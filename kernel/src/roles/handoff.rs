@@ -14,9 +14,20 @@
 //! 4. `open-port2`: the held requests, then all new ones, are forwarded over the ring in order;
 //!    the guest reports `forwarding` (step `PortOpen`).
 //!
+//! The failback (docs/design.md, "Failback"), the same steps in reverse:
+//! 5. `failback` (the owner runs at its destination, or asked with `failback-request`): new
+//!    requests are held while port 2 drains; once nothing is in flight there (redirector
+//!    `FailbackDrained`) the guest reports `drained`.
+//! 6. `disk-attached <slot>` (the peer released the disk and the shim plugged it here): the BARs
+//!    are placed, virtio-blk initialised, the device goes behind port 1 and the held requests go
+//!    to it first, in order; the guest reports `direct`.
+//! 7. `close-ring <slot>`: port 2 lets go of the ring and the ivshmem slot is ejected; the next
+//!    `redirect` starts another cycle.
+//!
 //! Where the owner is in the handoff is the redirector's own [`State`] (read from the stack), not
 //! a second copy of it: `Direct` before `redirect`, `Draining`/`Drained` until the release,
-//! `Released` until `open-port2`, `Forwarding` after.
+//! `Released` until `open-port2`, `Forwarding` after, `FailbackDraining`/`FailbackDrained` until
+//! the disk is back, `Direct` again.
 //!
 //! This is the owner's half of the protocol; the shim's half, which messages it accepts from
 //! which guest in which step, is the transition table of `baton_core::control::handoff`. Every
@@ -39,6 +50,19 @@ pub mod codes {
     pub const RING_UNUSABLE: u32 = 2;
     /// `open-port2` came before the ring or before the release.
     pub const NOT_READY: u32 = 3;
+    /// The disk plugged for the failback could not be brought up.
+    pub const DISK_UNUSABLE: u32 = 4;
+}
+
+/// A switch of ports whose blackout the workload should measure (the owner's main loop passes it
+/// on): handoff `n` (to port 2) or failback `n` (back to port 1), counted from 1.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SwitchArm {
+    /// `true`: a failback (the first port-1 completion ends it); `false`: a handoff (the first
+    /// port-2 completion ends it).
+    pub failback: bool,
+    /// Which handoff or failback of this guest's life it is.
+    pub n: u32,
 }
 
 /// Control-channel polls are spaced this far apart (port I/O is a VM exit).
@@ -50,9 +74,20 @@ pub struct OwnerHandoff<C: ControlLink, P: OwnerPlatform> {
     platform: P,
     disk_slot: u8,
     migrate_asked: bool,
+    failback_asked: bool,
+    /// `drained` was sent for the failback under way.
+    failback_drained_sent: bool,
     next_poll_us: u64,
-    /// Requests held at port 2 when port 1 finished draining.
+    /// A switch that just began, for the workload's blackout meter.
+    armed: Option<SwitchArm>,
+    /// Handoffs directed so far.
+    pub handoffs: u32,
+    /// Failbacks directed so far.
+    pub failbacks: u32,
+    /// Requests held at port 2 when port 1 finished draining (the first handoff).
     pub held_at_switch: u64,
+    /// Requests held while port 2 drained, at the last failback.
+    pub held_at_failback: u64,
 }
 
 impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
@@ -72,9 +107,20 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             platform,
             disk_slot,
             migrate_asked: false,
+            failback_asked: false,
+            failback_drained_sent: false,
             next_poll_us: 0,
+            armed: None,
+            handoffs: 0,
+            failbacks: 0,
             held_at_switch: 0,
+            held_at_failback: 0,
         }
+    }
+
+    /// The switch that began since the last call, if any (at most one begins per poll).
+    pub fn take_switch(&mut self) -> Option<SwitchArm> {
+        self.armed.take()
     }
 
     /// The control link, for tests and diagnostics.
@@ -93,11 +139,24 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         }
     }
 
-    /// One step: finish the drain if it is done, and act on at most one control message
+    /// Asks the shim to give the disk back (once per handoff; only while forwarding).
+    pub fn request_failback(&mut self, state: State) {
+        if !self.failback_asked && state == State::Forwarding {
+            self.failback_asked = true;
+            if let Some(ctl) = self.ctl.as_mut() {
+                log::info!("handoff: asking for the disk back");
+                ctl.send(Message::FailbackRequest);
+            }
+        }
+    }
+
+    /// One step: finish a drain if it is done, and act on at most one control message
     /// (messages are read at most every [`POLL_INTERVAL_US`]).
-    pub fn poll<H: Hal, B: BlockPort>(&mut self, stack: &mut ResourceStack<H, B>) {
-        if stack.state() == State::Drained {
-            self.release_device(stack);
+    pub fn poll<H: Hal>(&mut self, stack: &mut ResourceStack<H, P::Disk>) {
+        match stack.state() {
+            State::Drained => self.release_device(stack),
+            State::FailbackDrained if !self.failback_drained_sent => self.failback_drained(stack),
+            _ => {}
         }
         let now = self.platform.now_us();
         if now < self.next_poll_us {
@@ -112,7 +171,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
     }
 
     /// Acts on one message from the shim in the redirector's current state.
-    fn on_message<H: Hal, B: BlockPort>(&mut self, stack: &mut ResourceStack<H, B>, msg: Message) {
+    fn on_message<H: Hal>(&mut self, stack: &mut ResourceStack<H, P::Disk>, msg: Message) {
         let state = stack.state();
         match (msg, state) {
             (Message::Redirect, State::Direct) => {
@@ -120,9 +179,41 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
                     Ok(state) => log::info!("handoff: redirect directed, redirector {state:?}"),
                     Err(e) => panic!("handoff: {e}"),
                 }
+                self.handoffs += 1;
+                self.failback_asked = false;
+                self.armed = Some(SwitchArm {
+                    failback: false,
+                    n: self.handoffs,
+                });
                 if stack.state() == State::Drained {
                     self.release_device(stack);
                 }
+            }
+            (Message::Failback, State::Forwarding) => {
+                match stack.begin_failback() {
+                    Ok(state) => log::info!("handoff: failback directed, redirector {state:?}"),
+                    Err(e) => panic!("handoff: {e}"),
+                }
+                self.failbacks += 1;
+                self.failback_drained_sent = false;
+                self.armed = Some(SwitchArm {
+                    failback: true,
+                    n: self.failbacks,
+                });
+                if stack.state() == State::FailbackDrained {
+                    self.failback_drained(stack);
+                }
+            }
+            (Message::DiskAttached { slot }, State::FailbackDrained)
+                if self.failback_drained_sent =>
+            {
+                self.reattach(stack, slot);
+            }
+            (Message::CloseRing { slot }, State::Direct) => {
+                if stack.detach_port2().is_some() {
+                    log::info!("handoff: port 2 closed, ejecting the ring's slot {slot}");
+                }
+                self.platform.eject(slot);
             }
             (Message::RingOpened { slot }, State::Draining | State::Drained | State::Released)
                 if !stack.has_port2() =>
@@ -167,10 +258,49 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         }
     }
 
-    /// Port 1 drained: quiesce the device, eject it, tell the shim.
-    fn release_device<H: Hal, B: BlockPort>(&mut self, stack: &mut ResourceStack<H, B>) {
+    /// Port 2 drained during a failback: tell the shim, which moves the disk back.
+    fn failback_drained<H: Hal>(&mut self, stack: &mut ResourceStack<H, P::Disk>) {
         let held = stack.held();
-        self.held_at_switch = u64::from(held);
+        self.held_at_failback = u64::from(held);
+        self.failback_drained_sent = true;
+        log::info!(
+            "handoff: port 2 drained ({} requests forwarded), {held} held for port 1",
+            stack.port2_requests
+        );
+        self.send(Message::Drained {
+            completed: stack.port2_requests,
+            held: u32::from(held),
+        });
+    }
+
+    /// The failback's disk arrived in `slot`: bring it up behind port 1, send the held requests
+    /// to it first, tell the shim.
+    fn reattach<H: Hal>(&mut self, stack: &mut ResourceStack<H, P::Disk>, slot: u8) {
+        let Some(dev) = self.platform.open_disk(slot) else {
+            self.send(Message::Error {
+                code: codes::DISK_UNUSABLE,
+            });
+            return;
+        };
+        stack.attach_port1(dev);
+        self.disk_slot = slot;
+        self.failback_drained_sent = false;
+        match stack.device_attached() {
+            Ok(state) => log::info!(
+                "handoff: disk back in slot {slot}, {} held requests sent to port 1, redirector {state:?}",
+                self.held_at_failback
+            ),
+            Err(e) => panic!("handoff: {e}"),
+        }
+        self.send(Message::Direct);
+    }
+
+    /// Port 1 drained: quiesce the device, eject it, tell the shim.
+    fn release_device<H: Hal>(&mut self, stack: &mut ResourceStack<H, P::Disk>) {
+        let held = stack.held();
+        if self.handoffs <= 1 {
+            self.held_at_switch = u64::from(held);
+        }
         let completed = stack.port1_requests;
         if let Some(dev) = stack.detach_port1() {
             dev.release();
@@ -184,7 +314,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             self.disk_slot
         );
         self.send(Message::Drained {
-            port1_completed: completed,
+            completed,
             held: u32::from(held),
         });
         self.send(Message::Released {

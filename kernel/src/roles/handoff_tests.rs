@@ -117,7 +117,7 @@ fn redirect_drain_release_then_open_port2_forwards_the_held_requests_in_order() 
     assert_eq!(o.handoff.held_at_switch, 2);
     let tail = &o.sent()[1..];
     let drained = Message::Drained {
-        port1_completed: 3,
+        completed: 3,
         held: 2,
     };
     assert_eq!(tail, [drained, Message::Released { slot: DISK_SLOT }]);

@@ -35,6 +35,9 @@ pub trait ControlLink {
 
 /// What the owner's handoff needs from the machine.
 pub trait OwnerPlatform {
+    /// The disk behind port 1 (in the guest the virtio-blk driver on its PCI transport).
+    type Disk: crate::ports::BlockPort;
+
     /// Microseconds on a monotonic clock.
     fn now_us(&self) -> u64;
 
@@ -44,4 +47,9 @@ pub trait OwnerPlatform {
     /// Sets up the ivshmem device in PCI slot `slot` and returns its shared memory; `None` (after
     /// logging why) when it is unusable.
     fn open_ring(&mut self, slot: u8) -> Option<SharedRegion<'static>>;
+
+    /// Places the BARs of the virtio-blk function the shim plugged into PCI slot `slot` and
+    /// brings it up (the failback's disk); `None` (after logging why) when there is none or it
+    /// is unusable.
+    fn open_disk(&mut self, slot: u8) -> Option<Self::Disk>;
 }

@@ -59,6 +59,8 @@ pub struct GuestPlatform {
 }
 
 impl OwnerPlatform for GuestPlatform {
+    type Disk = GuestBlk;
+
     fn now_us(&self) -> u64 {
         clock::uptime_us()
     }
@@ -71,6 +73,14 @@ impl OwnerPlatform for GuestPlatform {
         shm::open(&mut self.root, slot)
             .map_err(|e| log::error!("handoff: ring in slot {slot}: {e:?}"))
             .ok()
+    }
+
+    fn open_disk(&mut self, slot: u8) -> Option<GuestBlk> {
+        let Some(df) = disk::find_blk(&self.root, Some(slot)) else {
+            log::error!("handoff: no virtio-blk in slot {slot}");
+            return None;
+        };
+        Some(disk::open_blk(&mut self.root, df))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The peer role: receives the disk the owner released and serves the owner's ring on it.
 //!
-//! Boots with no disk and no shared memory. The shim sends `ring-opened <slot>` (ivshmem plugged;
+//! Boots with no disk and no shared memory, and serves one handoff after another (each ended by a
+//! failback: `release-disk`, then `close-ring`; docs/design.md, "Failback"). The shim sends `ring-opened <slot>` (ivshmem plugged;
 //! step `RingOpened` of the sequence diagram in docs/design.md, "The handoff") and `disk-attached
 //! <slot>` (the owner's virtio-blk plugged here; step `Attached`). The peer attaches to the ring
 //! the owner formatted, brings the disk up (same driver as the owner's port 1), reports
@@ -32,10 +33,15 @@ const SETUP_WAIT_US: u64 = 600_000_000;
 /// depth 1 the owner's own work between two requests under TCG exceeded 200 µs often enough to put
 /// the forwarded p99 near 1 ms. 2 ms of polling covers those gaps; an idle peer still halts.
 const SPIN_BEFORE_HALT_US: u64 = 2_000;
+/// How long `release-disk` waits for requests still at the device (none are, once the owner's
+/// port 2 drained).
+const RELEASE_WAIT_US: u64 = 10_000_000;
 /// With `fault=bad-completion`: good completions before the malformed one.
 const GOOD_COMPLETIONS_BEFORE_FAULT: u64 = 8;
 
-/// Runs the peer; never returns (the shim stops this VM).
+/// Runs the peer; never returns (the shim stops this VM). Each cycle: wait for the ring and the
+/// disk, serve the ring until the failback's `release-disk`, give the disk up, let go of the ring
+/// at `close-ring`, and wait for the next handoff.
 pub fn run(cfg: &GuestConfig) -> ! {
     let Some(mut ctl) = ControlChannel::open() else {
         panic!("role=peer needs the control channel on COM2");
@@ -46,37 +52,83 @@ pub fn run(cfg: &GuestConfig) -> ! {
         version: PROTOCOL_VERSION,
     });
     let mut root = pci_cam::root();
-    let deadline = Deadline::after_us(SETUP_WAIT_US);
-    let mut region: Option<SharedRegion<'static>> = None;
-    let mut disk: Option<GuestBlk> = None;
-    while region.is_none() || disk.is_none() {
+    for cycle in 1u32.. {
+        let deadline = Deadline::after_us(SETUP_WAIT_US);
+        let (region, ring_slot, disk, disk_slot) =
+            wait_for_ring_and_disk(&mut ctl, &mut root, deadline, cycle);
+        let capacity_sectors = disk.capacity_blocks() * SECTORS_PER_BLOCK;
+        let server = attach_when_formatted(region, capacity_sectors, deadline);
+        log::info!("peer: serving the ring, disk {capacity_sectors} sectors (cycle {cycle})");
+        ctl.send(Message::PeerReady { capacity_sectors });
+        let disk = serve(cfg, server, disk, &mut ctl, region);
+        // The failback: the owner's port 2 drained, so nothing is at the device; reset it (no DMA
+        // after this) and complete the removal the shim's `device_del` asked for.
+        disk.release();
+        pci_cam::hotplug::eject(disk_slot);
+        log::info!("peer: disk reset, slot {disk_slot} ejected");
+        ctl.send(Message::Released { slot: disk_slot });
+        close_ring(&mut ctl, ring_slot);
+    }
+    unreachable!("a peer serves cycles until the shim stops it")
+}
+
+/// Waits for `ring-opened` and `disk-attached` (in either order), maps the ring and brings the
+/// disk up. A first cycle that waits past `deadline` fails the peer; later cycles wait on (an idle
+/// peer between handoffs).
+fn wait_for_ring_and_disk(
+    ctl: &mut ControlChannel,
+    root: &mut PciRoot<PortCam>,
+    mut deadline: Deadline,
+    cycle: u32,
+) -> (SharedRegion<'static>, u8, GuestBlk, u8) {
+    let mut region: Option<(SharedRegion<'static>, u8)> = None;
+    let mut disk: Option<(GuestBlk, u8)> = None;
+    loop {
+        if let (Some((r, rs)), Some((d, ds))) = (region, disk.take()) {
+            return (r, rs, d, ds);
+        }
         let Some(msg) = ctl.wait_for(deadline, |m| {
             matches!(m, Message::RingOpened { .. } | Message::DiskAttached { .. })
         }) else {
-            panic!("peer: the shim did not plug the ring and the disk in time");
+            if cycle == 1 {
+                panic!("peer: the shim did not plug the ring and the disk in time");
+            }
+            deadline = Deadline::after_us(SETUP_WAIT_US);
+            continue;
         };
         match msg {
-            Message::RingOpened { slot } => match shm::open(&mut root, slot) {
-                Ok(r) => region = Some(r),
+            Message::RingOpened { slot } => match shm::open(root, slot) {
+                Ok(r) => region = Some((r, slot)),
                 Err(e) => panic!("peer: ring in slot {slot}: {e:?}"),
             },
             Message::DiskAttached { slot } => {
-                let Some(df) = disk::find_blk(&root, Some(slot)) else {
+                let Some(df) = disk::find_blk(root, Some(slot)) else {
                     panic!("peer: no virtio-blk in slot {slot}");
                 };
-                disk = Some(disk::open_blk(&mut root, df));
+                disk = Some((disk::open_blk(root, df), slot));
             }
             _ => {}
         }
     }
-    let (Some(region), Some(disk)) = (region, disk) else {
-        unreachable!("loop exits only with both set");
-    };
-    let capacity_sectors = disk.capacity_blocks() * SECTORS_PER_BLOCK;
-    let server = attach_when_formatted(region, capacity_sectors, deadline);
-    log::info!("peer: serving the ring, disk {capacity_sectors} sectors");
-    ctl.send(Message::PeerReady { capacity_sectors });
-    serve(cfg, server, disk, ctl, region, root)
+}
+
+/// After the release: waits for `close-ring`, then ejects the ring's slot (the region is no
+/// longer used).
+fn close_ring(ctl: &mut ControlChannel, ring_slot: u8) {
+    loop {
+        let deadline = Deadline::after_us(SETUP_WAIT_US);
+        match ctl.wait_for(deadline, |m| matches!(m, Message::CloseRing { .. })) {
+            Some(Message::CloseRing { slot }) => {
+                if slot != ring_slot {
+                    log::warn!("peer: close-ring names slot {slot}, the ring is in {ring_slot}");
+                }
+                pci_cam::hotplug::eject(slot);
+                log::info!("peer: ring closed, slot {slot} ejected; waiting for the next handoff");
+                return;
+            }
+            _ => log::warn!("peer: still waiting for close-ring"),
+        }
+    }
 }
 
 /// The owner formats the ring when it gets `ring-opened`, which may be after us: retry until the
@@ -95,28 +147,46 @@ fn attach_when_formatted(
     }
 }
 
+/// Serves the ring until the shim's `release-disk` (the failback) finds the service idle; returns
+/// the disk.
 fn serve(
     cfg: &GuestConfig,
     server: RingServer<'static>,
     disk: GuestBlk,
-    mut ctl: ControlChannel,
+    ctl: &mut ControlChannel,
     region: SharedRegion<'static>,
-    _root: PciRoot<PortCam>,
-) -> ! {
+) -> GuestBlk {
     let fault_after = (cfg.fault == Fault::BadCompletion).then_some(GOOD_COMPLETIONS_BEFORE_FAULT);
     let mut service: RingService<'_, BatonHal, GuestBlk> =
         RingService::new(server, disk, fault_after);
     let now_us = clock::uptime_us;
     let mut idle = Stopwatch::start();
+    let mut release: Option<Deadline> = None;
     loop {
-        if let Some(msg) = ctl.poll() {
-            log::warn!("peer: ignoring {}", msg.name());
+        match ctl.poll() {
+            Some(Message::ReleaseDisk) => release = Some(Deadline::after_us(RELEASE_WAIT_US)),
+            Some(msg) => log::warn!("peer: ignoring {} while serving", msg.name()),
+            None => {}
         }
         let busy = match service.step(&now_us) {
             Step::FaultDue => inject_bad_completion(region),
             Step::Busy => true,
             Step::Idle => false,
         };
+        if let Some(deadline) = release {
+            if service.idle() {
+                log::info!(
+                    "peer: release-disk after {} completions",
+                    service.completed()
+                );
+                interrupts::busy();
+                return service.into_disk();
+            }
+            if deadline.expired() {
+                log::error!("peer: requests still at the device at release-disk; releasing anyway");
+                return service.into_disk();
+            }
+        }
         if busy {
             if idle.elapsed_us() > SPIN_BEFORE_HALT_US {
                 interrupts::busy();

@@ -63,6 +63,17 @@ impl<'r, H: Hal, P: BlockPort> RingService<'r, H, P> {
         self.completed
     }
 
+    /// Whether nothing is at the device and no submission is waiting for a device slot.
+    pub fn idle(&self) -> bool {
+        self.pending.is_none() && self.free.len() == MAX_INFLIGHT
+    }
+
+    /// Stops serving and hands the disk back (the failback: the caller quiesces and ejects it).
+    /// Call it when [`idle`](Self::idle): requests still at the device are abandoned.
+    pub fn into_disk(self) -> P {
+        self.disk
+    }
+
     /// One round: take submissions while device slots are free, pass device completions back,
     /// beat the heartbeat. `now_us` bounds the wait for room in the completion queue.
     pub fn step(&mut self, now_us: &dyn Fn() -> u64) -> Step {

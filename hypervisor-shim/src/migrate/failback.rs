@@ -1,0 +1,241 @@
+//! The failback: the handoff in reverse once the owner runs at its destination (docs/design.md,
+//! "Failback"; US 20070204265A1, claim 1 run the other way). The owner holds new requests while
+//! port 2 drains; the peer resets and ejects the disk; the shim moves the disk back into the
+//! owner's current QEMU (its block node added early, the device at the peer's drive release); the
+//! owner brings it up behind port 1 and sends the held requests first. Then the ring is closed:
+//! ivshmem unplugged from both guests, its memory backend deleted, the /dev/shm file unlinked.
+//!
+//! Each step goes into the cycle's failback [`HandoffRecord`] (direction peer → owner) under the
+//! same [`Step`] names as the handoff: `Directed` (`failback` sent), `Drained` (the owner's port 2
+//! drained), `DriveReleased` (the peer's QEMU released the drive), `Released` (the peer's
+//! `released`), `Attached` (`disk-attached` sent to the owner), `PortOpen` (the owner's `direct`:
+//! port 1 open again), `FirstCompletion` (the owner's `BATON switch kind=failback` line, printed
+//! at the first port-1 completion after the failback).
+
+use super::*;
+
+/// What one failback did, for the report.
+#[derive(Debug, Clone)]
+pub(super) struct FailbackFacts {
+    /// The steps, peer → owner.
+    pub(super) record: HandoffRecord,
+    /// Requests the owner held while port 2 drained (its `drained`).
+    pub(super) held: Option<u32>,
+    /// Requests port 2 had forwarded in total when it drained.
+    pub(super) port2_completed: Option<u64>,
+    /// The ring is gone: no ivshmem device in either QEMU's `query-pci`, the shm file unlinked.
+    pub(super) ring_closed: bool,
+    /// Why it did not complete.
+    pub(super) error: Option<String>,
+}
+
+impl FailbackFacts {
+    fn new() -> Self {
+        Self {
+            record: HandoffRecord::new(Direction::OWNER_TO_PEER.reversed()),
+            held: None,
+            port2_completed: None,
+            ring_closed: false,
+            error: None,
+        }
+    }
+
+    /// The failback completed: the owner is direct again and the ring is closed.
+    pub(super) fn ok(&self) -> bool {
+        self.error.is_none() && self.record.reached(Step::PortOpen) && self.ring_closed
+    }
+}
+
+impl Scenario<'_> {
+    /// Waits for the failback's moment: `--failback-after-ms` after the owner runs at its
+    /// destination (at once by default), or earlier when the owner asks (`failback-request`).
+    pub(super) fn wait_for_failback(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        let at = Instant::now() + Duration::from_millis(self.cfg.failback_after_ms);
+        let asked = self.wait_until(p, "the failback point", Duration::MAX, |s| {
+            if s.take_msg(Role::Owner, |m| matches!(m, Message::FailbackRequest))
+                .is_some()
+            {
+                return Ok(Some(true));
+            }
+            Ok((Instant::now() >= at).then_some(false))
+        })?;
+        if asked {
+            p.say("failback-request: the owner asked for its disk back");
+        }
+        Ok(())
+    }
+
+    /// The failback and the ring's closing. `Ok` also when the failback failed in a way that
+    /// leaves the owner running (the facts say why); `Err` stops the scenario.
+    pub(super) fn fail_back(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        self.failback = Some(FailbackFacts::new());
+        let r = self.fail_back_steps(p);
+        if let Err(e) = &r
+            && let Some(f) = self.failback.as_mut()
+        {
+            f.error = Some(chain(e));
+        }
+        r
+    }
+
+    fn fb_record(&mut self, step: Step, at: Instant) {
+        if let Some(f) = self.failback.as_mut() {
+            f.record.record(step, at);
+        }
+    }
+
+    fn fail_back_steps(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        // The owner's block node first: `blockdev-add` takes no permission, so it succeeds while
+        // the peer still holds the image's write lock (only `device_add` needs it).
+        self.vms
+            .owner
+            .exec(&BlockdevAdd(self.vms.backend.blockdev_options(DISK_ID)))?;
+        let state = self.ctl.handoff.state();
+        if let Err(why) = self.ctl.handoff.act(ShimAction::Failback) {
+            return Err(Abort::Other(format!(
+                "cannot direct the failback in state {state:?}: {why}"
+            )));
+        }
+        self.fb_record(Step::Directed, Instant::now());
+        self.send(Role::Owner, Message::Failback)?;
+        p.fb_step(
+            Step::Directed,
+            "failback sent: the owner holds new requests while port 2 drains",
+        );
+        let (msg, at) = self.wait_msg(p, Role::Owner, "the owner's failback `drained`", |m| {
+            matches!(m, Message::Drained { .. })
+        })?;
+        if let Message::Drained { completed, held } = msg {
+            if let Some(f) = self.failback.as_mut() {
+                f.held = Some(held);
+                f.port2_completed = Some(completed);
+            }
+            self.fb_record(Step::Drained, at);
+            p.fb_step(
+                Step::Drained,
+                format!("port 2 completed {completed} requests, {held} held for port 1"),
+            );
+        }
+        // The peer gives the disk up: `device_del` marks the slot, the peer resets the device and
+        // ejects it.
+        let mark = self.vms.peer.events.len();
+        self.vms.peer.exec(&DeviceDel { id: DISK_ID.into() })?;
+        self.send(Role::Peer, Message::ReleaseDisk)?;
+        let (at, what) = self.wait_device_deleted(p, Role::Peer, mark, DISK_ID, true)?;
+        self.fb_record(Step::DriveReleased, at);
+        self.fb_record(Step::DriveReleaseSeen, Instant::now());
+        p.fb_step(
+            Step::DriveReleased,
+            format!("DEVICE_DELETED {what} from the peer's QEMU (image unlocked)"),
+        );
+        let attempts = self.add_disk(p, Role::Owner, qemu::BOOT_DISK_SLOT)?;
+        let (msg, at) = self.wait_msg(p, Role::Peer, "the peer's `released`", |m| {
+            matches!(m, Message::Released { .. })
+        })?;
+        if let Message::Released { slot } = msg {
+            if slot != PEER_DISK_SLOT {
+                return Err(Abort::Other(format!(
+                    "the peer released slot {slot}, but the disk is in slot {PEER_DISK_SLOT}"
+                )));
+            }
+            self.fb_record(Step::Released, at);
+            p.fb_step(
+                Step::Released,
+                format!("the peer reset the device and ejected slot {slot}"),
+            );
+        }
+        self.send(
+            Role::Owner,
+            Message::DiskAttached {
+                slot: qemu::BOOT_DISK_SLOT,
+            },
+        )?;
+        self.fb_record(Step::Attached, Instant::now());
+        self.vms.peer.exec(&BlockdevDel {
+            node_name: DISK_ID.into(),
+        })?;
+        self.vms.owner_spec.boot_disk = Some(self.vms.backend.clone());
+        let retried = if attempts > 1 {
+            format!(" after {attempts} attempts (image still locked)")
+        } else {
+            String::new()
+        };
+        p.fb_step(
+            Step::Attached,
+            format!(
+                "device_add virtio-blk-pci (slot {}) in the owner{retried}, disk-attached sent; blockdev-del in the peer",
+                qemu::BOOT_DISK_SLOT
+            ),
+        );
+        let (_, at) = self.wait_msg(p, Role::Owner, "the owner's `direct`", |m| {
+            matches!(m, Message::Direct)
+        })?;
+        self.fb_record(Step::Ready, at);
+        self.fb_record(Step::PortOpen, at);
+        let took = self
+            .failback
+            .as_ref()
+            .and_then(|f| f.record.span_ms(&steps::HANDOFF))
+            .unwrap_or(0.0);
+        p.fb_step(
+            Step::PortOpen,
+            format!(
+                "the owner's disk is behind port 1 again, held requests first (failback took {took:.1} ms)"
+            ),
+        );
+        self.close_ring(p)
+    }
+
+    /// Unplugs the ring from both guests (each completes its eject after `close-ring`), deletes
+    /// the memory backends and unlinks the shm file; then checks that it is gone.
+    pub(super) fn close_ring(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        let marks = (self.vms.owner.events.len(), self.vms.peer.events.len());
+        for vm in [&mut self.vms.owner, &mut self.vms.peer] {
+            vm.exec(&DeviceDel {
+                id: RING_DEVICE_ID.into(),
+            })?;
+        }
+        let slot = RING_SLOT;
+        self.send(Role::Owner, Message::CloseRing { slot })?;
+        self.send(Role::Peer, Message::CloseRing { slot })?;
+        self.wait_device_deleted(p, Role::Owner, marks.0, RING_DEVICE_ID, false)?;
+        self.wait_device_deleted(p, Role::Peer, marks.1, RING_DEVICE_ID, false)?;
+        for vm in [&mut self.vms.owner, &mut self.vms.peer] {
+            vm.exec(&ObjectDel {
+                id: RING_MEMDEV_ID.into(),
+            })?;
+        }
+        self.ring.watch = None;
+        self.ring.cq_base = None;
+        let path = self.ring.shm.as_ref().map(|s| s.path().to_path_buf());
+        self.ring.shm = None;
+        self.vms.owner_spec.ring = None;
+        let file_gone = path.as_deref().is_none_or(|p| !p.exists());
+        let in_owner = Self::has_ring(&mut self.vms.owner)?;
+        let in_peer = Self::has_ring(&mut self.vms.peer)?;
+        let closed = file_gone && !in_owner && !in_peer;
+        if let Some(f) = self.failback.as_mut() {
+            f.ring_closed = closed;
+        }
+        if closed {
+            p.say(format!(
+                "ring closed: ivshmem unplugged from both guests, {RING_MEMDEV_ID} deleted, shm file unlinked"
+            ));
+            Ok(())
+        } else {
+            Err(Abort::Other(format!(
+                "the ring is not closed (shm file gone: {file_gone}, ivshmem still in the owner: {in_owner}, in the peer: {in_peer})"
+            )))
+        }
+    }
+
+    /// Whether `vm`'s `query-pci` shows a device in the ring's slot.
+    fn has_ring(vm: &mut Vm) -> Result<bool, Abort> {
+        let buses = vm.exec(&QueryPci {})?;
+        Ok(buses
+            .iter()
+            .filter(|b| b.bus == 0)
+            .flat_map(|b| b.devices.iter())
+            .any(|d| d.slot == u32::from(RING_SLOT)))
+    }
+}

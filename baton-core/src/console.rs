@@ -38,6 +38,9 @@ pub enum Kind {
     PeerFault,
     /// `fault-injected`: a peer started with `fault=bad-completion` published its bad entry.
     FaultInjected,
+    /// `switch kind=<handoff|failback> n=<n> gap_us=<µs>`: the owner's completion gap around one
+    /// switch of the device ([`SwitchLine`]).
+    Switch,
     /// `result ...`: the workload's report ([`crate::report`]).
     Result,
     /// `panic <message>`: the guest panicked (it then exits with failure).
@@ -46,7 +49,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order docs/guest-interface.md lists them.
-    pub const ALL: [Kind; 9] = [
+    pub const ALL: [Kind; 10] = [
         Kind::Ready,
         Kind::WaitingForDisk,
         Kind::FirstIo,
@@ -54,6 +57,7 @@ impl Kind {
         Kind::Timeline,
         Kind::PeerFault,
         Kind::FaultInjected,
+        Kind::Switch,
         Kind::Result,
         Kind::Panic,
     ];
@@ -69,6 +73,7 @@ impl Kind {
             Kind::Timeline => "timeline",
             Kind::PeerFault => "peer-fault",
             Kind::FaultInjected => "fault-injected",
+            Kind::Switch => "switch",
             Kind::Result => "result",
             Kind::Panic => "panic",
         }
@@ -109,6 +114,8 @@ pub enum GuestLine<'a> {
     PeerFault(&'a str),
     /// `BATON fault-injected`.
     FaultInjected,
+    /// `BATON switch kind=.. n=.. gap_us=..`.
+    Switch(SwitchLine),
     /// `BATON result key=value ...`.
     Result(GuestReport),
     /// `BATON panic <message>` (the message may be empty).
@@ -141,6 +148,7 @@ impl<'a> GuestLine<'a> {
         };
         Some(match kind {
             Kind::Ready => parse_ready(args),
+            Kind::Switch => parse_switch(args).map(GuestLine::Switch),
             Kind::WaitingForDisk => bare(GuestLine::WaitingForDisk),
             Kind::FirstIo => bare(GuestLine::FirstIo),
             Kind::FaultInjected => bare(GuestLine::FaultInjected),
@@ -169,6 +177,7 @@ impl<'a> GuestLine<'a> {
             GuestLine::Timeline(_) => Kind::Timeline,
             GuestLine::PeerFault(_) => Kind::PeerFault,
             GuestLine::FaultInjected => Kind::FaultInjected,
+            GuestLine::Switch(_) => Kind::Switch,
             GuestLine::Result(_) => Kind::Result,
             GuestLine::Panic(_) => Kind::Panic,
             GuestLine::Unknown(_) => return None,
@@ -176,20 +185,42 @@ impl<'a> GuestLine<'a> {
     }
 }
 
-fn parse_ready(args: &str) -> Result<GuestLine<'static>, LineError> {
+/// Why [`key_values`] rejected the arguments of a line.
+enum FieldError {
+    /// The key expected next is absent or another word is there.
+    Expected(&'static str),
+    /// Words after the last key.
+    Extra,
+}
+
+/// The values of `keys` in `args`: one `key=value` word per key, in that order, separated by
+/// single spaces, nothing after the last one.
+fn key_values<'a, const N: usize>(
+    args: &'a str,
+    keys: [&'static str; N],
+) -> Result<[&'a str; N], FieldError> {
     let mut words = args.split(' ');
-    let mut value = |key: &'static str| {
-        words
+    let mut values = [""; N];
+    for (value, key) in values.iter_mut().zip(keys) {
+        *value = words
             .next()
             .and_then(|w| w.strip_prefix(key))
             .and_then(|w| w.strip_prefix('='))
-            .ok_or(LineError::Ready(ReadyError::Expected(key)))
-    };
-    let role_word = value("role")?;
-    let vm_word = value("vm")?;
-    if words.next().is_some() {
-        return Err(LineError::Ready(ReadyError::Extra));
+            .ok_or(FieldError::Expected(key))?;
     }
+    match words.next() {
+        Some(_) => Err(FieldError::Extra),
+        None => Ok(values),
+    }
+}
+
+fn parse_ready(args: &str) -> Result<GuestLine<'static>, LineError> {
+    let [role_word, vm_word] = key_values(args, ["role", "vm"]).map_err(|e| {
+        LineError::Ready(match e {
+            FieldError::Expected(key) => ReadyError::Expected(key),
+            FieldError::Extra => ReadyError::Extra,
+        })
+    })?;
     let role = Role::from_word(role_word).ok_or(LineError::Ready(ReadyError::BadValue(
         ShortStr::new(role_word),
     )))?;
@@ -201,6 +232,81 @@ fn parse_ready(args: &str) -> Result<GuestLine<'static>, LineError> {
     Ok(GuestLine::Ready { role, vm })
 }
 
+fn parse_switch(args: &str) -> Result<SwitchLine, LineError> {
+    let [kind, n, gap_us] = key_values(args, ["kind", "n", "gap_us"]).map_err(|e| {
+        LineError::Switch(match e {
+            FieldError::Expected(key) => SwitchError::Expected(key),
+            FieldError::Extra => SwitchError::Extra,
+        })
+    })?;
+    let bad = |w: &str| LineError::Switch(SwitchError::BadValue(ShortStr::new(w)));
+    Ok(SwitchLine {
+        kind: SwitchKind::from_word(kind).ok_or_else(|| bad(kind))?,
+        n: parse_u64(n)
+            .and_then(|v| u32::try_from(v).ok())
+            .ok_or_else(|| bad(n))?,
+        gap_us: parse_u64(gap_us).ok_or_else(|| bad(gap_us))?,
+    })
+}
+
+/// Which way a switch moved the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SwitchKind {
+    /// `handoff`: from the owner (port 1) to the peer (port 2; claim 1, the forward direction).
+    Handoff,
+    /// `failback`: from the peer back to the owner (port 2 to port 1: the handoff in reverse).
+    Failback,
+}
+
+impl SwitchKind {
+    /// Both kinds.
+    pub const ALL: [SwitchKind; 2] = [SwitchKind::Handoff, SwitchKind::Failback];
+
+    /// The word as printed after `kind=`.
+    #[must_use]
+    pub fn word(self) -> &'static str {
+        match self {
+            SwitchKind::Handoff => "handoff",
+            SwitchKind::Failback => "failback",
+        }
+    }
+
+    /// The kind printed as `word`, if any.
+    #[must_use]
+    pub fn from_word(word: &str) -> Option<SwitchKind> {
+        SwitchKind::ALL.into_iter().find(|k| k.word() == word)
+    }
+}
+
+impl core::fmt::Display for SwitchKind {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.write_str(self.word())
+    }
+}
+
+/// `BATON switch kind=<kind> n=<n> gap_us=<µs>`: the owner's workload saw a completion on the port
+/// that serves it after switch `n` (counted per kind by the owner, from 1) and reports the
+/// longest gap between two consecutive completions from the moment the switch began (the gap
+/// open then included) to that completion: the blackout the switch caused, in microseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SwitchLine {
+    /// Handoff or failback.
+    pub kind: SwitchKind,
+    /// Which switch of that kind.
+    pub n: u32,
+    /// The longest completion gap around the switch, in µs.
+    pub gap_us: u64,
+}
+
+impl core::fmt::Display for SwitchLine {
+    /// The line as the guest prints it, without the trailing `\n`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let SwitchLine { kind, n, gap_us } = self;
+        let word = Kind::Switch.word();
+        write!(f, "{PREFIX}{word} kind={kind} n={n} gap_us={gap_us}")
+    }
+}
+
 impl core::fmt::Display for GuestLine<'_> {
     /// The line as the guest prints it, without the trailing `\n`.
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -210,6 +316,7 @@ impl core::fmt::Display for GuestLine<'_> {
             GuestLine::WaitingForDisk => write!(f, "{PREFIX}{}", word(Kind::WaitingForDisk)),
             GuestLine::FirstIo => write!(f, "{PREFIX}{}", word(Kind::FirstIo)),
             GuestLine::FaultInjected => write!(f, "{PREFIX}{}", word(Kind::FaultInjected)),
+            GuestLine::Switch(s) => write!(f, "{s}"),
             GuestLine::PortStats(s) => write!(f, "{s}"),
             GuestLine::Timeline(t) => write!(f, "{t}"),
             GuestLine::Result(r) => write!(f, "{r}"),
@@ -231,12 +338,26 @@ pub enum ReadyError {
     BadValue(ShortStr),
 }
 
+/// Why a `BATON switch` line was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SwitchError {
+    /// The key expected next (`kind`, `n`, then `gap_us`) is absent or another word is there.
+    Expected(&'static str),
+    /// Words after `gap_us=..`.
+    Extra,
+    /// An unknown kind, an `n` that is not a `u32` or a `gap_us` that is not a `u64` (the
+    /// offending text, possibly truncated).
+    BadValue(ShortStr),
+}
+
 /// Why a protocol line was rejected. `Display` for `result`, `port-stats` and `timeline` is that of
 /// the line's own parser error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum LineError {
     /// A malformed `BATON ready` line.
     Ready(ReadyError),
+    /// A malformed `BATON switch` line.
+    Switch(SwitchError),
     /// A line whose word takes no arguments came with some.
     UnexpectedArgs(Kind),
     /// A malformed `BATON result` line.
@@ -253,6 +374,7 @@ impl LineError {
     pub fn kind(&self) -> Kind {
         match self {
             LineError::Ready(_) => Kind::Ready,
+            LineError::Switch(_) => Kind::Switch,
             LineError::UnexpectedArgs(k) => *k,
             LineError::Result(_) => Kind::Result,
             LineError::PortStats(_) => Kind::PortStats,
@@ -269,6 +391,11 @@ impl core::fmt::Display for LineError {
             }
             LineError::Ready(ReadyError::Extra) => f.write_str("ready: words after `vm=`"),
             LineError::Ready(ReadyError::BadValue(v)) => write!(f, "ready: bad value `{v}`"),
+            LineError::Switch(SwitchError::Expected(key)) => {
+                write!(f, "switch: expected `{key}=` next")
+            }
+            LineError::Switch(SwitchError::Extra) => f.write_str("switch: words after `gap_us=`"),
+            LineError::Switch(SwitchError::BadValue(v)) => write!(f, "switch: bad value `{v}`"),
             LineError::UnexpectedArgs(k) => write!(f, "{k}: takes no arguments"),
             LineError::Result(e) => write!(f, "{e}"),
             LineError::PortStats(e) => write!(f, "{e}"),

@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use baton_core::cmdline::{GuestConfig, Role as GuestRole};
-use baton_core::console::GuestLine;
+use baton_core::console::{GuestLine, SwitchKind, SwitchLine};
 use baton_core::control::{MAX_FRAME_LEN, Message, Role, encode};
 use baton_core::fuzz_entry::{fuzz_control_decoder, fuzz_guest_lines, fuzz_ring_entries};
 use baton_core::report::GuestReport;
@@ -272,6 +272,14 @@ fn guest_seeds() -> Vec<(String, Vec<u8>)> {
             },
         ),
         ("first-io", GuestLine::FirstIo),
+        (
+            "switch",
+            GuestLine::Switch(SwitchLine {
+                kind: SwitchKind::Failback,
+                n: 3,
+                gap_us: 12_345,
+            }),
+        ),
         ("port-stats", GuestLine::PortStats(stats)),
         (
             "timeline",

@@ -9,11 +9,16 @@
 //! owner's main loop (`roles::owner`) calls it between polls of the handoff. Time comes from a
 //! [`Clock`] and the protocol lines go to a `core::fmt::Write`, so the whole owner runs on the
 //! host too (`roles/owner_loop_tests.rs`: a handoff in the middle of a verified run).
+//!
+//! Each switch of the device (a handoff to the peer, a failback to the owner) is measured on its
+//! own once the owner arms it ([`Workload::arm_switch`]): the longest completion gap until the
+//! first completion on the port that serves the workload afterwards, printed as
+//! `BATON switch kind=.. n=.. gap_us=..` ([`SwitchLine`]).
 
 use crate::ports::{BlockPort, MAX_INFLIGHT, Op, Status};
 use crate::stack::{Completion, ResourceStack, StackError, Tag};
 use baton_core::cmdline::GuestConfig;
-use baton_core::console::GuestLine;
+use baton_core::console::{GuestLine, SwitchKind, SwitchLine};
 use baton_core::redirector::Port;
 use baton_core::report::GuestReport;
 use baton_core::stats::{Histogram, PortStats};
@@ -62,6 +67,8 @@ pub trait Clock {
 }
 
 /// Tracks the longest gap between two completions (the blackout a handoff causes), in ticks.
+/// Every completion ticks it, the read-back's too, so a switch armed then sees the open gap; the
+/// report's `max_gap_us` takes `max` when the writes end.
 struct GapMeter {
     last: u64,
     max: u64,
@@ -72,9 +79,58 @@ impl GapMeter {
         GapMeter { last: now, max: 0 }
     }
 
-    fn tick(&mut self, now: u64) {
-        self.max = self.max.max(now - self.last);
+    /// A completion at tick `now`; returns the gap it closed, in ticks.
+    fn tick(&mut self, now: u64) -> u64 {
+        let gap = now.saturating_sub(self.last);
+        self.max = self.max.max(gap);
         self.last = now;
+        gap
+    }
+}
+
+/// The blackout of one switch of the device, armed by [`Workload::arm_switch`].
+#[derive(Clone, Copy, Debug)]
+struct ArmedSwitch {
+    kind: SwitchKind,
+    n: u32,
+    /// The port whose first completion ends the switch.
+    port: Port,
+    /// The longest gap closed since arming, in ticks.
+    max: u64,
+}
+
+/// At most one armed switch; each completion either widens its gap or, on the armed port, ends it.
+#[derive(Debug, Default)]
+struct SwitchMeter {
+    armed: Option<ArmedSwitch>,
+}
+
+impl SwitchMeter {
+    /// Measures switch `n` of `kind` until the first completion on `port` (replaces an armed one).
+    fn arm(&mut self, kind: SwitchKind, n: u32, port: Port) {
+        self.armed = Some(ArmedSwitch {
+            kind,
+            n,
+            port,
+            max: 0,
+        });
+    }
+
+    /// A completion on `port` that closed a gap of `gap` ticks (since the completion before it,
+    /// which may precede the arming). Returns the line to print when it ends the armed switch.
+    fn completion(&mut self, port: Port, gap: u64, ticks_per_us: u64) -> Option<SwitchLine> {
+        let armed = self.armed.as_mut()?;
+        armed.max = armed.max.max(gap);
+        if port != armed.port {
+            return None;
+        }
+        let ArmedSwitch { kind, n, max, .. } = *armed;
+        self.armed = None;
+        Some(SwitchLine {
+            kind,
+            n,
+            gap_us: max / ticks_per_us.max(1),
+        })
     }
 }
 
@@ -137,6 +193,7 @@ pub struct Workload<'a, C: Clock, W: Write> {
     start: u64,
     first: bool,
     gaps: GapMeter,
+    switch: SwitchMeter,
     submitted_at: [u64; MAX_INFLIGHT],
     meters: [PortMeter; 2],
     timeline: Timeline<TIMELINE_BINS>,
@@ -176,6 +233,7 @@ impl<'a, C: Clock, W: Write> Workload<'a, C, W> {
             start: now,
             first: true,
             gaps: GapMeter::new(now),
+            switch: SwitchMeter::default(),
             submitted_at: [0; MAX_INFLIGHT],
             meters: [PortMeter::new(), PortMeter::new()],
             timeline,
@@ -205,6 +263,25 @@ impl<'a, C: Clock, W: Write> Workload<'a, C, W> {
     /// Prints one protocol line.
     fn print(&mut self, line: &GuestLine<'_>) {
         let _ = writeln!(self.out, "{line}");
+    }
+
+    /// Starts measuring switch `n` of `kind`: from now until the first completion that port `port`
+    /// delivers, the longest gap between two consecutive completions (the gap already open now,
+    /// since the last completion before this call, counts). At that completion the workload
+    /// prints `BATON switch kind=.. n=.. gap_us=..` ([`SwitchLine`], gap in µs) on its console.
+    /// Arming again replaces an armed meter; a switch after the workload's last completion prints
+    /// nothing.
+    pub fn arm_switch(&mut self, kind: SwitchKind, n: u32, port: Port) {
+        self.switch.arm(kind, n, port);
+    }
+
+    /// Times a completion on `port`: the write phase's blackout meter and the armed switch.
+    fn completed(&mut self, port: Port) {
+        let gap = self.gaps.tick(self.clock.ticks());
+        let per_us = self.clock.ticks_per_us();
+        if let Some(line) = self.switch.completion(port, gap, per_us) {
+            self.print(&GuestLine::Switch(line));
+        }
     }
 
     /// Writes of the schedule submitted so far.
@@ -343,7 +420,7 @@ impl<'a, C: Clock, W: Write> Workload<'a, C, W> {
     /// Counts the completion for the blackout meter; returns `true` (and counts a duplicate) when
     /// `c` is for a request that is not outstanding, which must then be ignored.
     fn first_completion(&mut self, c: Completion) -> bool {
-        self.gaps.tick(self.clock.ticks());
+        self.completed(c.port);
         if self.seq_of_tag[c.tag] == 0 {
             log::error!("duplicate completion for request {}", c.tag);
             self.report.duplicates += 1;
@@ -380,6 +457,7 @@ impl<'a, C: Clock, W: Write> Workload<'a, C, W> {
             }
             match stack.poll() {
                 Some(c) => {
+                    self.completed(c.port);
                     done += 1;
                     let ok = c.status == Status::Ok && self.block_matches(stack, c.tag, c.lba);
                     stack.release(c.tag);
@@ -441,3 +519,7 @@ impl<'a, C: Clock, W: Write> Workload<'a, C, W> {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "workload_tests.rs"]
+mod tests;

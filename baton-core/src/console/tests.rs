@@ -36,6 +36,16 @@ fn samples() -> std::vec::Vec<GuestLine<'static>> {
         GuestLine::WaitingForDisk,
         GuestLine::FirstIo,
         GuestLine::FaultInjected,
+        GuestLine::Switch(SwitchLine {
+            kind: SwitchKind::Handoff,
+            n: 1,
+            gap_us: 0,
+        }),
+        GuestLine::Switch(SwitchLine {
+            kind: SwitchKind::Failback,
+            n: u32::MAX,
+            gap_us: u64::MAX,
+        }),
         GuestLine::PortStats(stats()),
         GuestLine::Timeline(TimelineLine::new(7, 1000, 0, &[3, 0, 0, 0, 1]).unwrap()),
         GuestLine::Result(report()),
@@ -77,6 +87,14 @@ fn lines_as_the_kernel_prints_them() {
     assert_eq!(
         parse("BATON panic cpu exception 14 error=0x2 rip=0x1"),
         GuestLine::Panic("cpu exception 14 error=0x2 rip=0x1")
+    );
+    assert_eq!(
+        parse("BATON switch kind=failback n=3 gap_us=12345"),
+        GuestLine::Switch(SwitchLine {
+            kind: SwitchKind::Failback,
+            n: 3,
+            gap_us: 12345
+        })
     );
     assert_eq!(parse("BATON panic"), GuestLine::Panic(""));
     assert_eq!(parse("BATON reboot"), GuestLine::Unknown("reboot"));
@@ -147,6 +165,80 @@ fn malformed_lines_name_their_kind() {
 }
 
 #[test]
+fn malformed_switch_lines_are_rejected_with_their_reason() {
+    let err = |s| match GuestLine::parse(s) {
+        Some(Err(LineError::Switch(e))) => e,
+        other => panic!("{s}: {other:?}"),
+    };
+    let expected = SwitchError::Expected;
+    let bad = |s| SwitchError::BadValue(ShortStr::new(s));
+    for (line, want) in [
+        ("BATON switch", expected("kind")),
+        ("BATON switch ", expected("kind")),
+        ("BATON switch kind=handoff", expected("n")),
+        ("BATON switch kind=handoff n=1", expected("gap_us")),
+        ("BATON switch n=1 kind=handoff gap_us=5", expected("kind")),
+        ("BATON switch kind=handoff gap_us=5 n=1", expected("n")),
+        (
+            "BATON switch kind=handoff n=1 n=1 gap_us=5",
+            expected("gap_us"),
+        ),
+        ("BATON switch kind=handoff  n=1 gap_us=5", expected("n")),
+        ("BATON switch kind handoff n=1 gap_us=5", expected("kind")),
+        (
+            "BATON switch kind=handoff n=1 gap_us=5 ",
+            SwitchError::Extra,
+        ),
+        (
+            "BATON switch kind=handoff n=1 gap_us=5 x=1",
+            SwitchError::Extra,
+        ),
+        ("BATON switch kind=drain n=1 gap_us=5", bad("drain")),
+        ("BATON switch kind= n=1 gap_us=5", bad("")),
+        ("BATON switch kind=Handoff n=1 gap_us=5", bad("Handoff")),
+        (
+            "BATON switch kind=handoff n=4294967296 gap_us=5",
+            bad("4294967296"),
+        ),
+        ("BATON switch kind=handoff n=-1 gap_us=5", bad("-1")),
+        ("BATON switch kind=handoff n=+1 gap_us=5", bad("+1")),
+        (
+            "BATON switch kind=handoff n=1 gap_us=18446744073709551616",
+            bad("18446744073709551616"),
+        ),
+        ("BATON switch kind=handoff n=1 gap_us=0x10", bad("0x10")),
+        ("BATON switch kind=handoff n=1 gap_us=", bad("")),
+    ] {
+        assert_eq!(err(line), want, "{line}");
+        assert_eq!(
+            GuestLine::parse(line).unwrap().unwrap_err().kind(),
+            Kind::Switch
+        );
+    }
+    let e = GuestLine::parse("BATON switch kind=drain n=1 gap_us=5")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.to_string(), "switch: bad value `drain`");
+    let e = GuestLine::parse("BATON switch kind=handoff")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.to_string(), "switch: expected `n=` next");
+    let e = GuestLine::parse("BATON switch kind=handoff n=1 gap_us=5 x")
+        .unwrap()
+        .unwrap_err();
+    assert_eq!(e.to_string(), "switch: words after `gap_us=`");
+}
+
+#[test]
+fn switch_kinds_and_words_agree() {
+    for k in SwitchKind::ALL {
+        assert_eq!(SwitchKind::from_word(k.word()), Some(k));
+        assert_eq!(k.to_string(), k.word());
+    }
+    assert_eq!(SwitchKind::from_word("switch"), None);
+}
+
+#[test]
 fn errors_of_the_body_parsers_keep_their_messages() {
     let line = "BATON port-stats port=1";
     let e = GuestLine::parse(line).unwrap().unwrap_err();
@@ -174,7 +266,7 @@ fn errors_of_the_body_parsers_keep_their_messages() {
 
 fn arb_line() -> impl Strategy<Value = (u8, u64, u32, String, std::vec::Vec<u16>)> {
     (
-        0u8..10,
+        0u8..12,
         any::<u64>(),
         any::<u32>(),
         "[ -~]{0,80}",
@@ -213,6 +305,11 @@ fn build<'a>(which: u8, n: u64, vm: u32, text: &'a str, counts: &[u16]) -> Guest
             GuestLine::Result(r)
         }
         7 => GuestLine::PeerFault(text),
+        8 | 9 => GuestLine::Switch(SwitchLine {
+            kind: SwitchKind::ALL[usize::from(which == 9)],
+            n: vm,
+            gap_us: n,
+        }),
         _ => GuestLine::Panic(text),
     }
 }

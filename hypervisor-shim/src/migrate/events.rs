@@ -161,6 +161,8 @@ impl Scenario<'_> {
                     lines.panic = Some(m);
                 }
             }
+            // The per-switch blackout; the report does not carry it yet.
+            Ok(GuestLine::Switch(_)) => {}
             Ok(l @ (GuestLine::WaitingForDisk | GuestLine::FaultInjected)) => {
                 let word = l.kind().map_or("", Kind::word);
                 self.note(format!("unexpected owner line `BATON {word}`"));

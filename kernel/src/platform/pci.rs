@@ -6,6 +6,13 @@
 //! with `device_add`, so the guest sizes and places all of them itself: memory BARs in a window of
 //! the PCI hole ([`MMIO_WINDOW`]), I/O BARs from 0xc000 ([`IO_WINDOW`]), both naturally aligned
 //! and skipping anything already assigned on bus 0.
+//!
+//! Space is reused: a guest that takes part in many handoff and failback cycles places a
+//! virtio-blk and an ivshmem device per cycle and ejects them again, far more BARs than either
+//! window holds. Placement searches forward from where the last BAR went and, when that finds no
+//! room, once more from the window's start; what it must stay clear of is read from the bus at
+//! each [`setup_device`] (an ejected device's BARs are gone from it) plus the BARs that call
+//! already placed.
 
 use virtio_drivers::transport::pci::bus::{
     BarInfo, Command, ConfigurationAccess, DeviceFunction, DeviceFunctionInfo, PciError, PciRoot,
@@ -21,8 +28,9 @@ pub const VIRTIO_VENDOR: u16 = 0x1af4;
 /// virtio-blk's device ids: transitional (0x1001) and modern (0x1042).
 pub const VIRTIO_BLK_DEVICES: [u16; 2] = [0x1001, 0x1042];
 
-/// Next free addresses of the two BAR windows. Placement only moves forward: BARs of removed
-/// devices are not reused (a guest places a handful of devices in its life).
+/// Where the next search of each BAR window starts: just after the BAR placed last. The
+/// allocator keeps no list of what it placed: the bus says what is still assigned, so the space
+/// of a removed device is reused once the search wraps around.
 #[derive(Debug)]
 pub struct BarAllocator {
     next_mmio: u64,
@@ -54,16 +62,31 @@ pub enum PciSetupError {
     /// The window for this kind of BAR is full.
     #[error("no room left in the BAR window")]
     WindowFull,
+    /// Bus 0 has more functions or assigned BARs than the placement keeps track of
+    /// ([`MAX_FUNCTIONS`], [`MAX_RANGES`]).
+    #[error("too many PCI functions or BARs on bus 0")]
+    TooManyBars,
 }
+
+/// Functions on bus 0 whose BARs placement looks at (32 slots of up to 8 functions).
+pub const MAX_FUNCTIONS: usize = 256;
+/// Assigned BAR ranges placement keeps clear of, those of the device being set up included.
+pub const MAX_RANGES: usize = 128;
 
 /// A BAR range in use: `(is_io, start, end)`, end exclusive.
 type Range = (bool, u64, u64);
 
-/// Every assigned (non-zero) BAR range on bus 0, to keep new BARs clear of them.
-fn assigned_ranges<C: ConfigurationAccess>(root: &mut PciRoot<C>) -> heapless::Vec<Range, 64> {
-    let mut out = heapless::Vec::new();
-    let devices: heapless::Vec<DeviceFunction, 64> =
-        root.enumerate_bus(0).map(|(df, _)| df).collect();
+/// Ranges of BARs in use.
+type Taken = heapless::Vec<Range, MAX_RANGES>;
+
+/// Every assigned (non-zero) BAR range on bus 0, to keep new BARs clear of them. Errors:
+/// [`PciSetupError::TooManyBars`] (some could not be recorded, so none may be placed).
+fn assigned_ranges<C: ConfigurationAccess>(root: &mut PciRoot<C>) -> Result<Taken, PciSetupError> {
+    let mut out = Taken::new();
+    let mut devices = heapless::Vec::<DeviceFunction, MAX_FUNCTIONS>::new();
+    for (df, _) in root.enumerate_bus(0) {
+        devices.push(df).map_err(|_| PciSetupError::TooManyBars)?;
+    }
     for df in devices {
         if let Ok(bars) = root.bars(df) {
             for bar in bars.iter().flatten() {
@@ -72,19 +95,31 @@ fn assigned_ranges<C: ConfigurationAccess>(root: &mut PciRoot<C>) -> heapless::V
                     BarInfo::Memory { address, size, .. } => (false, address, size),
                 };
                 if addr != 0 && size != 0 {
-                    let _ = out.push((io, addr, addr + size));
+                    let end = addr.saturating_add(size);
+                    out.push((io, addr, end))
+                        .map_err(|_| PciSetupError::TooManyBars)?;
                 }
             }
         }
     }
-    out
+    Ok(out)
 }
 
-/// The first address at or after `*next` where `size` bytes fit, naturally aligned (at least 4
-/// bytes for I/O, a page for memory), below `window_end` and clear of `taken`; advances `*next`.
-fn place(next: &mut u64, window_end: u64, size: u64, io: bool, taken: &[Range]) -> Option<u64> {
+/// Where `size` bytes of a BAR go in `window` (`[start, end)`), clear of `taken`: the first fit
+/// at or after `*next`, else the first fit from the window's start (space freed by removed
+/// devices); advances `*next` past it. `None`: no room anywhere in the window.
+fn place(next: &mut u64, window: (u64, u64), size: u64, io: bool, taken: &[Range]) -> Option<u64> {
+    let addr = first_fit(*next, window.1, size, io, taken)
+        .or_else(|| first_fit(window.0, window.1, size, io, taken))?;
+    *next = addr + size;
+    Some(addr)
+}
+
+/// The first address at or after `from` where `size` bytes fit, naturally aligned (at least 4
+/// bytes for I/O, a page for memory), below `window_end` and clear of `taken`.
+fn first_fit(from: u64, window_end: u64, size: u64, io: bool, taken: &[Range]) -> Option<u64> {
     let align = size.max(if io { 4 } else { 4096 });
-    let mut addr = next.checked_add(align - 1)? & !(align - 1);
+    let mut addr = from.checked_add(align - 1)? & !(align - 1);
     loop {
         let end = addr.checked_add(size)?;
         if end > window_end {
@@ -95,39 +130,44 @@ fn place(next: &mut u64, window_end: u64, size: u64, io: bool, taken: &[Range]) 
             .find(|&&(kind, s, e)| kind == io && s < end && addr < e)
         {
             Some(&(_, _, e)) => addr = e.checked_add(align - 1)? & !(align - 1),
-            None => {
-                *next = end;
-                return Some(addr);
-            }
+            None => return Some(addr),
         }
     }
 }
 
-/// Gives every unprogrammed BAR of `df` an address from `alloc`, then enables I/O, memory
-/// decoding and bus mastering. Errors: [`PciSetupError::Bar`] (a BAR reads back malformed),
-/// [`PciSetupError::WindowFull`].
+/// Gives every unprogrammed BAR of `df` an address from `alloc`, clear of every BAR assigned on
+/// bus 0 and of each other, then enables I/O, memory decoding and bus mastering. Errors:
+/// [`PciSetupError::Bar`] (a BAR reads back malformed), [`PciSetupError::WindowFull`],
+/// [`PciSetupError::TooManyBars`].
 pub fn setup_device<C: ConfigurationAccess>(
     root: &mut PciRoot<C>,
     alloc: &mut BarAllocator,
     df: DeviceFunction,
 ) -> Result<(), PciSetupError> {
-    let taken = assigned_ranges(root);
+    let mut taken = assigned_ranges(root)?;
     let bars = root.bars(df).map_err(PciSetupError::Bar)?;
     for (index, bar) in bars.iter().enumerate() {
         let Some(bar) = bar else { continue };
         let index = index as u8;
         match *bar {
             BarInfo::IO { address: 0, size } if size > 0 => {
-                let addr = place(&mut alloc.next_io, IO_WINDOW.1, size.into(), true, &taken)
+                let size = u64::from(size);
+                let addr = place(&mut alloc.next_io, IO_WINDOW, size, true, &taken)
                     .ok_or(PciSetupError::WindowFull)?;
+                taken
+                    .push((true, addr, addr + size))
+                    .map_err(|_| PciSetupError::TooManyBars)?;
                 root.set_bar_32(df, index, addr as u32 | 1);
                 log::debug!("pci {df}: BAR{index} I/O {addr:#x} +{size:#x}");
             }
             BarInfo::Memory {
                 address: 0, size, ..
             } if size > 0 => {
-                let addr = place(&mut alloc.next_mmio, MMIO_WINDOW.1, size, false, &taken)
+                let addr = place(&mut alloc.next_mmio, MMIO_WINDOW, size, false, &taken)
                     .ok_or(PciSetupError::WindowFull)?;
+                taken
+                    .push((false, addr, addr + size))
+                    .map_err(|_| PciSetupError::TooManyBars)?;
                 if bar.takes_two_entries() {
                     root.set_bar_64(df, index, addr);
                 } else {

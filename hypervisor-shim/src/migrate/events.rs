@@ -2,7 +2,7 @@
 //! their serial lines, QEMU exits and QMP events, the ring watch; and the waits built on them.
 //! Every wait is bounded by its own timeout and the scenario deadline.
 
-use baton_core::console::{GuestLine, Kind, LineError};
+use baton_core::console::{GuestLine, Kind, LineError, SwitchKind, SwitchLine};
 
 use super::*;
 use crate::report::CompletionTimeline;
@@ -162,7 +162,7 @@ impl Scenario<'_> {
                 }
             }
             // The per-switch blackout; the report does not carry it yet.
-            Ok(GuestLine::Switch(_)) => {}
+            Ok(GuestLine::Switch(l)) => self.on_switch_line(p, l, at),
             Ok(l @ (GuestLine::WaitingForDisk | GuestLine::FaultInjected)) => {
                 let word = l.kind().map_or("", Kind::word);
                 self.note(format!("unexpected owner line `BATON {word}`"));
@@ -174,6 +174,37 @@ impl Scenario<'_> {
                 ));
             }
             Err(e) => self.note(format!("malformed `BATON {}` line: {e}", e.kind())),
+        }
+    }
+
+    /// A switch's blackout, measured by the owner at the first completion on its new port. For
+    /// the running failback it also marks [`Step::FirstCompletion`] (the line's arrival).
+    fn on_switch_line(&mut self, p: &mut Progress, l: SwitchLine, at: Instant) {
+        const MAX_SWITCH_LINES: usize = 4096;
+        let lines = &mut self.facts.owner_lines.switches;
+        if lines.iter().any(|(s, _)| s.kind == l.kind && s.n == l.n) {
+            self.note(format!(
+                "repeated `BATON switch kind={} n={}` ignored",
+                l.kind.word(),
+                l.n
+            ));
+            return;
+        }
+        if lines.len() >= MAX_SWITCH_LINES {
+            return;
+        }
+        lines.push((l, at));
+        if l.kind == SwitchKind::Failback
+            && let Some(f) = self.failback.as_mut()
+            && f.record.record(Step::FirstCompletion, at)
+        {
+            p.fb_step(
+                Step::FirstCompletion,
+                format!(
+                    "the owner's first port-1 completion after the failback (blackout {:.1} ms)",
+                    l.gap_us as f64 / 1000.0
+                ),
+            );
         }
     }
 

@@ -165,6 +165,9 @@ pub(super) fn build_report(
 ) -> MigrateReport {
     let cfg = plan.cfg;
     let guest = plan.guest;
+    // Before the owner's lines are taken: the blackouts come from its `BATON switch` lines.
+    let cycle_reports = cycle_reports(&s);
+    let failback_reports = failback_reports(&s);
     let lines = std::mem::take(&mut s.facts.owner_lines);
     let (guest_exit, reason, qemu_exit_code) = classify(&ending, lines.panic.as_ref(), cfg.timeout);
     let exited = matches!(ending, Ending::Exited(_));
@@ -190,8 +193,6 @@ pub(super) fn build_report(
     let writes_total = guest.schedule().total_writes();
     let disk = check_disk(plan, guest_report.as_ref(), p);
     let first = s.first_record();
-    let cycle_reports = cycle_reports(&s);
-    let failback_reports = failback_reports(&s);
     let cycles_completed = cycle_reports
         .iter()
         .filter(|c| {

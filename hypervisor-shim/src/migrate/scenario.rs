@@ -13,6 +13,8 @@ pub(super) struct OwnerLines {
     pub(super) panic: Option<String>,
     pub(super) port_stats: Vec<crate::report::PortStatsReport>,
     pub(super) timeline: Option<crate::report::CompletionTimeline>,
+    /// `BATON switch` lines (each switch's blackout), in arrival order, with their arrival time.
+    pub(super) switches: Vec<(baton_core::console::SwitchLine, Instant)>,
 }
 
 /// What QEMU's migration said, and what became of the destination.
@@ -309,8 +311,17 @@ impl Scenario<'_> {
     /// The blackout the owner measured around handoff (`failback`: failback) `n`, in ms: its
     /// `BATON switch` line.
     pub(super) fn switch_gap_ms(&self, failback: bool, n: u32) -> Option<f64> {
-        let _ = (failback, n);
-        None
+        let kind = if failback {
+            baton_core::console::SwitchKind::Failback
+        } else {
+            baton_core::console::SwitchKind::Handoff
+        };
+        self.facts
+            .owner_lines
+            .switches
+            .iter()
+            .find(|(l, _)| l.kind == kind && l.n == n)
+            .map(|(l, _)| l.gap_us as f64 / 1000.0)
     }
 
     /// The first cycle's handoff record (the report's `phases`).

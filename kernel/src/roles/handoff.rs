@@ -285,6 +285,9 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         stack.attach_port1(dev);
         self.disk_slot = slot;
         self.failback_drained_sent = false;
+        // `direct` goes out before the held requests do, so that the shim hears of port 1's
+        // reopening before the first port-1 completion is reported on the console.
+        self.send(Message::Direct);
         match stack.device_attached() {
             Ok(state) => log::info!(
                 "handoff: disk back in slot {slot}, {} held requests sent to port 1, redirector {state:?}",
@@ -292,7 +295,6 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             ),
             Err(e) => panic!("handoff: {e}"),
         }
-        self.send(Message::Direct);
     }
 
     /// Port 1 drained: quiesce the device, eject it, tell the shim.

@@ -9,6 +9,8 @@ use super::{ControlLink, OwnerPlatform};
 use crate::stack::ResourceStack;
 use crate::workload::{Clock, Workload, WorkloadError};
 use baton_core::cmdline::GuestConfig;
+use baton_core::console::SwitchKind;
+use baton_core::redirector::Port;
 use core::fmt::Write;
 use virtio_drivers::Hal;
 
@@ -28,7 +30,16 @@ where
     W: Write,
 {
     handoff.poll(stack);
-    let _armed = handoff.take_switch();
+    if let Some(arm) = handoff.take_switch() {
+        // The blackout of a handoff ends at the first port-2 completion, that of a failback at
+        // the first port-1 completion.
+        let (kind, port) = if arm.failback {
+            (SwitchKind::Failback, Port::One)
+        } else {
+            (SwitchKind::Handoff, Port::Two)
+        };
+        workload.arm_switch(kind, arm.n, port);
+    }
     if cfg.migrate_at != 0 && workload.writes_submitted() >= cfg.migrate_at {
         handoff.request_migration();
     }

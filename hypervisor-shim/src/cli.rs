@@ -38,6 +38,13 @@ pub enum Cmd {
     /// succeeded at the destination and the migration succeeded; 1 otherwise (see the report); 2
     /// when it could not be set up.
     Migrate(MigrateArgs),
+    /// Many full cycles in one run (default 100): handoff → live migration or save + restore
+    /// (alternating) → failback, at switch points drawn from the seed, the disk verified at the
+    /// end; prints the failback's and the handoff's blackout distribution.
+    ///
+    /// Exits 0 when every cycle completed and nothing was lost, stale or duplicated; 1 otherwise;
+    /// 2 when it could not be set up.
+    Soak(crate::soak::SoakArgs),
     /// Measure the handoff and both I/O paths in one run: direct vs forwarded IOPS and latency,
     /// blackout and phases over repeated handoffs, migration downtime, QEMU start to first I/O,
     /// idle guest CPU, and the redirector's host bench; a table, JSON and a timeline plot.
@@ -404,7 +411,7 @@ impl BenchArgs {
     }
 }
 
-fn accel_choice(a: AccelArg) -> AccelChoice {
+pub(crate) fn accel_choice(a: AccelArg) -> AccelChoice {
     match a {
         AccelArg::Auto => AccelChoice::Auto,
         AccelArg::Kvm => AccelChoice::Kvm,

@@ -30,5 +30,6 @@ pub mod report;
 pub mod run;
 pub mod setup;
 pub mod shm;
+pub mod soak;
 pub mod steps;
 pub mod vm;

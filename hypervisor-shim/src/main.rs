@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Parser as _;
 use hypervisor_shim::cli::{BenchArgs, CheckArgs, Cli, Cmd, MigrateArgs, RunArgs};
-use hypervisor_shim::{bench, migrate, qemu, run, setup};
+use hypervisor_shim::soak::SoakArgs;
+use hypervisor_shim::{bench, migrate, qemu, run, setup, soak};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -13,6 +14,7 @@ fn main() -> ExitCode {
         Cmd::Run(args) => cmd_run(&args),
         Cmd::Migrate(args) => cmd_migrate(&args),
         Cmd::Bench(args) => cmd_bench(&args),
+        Cmd::Soak(args) => cmd_soak(&args),
         Cmd::Check(args) => cmd_check(&args),
     };
     result.unwrap_or_else(|e| {
@@ -76,6 +78,22 @@ fn cmd_bench(args: &BenchArgs) -> anyhow::Result<ExitCode> {
         (None, Some(e)) => println!("\nno plot: {e}"),
         (None, None) => println!("\nplot not written (give --report or --plot)"),
     }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn cmd_soak(args: &SoakArgs) -> anyhow::Result<ExitCode> {
+    setup::install_interrupt_handler();
+    let report = soak::soak(&args.config())?;
+    if let Some(path) = &args.report {
+        report
+            .write_json(path)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+    }
+    println!("{report}");
     Ok(if report.ok {
         ExitCode::SUCCESS
     } else {

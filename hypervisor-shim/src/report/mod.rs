@@ -149,7 +149,7 @@ impl GuestExit {
 }
 
 /// Writes `report` as pretty JSON to `path` (creating parent directories).
-fn write_json(report: &impl Serialize, path: &Path) -> std::io::Result<()> {
+pub(crate) fn write_json(report: &impl Serialize, path: &Path) -> std::io::Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }

@@ -18,6 +18,8 @@ fn every_subcommand_has_help() {
         (&["check", "--help"], "--qemu"),
         (&["bench", "--help"], "--runs"),
         (&["migrate", "--help"], "--switch-after-ms"),
+        (&["migrate", "--help"], "--failback-after-ms"),
+        (&["soak", "--help"], "--cycles"),
         (&["help", "migrate"], "--peer-fault"),
         (&["help", "run"], "--timeout-secs"),
     ] {

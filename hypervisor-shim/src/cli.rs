@@ -504,4 +504,31 @@ mod tests {
         assert_eq!(c.mode, Mode::Save);
         assert_eq!(c.peer_fault, baton_core::cmdline::Fault::BadCompletion);
     }
+
+    #[test]
+    fn failback_and_cycles_defaults() {
+        let c = migrate_config(&[]);
+        assert!(c.failback, "live fails back by default");
+        assert_eq!((c.cycles, c.failback_after_ms, c.failback_request_at), (1, 0, 0));
+        assert!(migrate_config(&["--mode", "save"]).failback);
+        assert!(!migrate_config(&["--mode", "none"]).failback);
+        assert!(migrate_config(&["--mode", "none", "--failback"]).failback);
+        assert!(!migrate_config(&["--no-failback"]).failback);
+        let c = migrate_config(&["--mode", "mixed", "--cycles", "10"]);
+        assert_eq!((c.mode, c.cycles, c.passes), (Mode::Mixed, 10, 44));
+        assert_eq!(Mode::Mixed.for_cycle(1), Mode::Live);
+        assert_eq!(Mode::Mixed.for_cycle(2), Mode::Save);
+        assert_eq!(Mode::Save.for_cycle(3), Mode::Save);
+        let c = migrate_config(&["--cycles", "10", "--passes", "3"]);
+        assert_eq!(c.passes, 3, "--passes wins over the cycles' sizing");
+        let c = migrate_config(&["--failback-request-at", "7", "--failback-after-ms", "90"]);
+        assert_eq!((c.failback_request_at, c.failback_after_ms), (7, 90));
+        for bad in [
+            &["s", "migrate", "--failback", "--no-failback"][..],
+            &["s", "migrate", "--cycles", "0"],
+            &["s", "migrate", "--failback-request-at", "0"],
+        ] {
+            assert!(Cli::try_parse_from(bad).is_err(), "{bad:?}");
+        }
+    }
 }

@@ -115,12 +115,9 @@ case "${1-}" in
     rm -rf "$reports/migrate"
     rm -f "$reports/migrate.json"
     mkdir -p "$reports"
-    status=0
     # The shim ends with its summary (what happened, the figures, the verdict, where the report,
     # logs, disk image and plot are); the workdir and everything in it are kept.
-    "$SHIM" migrate --mode live --workdir "$reports/migrate" --report "$reports/migrate.json" ||
-        status=$?
-    exit "$status"
+    exec "$SHIM" migrate --mode live --workdir "$reports/migrate" --report "$reports/migrate.json"
     ;;
 test)
     shift

@@ -60,14 +60,19 @@ fn cmd_migrate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     let mut report = outcome.report;
     // The scenario's guards are gone: `artifacts_kept` says whether what the report names is
     // still there, checked rather than assumed.
-    let missing = report.missing_artifacts();
-    if report.artifacts_kept && !missing.is_empty() {
-        report.artifacts_kept = false;
-        let list: Vec<String> = missing.iter().map(|p| p.display().to_string()).collect();
-        report.notes.push(format!(
-            "named by this report but gone after the run: {}",
-            list.join(", ")
-        ));
+    if report.artifacts_kept {
+        let missing: Vec<String> = report
+            .missing_artifacts()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        if !missing.is_empty() {
+            report.artifacts_kept = false;
+            report.notes.push(format!(
+                "named by this report but gone after the run: {}",
+                missing.join(", ")
+            ));
+        }
     }
     // The handoff's timeline plot goes beside the artifacts it is drawn from.
     let plot = report.artifacts_kept.then(|| {

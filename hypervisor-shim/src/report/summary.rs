@@ -235,17 +235,15 @@ impl MigrateReport {
     fn fmt_places(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "where")?;
         if !self.artifacts_kept {
+            let why = if Path::new(&self.workdir).exists() {
+                "not all that this report names is still there: see its notes"
+            } else {
+                "removed with its logs and disk image: keep them with --keep or --workdir"
+            };
             return write!(
                 f,
                 "{}",
-                summary_line(
-                    "workdir",
-                    format!(
-                        "{} (removed with its logs and disk image: keep them with --keep or \
-                         --workdir)",
-                        self.workdir
-                    )
-                )
+                summary_line("workdir", format!("{} ({why})", self.workdir))
             );
         }
         line(f, "workdir", &self.workdir)?;

@@ -130,3 +130,64 @@ fn missing_kernel_says_how_to_build_it() {
     assert_eq!(out.code(), Some(2), "{}", out.dump());
     assert!(out.stderr.contains("cargo kbuild"), "{}", out.dump());
 }
+
+/// The one test here that boots guests: what `migrate` leaves behind and prints. With `--workdir`
+/// the report's `artifacts_kept` holds for everything it names (the disk image, the serial logs),
+/// the timeline plot is drawn there, and stdout is the short summary (not the JSON report), ending
+/// with where those files are.
+#[test]
+fn migrate_with_a_workdir_keeps_what_its_report_names_and_prints_a_short_summary() {
+    common::require_qemu();
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = common::migrate_args(dir.path(), "tcg", 150);
+    args.extend(["--mode", "live", "--quiet"].map(String::from));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = shim(&args, Duration::from_secs(240));
+    let report_path = dir.path().join("report.json");
+    let rep = common::report(&report_path, &out);
+    let ctx = || format!("{}\n{rep:#}", out.dump());
+    assert_eq!(out.code(), Some(0), "{}", ctx());
+    assert_eq!(rep["artifacts_kept"], true, "{}", ctx());
+    let work = dir.path().join("work");
+    assert_eq!(rep["workdir"].as_str(), work.to_str(), "{}", ctx());
+    assert!(work.join("disk.img").is_file(), "{}", ctx());
+    let logs = rep["serial_logs"].as_object().unwrap();
+    assert!(logs.len() >= 3, "{}", ctx());
+    for log in logs.values() {
+        assert!(
+            std::path::Path::new(log.as_str().unwrap()).is_file(),
+            "{}",
+            ctx()
+        );
+    }
+    let plot = work.join("handoff-timeline.svg");
+    assert!(
+        std::fs::read_to_string(&plot).unwrap().contains("<svg"),
+        "{}",
+        ctx()
+    );
+
+    let lines: Vec<&str> = out.stdout.lines().collect();
+    assert!((15..=25).contains(&lines.len()), "{}", ctx());
+    assert!(
+        out.stdout.starts_with("baton migrate [live]: OK"),
+        "{}",
+        ctx()
+    );
+    assert!(!out.stdout.contains('{'), "no JSON on stdout: {}", ctx());
+    for needle in [
+        "what happened",
+        "held at switch",
+        "blackout",
+        "downtime",
+        "lost 0, stale 0",
+        "verdict: OK",
+        "disk.img",
+        "serial-owner.log",
+    ] {
+        assert!(out.stdout.contains(needle), "{needle}: {}", ctx());
+    }
+    let tail = &lines[lines.len() - 2..];
+    assert!(tail[0].contains(report_path.to_str().unwrap()), "{}", ctx());
+    assert!(tail[1].contains(plot.to_str().unwrap()), "{}", ctx());
+}

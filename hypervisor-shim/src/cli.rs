@@ -509,7 +509,10 @@ mod tests {
     fn failback_and_cycles_defaults() {
         let c = migrate_config(&[]);
         assert!(c.failback, "live fails back by default");
-        assert_eq!((c.cycles, c.failback_after_ms, c.failback_request_at), (1, 0, 0));
+        assert_eq!(
+            (c.cycles, c.failback_after_ms, c.failback_request_at),
+            (1, 0, 0)
+        );
         assert!(migrate_config(&["--mode", "save"]).failback);
         assert!(!migrate_config(&["--mode", "none"]).failback);
         assert!(migrate_config(&["--mode", "none", "--failback"]).failback);

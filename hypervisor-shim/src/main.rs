@@ -1,12 +1,18 @@
 //! `hypervisor-shim`: parses the command line and hands over to the library.
 
+use std::path::Path;
 use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::Parser as _;
+use hypervisor_shim::bench::handoff::PhaseTimes;
 use hypervisor_shim::cli::{BenchArgs, CheckArgs, Cli, Cmd, MigrateArgs, RunArgs};
+use hypervisor_shim::report::summary_line;
 use hypervisor_shim::soak::SoakArgs;
 use hypervisor_shim::{bench, migrate, qemu, run, setup, soak};
+
+/// The handoff timeline plot of a `migrate` that keeps its artifacts, in its workdir.
+const MIGRATE_PLOT_FILE: &str = "handoff-timeline.svg";
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -53,13 +59,48 @@ fn cmd_run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 fn cmd_migrate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     setup::install_interrupt_handler();
     let outcome = migrate::migrate(&args.config())?;
-    let report = &outcome.report;
+    let mut report = outcome.report;
+    // The scenario's guards are gone: `artifacts_kept` says whether what the report names is
+    // still there, checked rather than assumed.
+    if report.artifacts_kept {
+        let missing: Vec<String> = report
+            .missing_artifacts()
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        if !missing.is_empty() {
+            report.artifacts_kept = false;
+            report.notes.push(format!(
+                "named by this report but gone after the run: {}",
+                missing.join(", ")
+            ));
+        }
+    }
+    // The handoff's timeline plot goes beside the artifacts it is drawn from.
+    let plot = report.artifacts_kept.then(|| {
+        let path = Path::new(&report.workdir).join(MIGRATE_PLOT_FILE);
+        let phases = PhaseTimes::from_record(outcome.handoffs.first());
+        bench::plot::svg(&report, &phases)
+            .and_then(|(svg, _)| {
+                std::fs::write(&path, svg)
+                    .map_err(|e| format!("cannot write {}: {e}", path.display()))
+            })
+            .map(|()| path)
+    });
     if let Some(path) = &args.report {
         report
             .write_json(path)
             .with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
     println!("{report}");
+    if let Some(path) = &args.report {
+        println!("{}", summary_line("report", path.display()));
+    }
+    match plot {
+        Some(Ok(p)) => println!("{}", summary_line("plot", p.display())),
+        Some(Err(e)) => println!("{}", summary_line("plot", format!("not drawn: {e}"))),
+        None => {}
+    }
     Ok(if report.ok {
         ExitCode::SUCCESS
     } else {

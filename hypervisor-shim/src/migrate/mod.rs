@@ -91,6 +91,8 @@ pub const PEER_VM: u32 = 2;
 pub const OWNER_VM: u32 = 1;
 /// Default switch point: this long after the owner's first I/O.
 pub const DEFAULT_SWITCH_AFTER_MS: u64 = 300;
+/// The owner's disk image, in the scenario's working directory (the summary names it).
+pub const DISK_IMAGE_FILE: &str = "disk.img";
 
 /// Longest wait for a QEMU to connect its control socket and for its QMP socket to answer.
 const CONNECT_TIMEOUT: Duration = setup::QMP_CONNECT_TIMEOUT;
@@ -396,8 +398,11 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
     let workdir = Workdir::create_with_prefix(cfg.workdir.as_deref(), cfg.keep, "baton-migrate-")?;
     let dir = workdir.path().to_path_buf();
     let disk_bytes = disk::image_size(0, cfg.blocks)?;
-    let mut image = DiskImage::create(&dir.join("disk.img"), disk_bytes)?;
-    if cfg.keep {
+    let mut image = DiskImage::create(&dir.join(DISK_IMAGE_FILE), disk_bytes)?;
+    // The image lives as long as the workdir: with `--keep`, and also with `--workdir` (a
+    // directory the user named is never removed, and whoever names one wants what the report
+    // points to in it: the report's `artifacts_kept` then holds for the image too).
+    if workdir.kept() {
         image.keep();
     }
     let backend = match cfg.backend {

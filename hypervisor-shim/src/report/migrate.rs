@@ -1,16 +1,14 @@
 //! The report of one `hypervisor-shim migrate`, and its handoff phases (computed from the
-//! handoff's record through the span table of [`crate::steps`]).
+//! handoff's record through the span table of [`crate::steps`]). Its human summary (`Display`)
+//! is in `summary.rs`.
 
-use std::fmt;
 use std::path::Path;
 
 use serde::Serialize;
 
 use crate::steps::{self, HandoffRecord, Span};
 
-use super::{
-    CompletionTimeline, DiskVerification, GuestExit, PortStatsReport, TimelineEntry, ms, opt,
-};
+use super::{CompletionTimeline, DiskVerification, GuestExit, PortStatsReport, TimelineEntry};
 
 /// One cycle: handoff → migration (or save + restore) → failback.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -322,110 +320,6 @@ impl MigrateReport {
     /// Writes the report as pretty JSON to `path` (creating parent directories).
     pub fn write_json(&self, path: &Path) -> std::io::Result<()> {
         super::write_json(self, path)
-    }
-}
-
-impl fmt::Display for MigrateReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let verdict = if self.ok { "OK" } else { "FAILED" };
-        writeln!(
-            f,
-            "baton migrate [{}]: {verdict}  (accel {}, QEMU {})",
-            self.mode,
-            self.accel,
-            opt(&self.qemu_version)
-        )?;
-        writeln!(
-            f,
-            "  workload   blocks {} passes {} qd {} seed {}; switch: {}{}",
-            self.blocks,
-            self.passes,
-            self.qd,
-            self.seed,
-            self.switch.trigger,
-            match (self.switch.after_first_io_ms, self.switch.migrate_at) {
-                (Some(ms), _) => format!(" {ms} ms after the first I/O"),
-                (None, Some(n)) => format!(" after {n} writes"),
-                _ => String::new(),
-            }
-        )?;
-        writeln!(
-            f,
-            "  handoff    held at switch {}, forwarded {}, duplicated {}, blackout {}, rejected control messages {}",
-            opt(&self.requests_queued_at_switch),
-            opt(&self.requests_forwarded),
-            opt(&self.duplicated),
-            ms(self.blackout_ms),
-            self.control_rejected
-        )?;
-        let p = &self.phases;
-        writeln!(
-            f,
-            "  phases     directed→drained {}, drained→deleted {}, deleted→attached {}, attached→first forwarded {}, handoff {}",
-            ms(p.directed_to_drained_ms),
-            ms(p.drained_to_device_deleted_ms),
-            ms(p.device_deleted_to_attached_ms),
-            ms(p.attached_to_first_forwarded_ms),
-            ms(p.handoff_ms),
-        )?;
-        writeln!(
-            f,
-            "  migration  {} (destination {}); downtime {} ms, total {} ms; wall {}{}",
-            opt(&self.migration_status),
-            opt(&self.destination_status),
-            opt(&self.migration_downtime_ms),
-            opt(&self.migration_total_ms),
-            ms(p.migration_ms),
-            match (p.save_ms, p.restore_ms) {
-                (Some(s), Some(r)) => format!(" (save {s:.1} ms, restore {r:.1} ms)"),
-                (Some(s), None) => format!(" (save {s:.1} ms)"),
-                _ => String::new(),
-            }
-        )?;
-        writeln!(
-            f,
-            "  owner      exit {} at {} ({}); writes submitted {} / {}, acked {}, errors {}; read-back ok {} bad {}",
-            self.guest_exit.as_str(),
-            opt(&self.guest_exit_where),
-            self.guest_exit_reason,
-            opt(&self.writes_submitted),
-            self.writes_total,
-            opt(&self.writes_acked),
-            opt(&self.write_errors),
-            opt(&self.reads_verified),
-            opt(&self.read_mismatches),
-        )?;
-        for ps in &self.port_stats {
-            writeln!(
-                f,
-                "  port {}     {} completions, {} IOPS, latency p50 {} µs p99 {} µs max {} µs",
-                ps.port, ps.completions, ps.iops, ps.p50_us, ps.p99_us, ps.max_us
-            )?;
-        }
-        if self.peer_fault != "none" || self.peer_fault_detected {
-            writeln!(
-                f,
-                "  peer fault {} injected; detected by the owner: {}{}",
-                self.peer_fault,
-                self.peer_fault_detected,
-                self.peer_fault_message
-                    .as_ref()
-                    .map_or_else(String::new, |m| format!(" ({m})"))
-            )?;
-        }
-        self.disk.fmt_lines(f, self.writes_acked)?;
-        self.disk.fmt_problems(f)?;
-        for n in &self.notes {
-            writeln!(f, "  note       {n}")?;
-        }
-        for why in &self.failures {
-            writeln!(f, "  failure    {why}")?;
-        }
-        write!(f, "  workdir    {}", self.workdir)?;
-        if !self.artifacts_kept {
-            write!(f, " (removed; use --keep or --workdir)")?;
-        }
-        Ok(())
     }
 }
 

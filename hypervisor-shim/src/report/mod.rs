@@ -12,9 +12,11 @@ use serde::Serialize;
 
 mod migrate;
 mod run;
+mod summary;
 
 pub use migrate::{CycleReport, FailbackReport, MigrateReport, Phases, SwitchReport, VmEvent};
 pub use run::{EventRecord, RunReport};
+pub use summary::summary_line;
 
 /// The host's check of the disk image, as both reports carry it (flattened into their JSON: the
 /// fields `verified` … `verification_problems` sit at the top level of each report).

@@ -2,6 +2,8 @@
 //! capacity in the device config (virtio 1.2 §5.2.4), and serves the split virtqueue (§2.7)
 //! straight from memory: `notify` takes the new available chains, and they complete (data moved,
 //! status byte and used ring written) at once, or when the test says so if completions are held.
+//! Every request taken is logged ([`FakeDisk::taken`]: type and sector, in ring order), so tests
+//! can tell which device performed what, and in which order.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;

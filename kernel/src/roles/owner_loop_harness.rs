@@ -49,13 +49,14 @@ impl Clock for TestClock {
     }
 }
 
-/// When the shim directs the two switches of one cycle: once the owner submitted this many
-/// writes, or when the owner asks (`u64::MAX`: only when it asks).
+/// When the shim directs the two switches of one cycle: once the owner's progress (writes
+/// submitted, plus blocks read back once the writes are done) reached this, or when the owner
+/// asks (`u64::MAX`: only when it asks).
 #[derive(Clone, Copy, Debug)]
 pub struct Cycle {
-    /// Writes submitted before `redirect` (or the owner's `migrate-request`).
+    /// Progress before `redirect` (or the owner's `migrate-request`).
     pub redirect_at: u64,
-    /// Writes submitted before `failback` (or the owner's `failback-request`).
+    /// Progress before `failback` (or the owner's `failback-request`).
     pub failback_at: u64,
 }
 
@@ -264,7 +265,7 @@ pub fn run(cfg: &GuestConfig, opts: &Options) -> Run {
             link.shim_sends(Message::OpenPort2);
             phase = Phase::Forwarding;
         }
-        let writes = workload.writes_submitted();
+        let writes = workload.writes_submitted() + workload.report().reads_verified;
         let due = opts.cycles.get(cycle);
         let quiet = link.0.borrow().to_guest.is_empty();
         if phase == Phase::Direct

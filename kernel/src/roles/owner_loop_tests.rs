@@ -179,6 +179,26 @@ fn a_failback_with_nothing_in_flight_at_port_2_is_drained_at_once() {
 }
 
 #[test]
+fn a_failback_during_the_read_back_loses_nothing() {
+    let cfg = config(8);
+    let writes = cfg.blocks * u64::from(cfg.passes);
+    let run = run(&cfg, &options(&[(30, writes + 10)], 2));
+    assert_clean(&run, &cfg);
+    assert_eq!(run.cycles_completed, 1);
+    assert!(run.failbacks[0].expected_first.is_none(), "reads were held");
+    let reads = |d: usize| {
+        let disk = run.disks[d].borrow();
+        disk.taken.iter().filter(|t| t.kind == Taken::READ).count()
+    };
+    assert_eq!(run.disks.len(), 3);
+    assert!(
+        reads(1) >= 10 && reads(2) > 0,
+        "the read-back ran on the peer's disk, then on the returned one"
+    );
+    assert!(run.port1_after_failback > 0);
+}
+
+#[test]
 fn three_cycles_in_one_run() {
     let cfg = GuestConfig {
         blocks: 64,

@@ -264,3 +264,45 @@ fn an_owner_that_asks_for_its_disk_back_each_cycle() {
         "the returned disk is released from the slot it came back in"
     );
 }
+
+#[test]
+fn cycles_at_switch_points_from_twenty_seeds() {
+    let mut state = 0x2545_f491_4f6c_dd1d_u64;
+    let mut below = |n: u64| {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state % n
+    };
+    for seed in 1..=20 {
+        let cfg = GuestConfig {
+            seed,
+            qd: [1, 4, 16, 32][below(4) as usize],
+            ..config(1)
+        };
+        let writes = cfg.blocks * u64::from(cfg.passes);
+        let mut at = 0;
+        let mut points = Vec::new();
+        for _ in 0..1 + below(3) {
+            let redirect = at + 1 + below(30);
+            let failback = redirect + 1 + below(30);
+            points.push((redirect, failback));
+            at = failback;
+        }
+        let per_round = 1 + below(4) as usize;
+        let run = run(&cfg, &options(&points, per_round));
+        assert_clean(&run, &cfg);
+        let due = points.iter().filter(|p| p.1 < writes).count();
+        assert!(
+            run.cycles_completed >= due,
+            "seed {seed}: {points:?}: {} cycles",
+            run.cycles_completed
+        );
+        for f in &run.failbacks {
+            assert!(f.peer_idle, "seed {seed}");
+            if let Some(expected) = &f.expected_first {
+                assert_eq!(&f.first_taken, expected, "seed {seed}: {points:?}");
+            }
+        }
+    }
+}

@@ -203,3 +203,74 @@ fn dropping_the_stack_returns_every_dma_page() {
     drop(stack);
     assert_eq!(FakeHal::live_pages(), before);
 }
+
+/// The peer performs every write on the ring; the stack takes the completions (their tags).
+fn peer_completes(stack: &mut Stack, server: &mut RingServer<'static>) -> Vec<Tag> {
+    while let Some(sub) = server.poll_submission() {
+        server.complete(&sub.unwrap(), ring::Status::Ok).unwrap();
+    }
+    let done = drain(stack);
+    assert!(done.iter().all(|c| c.port == Port::Two));
+    done.iter().map(|c| c.tag).collect()
+}
+
+#[test]
+fn after_a_failback_the_held_requests_reach_the_returned_disk_first_in_order() {
+    let (mut stack, disk) = stack();
+    let (mut server, _) = switch_to_ring(&mut stack, &disk);
+    let forwarded = [write(&mut stack, 1, 1), write(&mut stack, 2, 2)];
+    assert_eq!(stack.begin_failback().unwrap(), State::FailbackDraining);
+    let held: Vec<Tag> = (0..4)
+        .map(|i| write(&mut stack, 20 + i, 20 + i as u8))
+        .collect();
+    assert_eq!(stack.held(), 4);
+    let (transport, back) = FakeBlkTransport::new(BLOCKS * SECTORS_PER_BLOCK);
+    back.borrow_mut().hold = true;
+    stack.attach_port1(BlkDevice::new(transport).unwrap());
+    assert!(
+        stack.device_attached().is_err(),
+        "port 1 stays shut while port 2 drains"
+    );
+    assert!(back.borrow().taken.is_empty());
+    assert_eq!(peer_completes(&mut stack, &mut server), forwarded);
+    assert_eq!(stack.state(), State::FailbackDrained);
+    assert!(
+        server.poll_submission().is_none(),
+        "nothing is forwarded after the failback"
+    );
+    assert_eq!(stack.device_attached().unwrap(), State::Direct);
+    let sectors: Vec<u64> = back.borrow().taken.iter().map(|t| t.sector).collect();
+    assert_eq!(sectors, [20, 21, 22, 23].map(|lba| lba * SECTORS_PER_BLOCK));
+    let next = write(&mut stack, 30, 30);
+    back.borrow_mut().complete(usize::MAX);
+    let done = drain(&mut stack);
+    let tags: Vec<Tag> = done.iter().map(|c| c.tag).collect();
+    assert_eq!(tags, [held, vec![next]].concat());
+    assert!(
+        done.iter()
+            .all(|c| c.port == Port::One && c.status == Status::Ok)
+    );
+    let data = &back.borrow().data;
+    assert!(data[23 * 4096..24 * 4096].iter().all(|&b| b == 23));
+    assert_eq!((stack.port1_requests, stack.port2_requests), (5, 2));
+    assert!(stack.detach_port2().is_some() && !stack.has_port2());
+}
+
+#[test]
+fn a_failback_with_nothing_at_port_2_is_drained_at_once() {
+    let (mut stack, disk) = stack();
+    let (mut server, _) = switch_to_ring(&mut stack, &disk);
+    write(&mut stack, 4, 4);
+    peer_completes(&mut stack, &mut server);
+    assert_eq!(stack.begin_failback().unwrap(), State::FailbackDrained);
+    assert!(stack.begin_failback().is_err(), "once");
+    let tag = write(&mut stack, 5, 5);
+    assert_eq!(stack.held(), 1);
+    assert!(server.poll_submission().is_none(), "held, not forwarded");
+    let (transport, back) = FakeBlkTransport::new(BLOCKS * SECTORS_PER_BLOCK);
+    stack.attach_port1(BlkDevice::new(transport).unwrap());
+    stack.device_attached().unwrap();
+    let done = drain(&mut stack);
+    assert_eq!((done[0].tag, done[0].port), (tag, Port::One));
+    assert_eq!(back.borrow().taken.len(), 1);
+}

@@ -2,6 +2,8 @@
 //! capacity in the device config (virtio 1.2 §5.2.4), and serves the split virtqueue (§2.7)
 //! straight from memory: `notify` takes the new available chains, and they complete (data moved,
 //! status byte and used ring written) at once, or when the test says so if completions are held.
+//! Every request taken is logged ([`FakeDisk::taken`]: type and sector, in ring order), so tests
+//! can tell which device performed what, and in which order.
 
 use std::cell::RefCell;
 use std::collections::VecDeque;
@@ -40,10 +42,28 @@ pub struct FakeDisk {
     pub flushes: usize,
     /// Request heads taken off the available ring and not yet completed, oldest first.
     pub pending: VecDeque<u16>,
+    /// Every request taken off the available ring, in the order the driver made them available.
+    pub taken: Vec<Taken>,
     status: DeviceStatus,
     queue: Option<Queue>,
     last_avail: u16,
     used_idx: u16,
+}
+
+/// A request as the device took it off the available ring (its header, virtio 1.2 §5.2.6).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Taken {
+    /// `VIRTIO_BLK_T_*`: 0 read, 1 write, 4 flush.
+    pub kind: u32,
+    /// First 512-byte sector.
+    pub sector: u64,
+}
+
+impl Taken {
+    /// `VIRTIO_BLK_T_IN`.
+    pub const READ: u32 = 0;
+    /// `VIRTIO_BLK_T_OUT`.
+    pub const WRITE: u32 = 1;
 }
 
 /// The test's handle on a [`FakeBlkTransport`]'s device.
@@ -108,6 +128,13 @@ impl FakeDisk {
             let slot = u64::from(self.last_avail % q.size);
             // SAFETY: ring entries follow the flags and index, two bytes each.
             let head: u16 = unsafe { read(q.avail + 4 + 2 * slot) };
+            // SAFETY: the head descriptor's buffer address (§2.7.5), then the request header
+            // (type, reserved, sector) it points to (§5.2.6).
+            let (kind, sector): (u32, u64) = unsafe {
+                let hdr: u64 = read(q.desc + 16 * u64::from(head));
+                (read(hdr), read(hdr + 8))
+            };
+            self.taken.push(Taken { kind, sector });
             self.pending.push_back(head);
             self.last_avail = self.last_avail.wrapping_add(1);
         }

@@ -174,7 +174,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
     fn on_message<H: Hal>(&mut self, stack: &mut ResourceStack<H, P::Disk>, msg: Message) {
         let state = stack.state();
         match (msg, state) {
-            (Message::Redirect, State::Direct) => {
+            (Message::Redirect, State::Direct) if !stack.has_port2() => {
                 match stack.direct_switch() {
                     Ok(state) => log::info!("handoff: redirect directed, redirector {state:?}"),
                     Err(e) => panic!("handoff: {e}"),
@@ -209,7 +209,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             {
                 self.reattach(stack, slot);
             }
-            (Message::CloseRing { slot }, State::Direct) => {
+            (Message::CloseRing { slot }, State::Direct) if stack.has_port2() => {
                 if stack.detach_port2().is_some() {
                     log::info!("handoff: port 2 closed, ejecting the ring's slot {slot}");
                 }

@@ -4,7 +4,7 @@
 use super::*;
 use crate::fakes::blk::{DiskHandle, FakeBlkTransport};
 use crate::fakes::hal::FakeHal;
-use crate::fakes::owner::{FakeLink, FakePlatform};
+use crate::fakes::owner::{FakeDisk, FakeLink, FakePlatform};
 use crate::ports::blk::BlkDevice;
 use crate::ports::{Op, SECTORS_PER_BLOCK};
 use baton_core::ring::{self, RingServer, SharedRegion};
@@ -21,6 +21,9 @@ struct Owner {
     link: FakeLink,
     ejected: std::rc::Rc<std::cell::RefCell<Vec<u8>>>,
     ring: Option<SharedRegion<'static>>,
+    /// The disk the next `open_disk` returns.
+    slot_disk: std::rc::Rc<std::cell::RefCell<Option<FakeDisk>>>,
+    opened: std::rc::Rc<std::cell::RefCell<Vec<u8>>>,
     handoff: Driver,
 }
 
@@ -36,6 +39,7 @@ fn owner(ring_usable: bool) -> Owner {
     }
     let ejected = platform.ejected.clone();
     let ring = platform.ring;
+    let (slot_disk, opened) = (platform.disk.clone(), platform.opened_disks.clone());
     let handoff = Driver::new(Some(link.clone()), platform, DISK_SLOT, 7);
     Owner {
         stack,
@@ -43,6 +47,8 @@ fn owner(ring_usable: bool) -> Owner {
         link,
         ejected,
         ring,
+        slot_disk,
+        opened,
         handoff,
     }
 }
@@ -285,3 +291,6 @@ fn any_order_of_shim_messages_and_completions_keeps_the_protocol() {
         "only {forwarded} of 300 sequences reached forwarding"
     );
 }
+
+#[path = "handoff_failback_tests.rs"]
+mod failback;

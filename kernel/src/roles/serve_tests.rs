@@ -116,3 +116,72 @@ fn with_a_fault_planned_the_service_stops_after_the_good_completions() {
     assert_eq!(service.step(&now_us), Step::FaultDue);
     assert_eq!(completions(&mut client).len(), 2);
 }
+
+#[test]
+fn idle_only_with_nothing_at_the_device_and_nothing_waiting_for_it() {
+    let (mut client, mut service, disk) = setup(None, ring::MIN_REGION_LEN);
+    disk.borrow_mut().hold = true;
+    assert!(service.idle());
+    forward(&mut client, 1, Op::Write, 3, &[7; BLOCK_BYTES]).unwrap();
+    assert!(
+        service.idle(),
+        "on the ring, not taken yet: the device has nothing"
+    );
+    service.step(&now_us);
+    assert!(!service.idle(), "at the device");
+    disk.borrow_mut().complete(usize::MAX);
+    assert!(!service.idle(), "done at the device, not passed back yet");
+    service.step(&now_us);
+    assert!(service.idle());
+    let done: Vec<u64> = completions(&mut client).iter().map(|c| c.0).collect();
+    assert_eq!(done, [1]);
+}
+
+#[test]
+fn a_submission_waiting_for_a_device_slot_is_not_idle() {
+    let (mut client, mut service, disk) = setup(None, 4 * ring::MIN_REGION_LEN);
+    disk.borrow_mut().hold = true;
+    let n = MAX_INFLIGHT as u64 + 1;
+    for id in 0..n {
+        forward(&mut client, id, Op::Write, id % BLOCKS, &[2; BLOCK_BYTES]).unwrap();
+    }
+    service.step(&now_us);
+    assert_eq!(disk.borrow().pending.len(), MAX_INFLIGHT);
+    disk.borrow_mut().complete(usize::MAX);
+    service.step(&now_us);
+    // Every device slot came back, but the last submission still waits to be started.
+    assert!(disk.borrow().pending.is_empty());
+    assert!(!service.idle(), "a submission waits for a device slot");
+    let mut ids: Vec<u64> = completions(&mut client).iter().map(|c| c.0).collect();
+    while ids.len() < n as usize {
+        disk.borrow_mut().complete(usize::MAX);
+        service.step(&now_us);
+        ids.extend(completions(&mut client).iter().map(|c| c.0));
+    }
+    assert!(service.idle());
+    assert_eq!(ids, (0..n).collect::<Vec<_>>());
+}
+
+#[test]
+fn into_disk_gives_the_disk_back_with_what_the_ring_wrote() {
+    let (mut client, mut service, disk) = setup(None, ring::MIN_REGION_LEN);
+    forward(&mut client, 1, Op::Write, 9, &[0xab; BLOCK_BYTES]).unwrap();
+    service.step(&now_us);
+    let slot = completions(&mut client)[0].2;
+    client.release_slot(slot).unwrap();
+    assert!(service.idle());
+    let mut dev = service.into_disk();
+    assert_eq!(dev.capacity_blocks(), BLOCKS);
+    // Whoever holds the disk next reads the ring's write straight from it.
+    let buf = DmaPages::<FakeHal>::new(1);
+    // SAFETY: `buf` is a DMA page of BLOCK_BYTES that outlives the request, untouched until the
+    // device returns slot 0.
+    unsafe { dev.submit(0, Op::Read, 9, buf.as_ptr()) }.unwrap();
+    assert_eq!(dev.poll(), Some((0, Status::Ok)));
+    // SAFETY: the read completed; the page is ours again.
+    let data = unsafe { core::slice::from_raw_parts(buf.as_ptr(), BLOCK_BYTES) };
+    assert!(data.iter().all(|&b| b == 0xab));
+    let resets = disk.borrow().resets;
+    dev.release();
+    assert_eq!(disk.borrow().resets, resets + 1, "quiesced");
+}

@@ -91,6 +91,11 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
         Message::RingOpened { slot: 6 },
         Message::DiskAttached { slot: 5 },
         Message::OpenPort2,
+        Message::Failback,
+        Message::ReleaseDisk,
+        Message::Direct,
+        Message::FailbackRequest,
+        Message::CloseRing { slot: 6 },
     ];
     let mut seeds: Vec<(String, Vec<u8>)> = messages
         .iter()
@@ -327,7 +332,7 @@ fn fixup_seed_lines_become_valid_frames() {
             .filter(Result::is_ok)
             .count();
     }
-    assert_eq!(ok, 13);
+    assert_eq!(ok, 18);
 }
 
 #[test]

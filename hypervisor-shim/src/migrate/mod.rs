@@ -253,8 +253,9 @@ pub struct MigrateConfig {
 pub struct MigrateOutcome {
     /// The report.
     pub report: MigrateReport,
-    /// When each step of each handoff happened (one record per handoff, in order; none when the
-    /// scenario could not start). The report's `phases` are computed from the first.
+    /// When each step of each handoff happened, in order: each cycle's handoff (owner → peer),
+    /// then its failback (peer → owner) if one was directed; none when the scenario could not
+    /// start. The report's `phases` are computed from the first.
     pub handoffs: Vec<HandoffRecord>,
     /// Owns the working directory.
     pub workdir: Workdir,
@@ -451,8 +452,9 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
     let (report, handoffs) = match started {
         Ok(mut s) => {
             let result = s.drive(&mut progress);
-            let record = s.record;
-            (s.finish(result, &mut progress, &plan), vec![record])
+            s.end_cycle();
+            let records = s.records();
+            (s.finish(result, &mut progress, &plan), records)
         }
         Err(e) => {
             let why = chain(&e);

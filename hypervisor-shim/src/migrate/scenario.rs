@@ -324,6 +324,14 @@ impl Scenario<'_> {
             .map(|(l, _)| l.gap_us as f64 / 1000.0)
     }
 
+    /// Every cycle's handoff record, each followed by its failback's (directions say which).
+    pub(super) fn records(&self) -> Vec<HandoffRecord> {
+        self.cycles
+            .iter()
+            .flat_map(|c| std::iter::once(c.handoff).chain(c.failback.as_ref().map(|f| f.record)))
+            .collect()
+    }
+
     /// The first cycle's handoff record (the report's `phases`).
     pub(super) fn first_record(&self) -> HandoffRecord {
         self.cycles.first().map_or(self.record, |c| c.handoff)

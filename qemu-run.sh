@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # baton: install what is missing, build the guest kernel and the shim, then run.
 #
-#   ./qemu-run.sh                  the demo: the handoff under load, then a live migration
+#   ./qemu-run.sh                  the demo, the whole life of a guest that owns a device
 #                                  (`migrate --mode live`): the owner guest writes, its disk moves to
 #                                  a peer guest, its I/O is forwarded over a shared-memory ring, it is
-#                                  live-migrated and finishes at the destination; the disk is verified
-#                                  on the host. Progress on stderr, then a short summary on stdout;
+#                                  live-migrated, gets its disk back at the destination (failback,
+#                                  the ring closed) and finishes there with direct I/O; the disk is
+#                                  verified on the host. Progress on stderr, then a short summary on stdout;
 #                                  the full report in reports/migrate.json, the disk image, serial
 #                                  logs and timeline plot kept in reports/migrate/
 #   ./qemu-run.sh test [ARGS]      the gates, then the whole test suite. The gates, in order, each

@@ -198,8 +198,24 @@ impl Scenario<'_> {
         let slot = RING_SLOT;
         self.send(Role::Owner, Message::CloseRing { slot })?;
         self.send(Role::Peer, Message::CloseRing { slot })?;
-        self.wait_device_deleted(p, Role::Owner, marks.0, RING_DEVICE_ID, false)?;
-        self.wait_device_deleted(p, Role::Peer, marks.1, RING_DEVICE_ID, false)?;
+        // Both unplugs run at once: each QEMU's device-level event comes only after its RCU
+        // thread finalised the device (tens of ms).
+        self.wait_until(
+            p,
+            "DEVICE_DELETED of the ring in both QEMUs",
+            STEP_TIMEOUT,
+            |s| {
+                let mut gone = true;
+                for (vm, mark) in [(&mut s.vms.owner, marks.0), (&mut s.vms.peer, marks.1)] {
+                    vm.pump_events(QMP_POLL);
+                    gone &= vm.events.iter().skip(mark).any(|(_, e)| {
+                        e.device_deleted()
+                            .is_some_and(|d| d.device.as_deref() == Some(RING_DEVICE_ID))
+                    });
+                }
+                Ok(gone.then_some(()))
+            },
+        )?;
         for vm in [&mut self.vms.owner, &mut self.vms.peer] {
             vm.exec(&ObjectDel {
                 id: RING_MEMDEV_ID.into(),

@@ -28,15 +28,16 @@ pub enum Cmd {
     /// Exits 0 when the guest succeeded and no acknowledged write is lost or stale; 1 when the run
     /// failed (see the report); 2 when it could not be set up.
     Run(RunArgs),
-    /// The handoff under load, then a live migration or a save + restore of the owner.
+    /// The handoff under load, a live migration or a save + restore of the owner, the failback.
     ///
     /// Boots the owner (VM1, workload on its disk) and a peer (VM2, no disk). During the workload
     /// the handoff is directed: the owner drains port 1 and releases the disk, the disk moves to
     /// the peer, the owner's I/O is forwarded over a shared-memory ring; then the owner is
-    /// live-migrated (or saved and restored) and finishes its workload at the destination. The
-    /// disk is verified on the host. Exits 0 when nothing was lost, stale or duplicated, the owner
-    /// succeeded at the destination and the migration succeeded; 1 otherwise (see the report); 2
-    /// when it could not be set up.
+    /// live-migrated (or saved and restored), gets its disk back at the destination (the
+    /// failback; --no-failback keeps forwarding) and finishes its workload there; --cycles N
+    /// repeats the cycle. The disk is verified on the host. Exits 0 when nothing was lost, stale
+    /// or duplicated, the owner succeeded at the destination, the migration succeeded and every
+    /// failback completed; 1 otherwise (see the report); 2 when it could not be set up.
     Migrate(MigrateArgs),
     /// Many full cycles in one run (default 100): handoff → live migration or save + restore
     /// (alternating) → failback, at switch points drawn from the seed, the disk verified at the
@@ -192,7 +193,7 @@ pub struct MigrateArgs {
     /// Full cycles (handoff → migration or save/restore → failback), each started at a point
     /// drawn from the seed; the owner's workload runs through all of them.
     #[arg(long, default_value_t = 1,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
+          value_parser = clap::value_parser!(u32).range(1..=250))]
     pub cycles: u32,
     /// Give the disk back to the owner after the migration and close the ring (the default for
     /// live, save and mixed).

@@ -58,8 +58,13 @@ fn cmd_run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 
 fn cmd_migrate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     setup::install_interrupt_handler();
-    let outcome = migrate::migrate(&args.config())?;
-    let mut report = outcome.report;
+    let migrate::MigrateOutcome {
+        mut report,
+        handoffs,
+        workdir,
+    } = migrate::migrate(&args.config())?;
+    // A temporary workdir goes now, so that the summary says where things are as they will be.
+    drop(workdir);
     // The scenario's guards are gone: `artifacts_kept` says whether what the report names is
     // still there, checked rather than assumed.
     if report.artifacts_kept {
@@ -79,7 +84,7 @@ fn cmd_migrate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
     // The handoff's timeline plot goes beside the artifacts it is drawn from.
     let plot = report.artifacts_kept.then(|| {
         let path = Path::new(&report.workdir).join(MIGRATE_PLOT_FILE);
-        let phases = PhaseTimes::from_record(outcome.handoffs.first());
+        let phases = PhaseTimes::from_record(handoffs.first());
         bench::plot::svg(&report, &phases)
             .and_then(|(svg, _)| {
                 std::fs::write(&path, svg)

@@ -83,7 +83,7 @@ impl SoakConfig {
 pub struct SoakArgs {
     /// Full cycles (handoff → migration or save/restore → failback), live and save alternating.
     #[arg(long, default_value_t = 100,
-          value_parser = clap::value_parser!(u32).range(1..=1000))]
+          value_parser = clap::value_parser!(u32).range(1..=250))]
     pub cycles: u32,
     /// Seed of the schedule, of the first switch point and of the pauses between cycles.
     #[arg(long, default_value_t = 1)]
@@ -275,5 +275,6 @@ impl fmt::Display for SoakReport {
 /// report (`ok: false`).
 pub fn soak(cfg: &SoakConfig) -> Result<SoakReport, MigrateError> {
     let outcome = migrate::migrate(&cfg.migrate_config())?;
+    drop(outcome.workdir);
     Ok(SoakReport::from_migrate(outcome.report))
 }

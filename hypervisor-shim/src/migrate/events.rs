@@ -229,7 +229,7 @@ impl Scenario<'_> {
         }
         if let Some(st) = self.vms.owner.poll_exit() {
             return Err(Abort::OwnerExited(format!(
-                "{} during the handoff",
+                "{} before the cycle's steps were done",
                 describe_exit(st)
             )));
         }

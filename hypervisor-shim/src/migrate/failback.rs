@@ -50,7 +50,13 @@ impl Scenario<'_> {
     /// Waits for the failback's moment: `--failback-after-ms` after the owner runs at its
     /// destination (at once by default), or earlier when the owner asks (`failback-request`).
     pub(super) fn wait_for_failback(&mut self, p: &mut Progress) -> Result<(), Abort> {
-        let at = Instant::now() + Duration::from_millis(self.cfg.failback_after_ms);
+        let after = self.cfg.failback_after_ms;
+        if after > 0 {
+            p.say(format!(
+                "failback in {after} ms (--failback-after-ms), or when the owner asks"
+            ));
+        }
+        let at = Instant::now() + Duration::from_millis(after);
         let asked = self.wait_until(p, "the failback point", Duration::MAX, |s| {
             if s.take_msg(Role::Owner, |m| matches!(m, Message::FailbackRequest))
                 .is_some()
@@ -65,16 +71,30 @@ impl Scenario<'_> {
         Ok(())
     }
 
-    /// The failback and the ring's closing. `Ok` also when the failback failed in a way that
-    /// leaves the owner running (the facts say why); `Err` stops the scenario.
+    /// The failback and the ring's closing; an error stops the scenario (its facts say why).
+    /// A QMP command that fails because the owner's QEMU exited (its workload ended just as the
+    /// failback began) is reported as that exit.
     pub(super) fn fail_back(&mut self, p: &mut Progress) -> Result<(), Abort> {
         self.failback = Some(FailbackFacts::new());
-        let r = self.fail_back_steps(p);
+        let mut r = self.fail_back_steps(p);
+        if let Err(Abort::Qmp { .. } | Abort::Channel { .. }) = &r
+            && let Some(st) = self.owner_gone()
+        {
+            r = Err(Abort::OwnerExited(format!(
+                "{} during the failback",
+                describe_exit(st)
+            )));
+        }
         if let Err(e) = &r
             && let Some(f) = self.failback.as_mut()
         {
             f.error = Some(chain(e));
         }
+        // A `failback-request` that arrived after the failback was directed belongs to this one.
+        while self
+            .take_msg(Role::Owner, |m| matches!(m, Message::FailbackRequest))
+            .is_some()
+        {}
         r
     }
 

@@ -374,16 +374,23 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
             "--migrate-at {n} must lie in 1..{writes_total} (the workload's writes)"
         )));
     }
-    if cfg.cycles == 0 || (cfg.cycles > 1 && !cfg.failback) {
-        return Err(MigrateError::Config(format!(
-            "--cycles {} needs at least one cycle, and more than one needs the failback",
-            cfg.cycles
-        )));
+    if cfg.cycles == 0 {
+        return Err(MigrateError::Config("--cycles must be at least 1".into()));
+    }
+    let no_failback = |what: &str| {
+        MigrateError::Config(format!(
+            "{what} needs the failback (on by default for live, save and mixed; --failback for \
+             --mode none; not with --no-failback)"
+        ))
+    };
+    if cfg.cycles > 1 && !cfg.failback {
+        return Err(no_failback(&format!("--cycles {}", cfg.cycles)));
     }
     if cfg.failback_request_at != 0 && !cfg.failback {
-        return Err(MigrateError::Config(
-            "--failback-request-at needs the failback (drop --no-failback)".into(),
-        ));
+        return Err(no_failback("--failback-request-at"));
+    }
+    if cfg.failback_after_ms != 0 && !cfg.failback {
+        return Err(no_failback("--failback-after-ms"));
     }
     if cfg.destination_fault != DestinationFault::None && cfg.mode != Mode::Live {
         return Err(MigrateError::Config(

@@ -52,6 +52,7 @@ pub(super) fn failed_setup_report(
         migration_error: None,
         source_resumed: false,
         phases: Phases::default(),
+        failback_planned: cfg.failback,
         cycles_planned: cfg.cycles,
         cycles_completed: 0,
         cycles: Vec::new(),
@@ -168,6 +169,18 @@ pub(super) fn build_report(
     // Before the owner's lines are taken: the blackouts come from its `BATON switch` lines.
     let cycle_reports = cycle_reports(&s);
     let failback_reports = failback_reports(&s);
+    // The top-level migration fields: the last migration attempted (a later cycle that stopped
+    // before its migration does not blank them).
+    let mut migration = s
+        .cycles
+        .iter()
+        .rev()
+        .map(|c| &c.migration)
+        .find(|m| m.status.is_some() || m.error.is_some())
+        .cloned()
+        .unwrap_or_else(|| s.facts.migration.clone());
+    let any_migration_failed =
+        s.cycles.iter().any(|c| c.migration.error.is_some()) || s.facts.migration.error.is_some();
     let lines = std::mem::take(&mut s.facts.owner_lines);
     let (guest_exit, reason, qemu_exit_code) = classify(&ending, lines.panic.as_ref(), cfg.timeout);
     let exited = matches!(ending, Ending::Exited(_));
@@ -208,7 +221,7 @@ pub(super) fn build_report(
         exit_reason: &reason,
         exited,
         owner_is_destination: s.vms.owner_is_destination,
-        migration_failed: s.facts.migration.error.is_some(),
+        migration_failed: any_migration_failed,
         peer_fault: lines.peer_fault.as_deref(),
         record: &first,
         guest_report: guest_report.as_ref(),
@@ -284,13 +297,14 @@ pub(super) fn build_report(
         completion_timeline: lines.timeline,
         duplicated: g.map(|r| r.duplicates),
         blackout_ms: g.map(|r| r.max_gap_us as f64 / 1000.0),
-        migration_status: s.facts.migration.status.take(),
-        destination_status: s.facts.migration.destination_status.take(),
-        migration_downtime_ms: s.facts.migration.downtime_ms,
-        migration_total_ms: s.facts.migration.total_ms,
-        migration_error: s.facts.migration.error.take(),
-        source_resumed: s.facts.migration.source_resumed,
+        migration_status: migration.status.take(),
+        destination_status: migration.destination_status.take(),
+        migration_downtime_ms: migration.downtime_ms,
+        migration_total_ms: migration.total_ms,
+        migration_error: migration.error.take(),
+        source_resumed: migration.source_resumed,
         phases: Phases::from_record(Some(&first)),
+        failback_planned: cfg.failback,
         cycles_planned: cfg.cycles,
         cycles_completed,
         cycles: cycle_reports,

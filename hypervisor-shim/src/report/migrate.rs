@@ -52,7 +52,8 @@ pub struct FailbackReport {
     pub directed_to_drained_ms: Option<f64>,
     /// Port 2 drained → the peer's `released` (disk reset and ejected).
     pub drained_to_released_ms: Option<f64>,
-    /// Inside it: port 2 drained → the peer's QEMU released the drive (`DEVICE_DELETED`).
+    /// Port 2 drained → the peer's QEMU released the drive (`DEVICE_DELETED`, by QEMU's stamp);
+    /// it overlaps `drained_to_released_ms` and may end before or after it.
     pub drained_to_drive_released_ms: Option<f64>,
     /// `released` → `disk-attached` sent to the owner (its `device_add` done).
     pub released_to_attached_ms: Option<f64>,
@@ -250,6 +251,9 @@ pub struct MigrateReport {
     pub source_resumed: bool,
     /// Phase wall times (the first cycle's handoff).
     pub phases: Phases,
+    /// Whether each cycle was to end with a failback (`--failback`, the default for live, save
+    /// and mixed).
+    pub failback_planned: bool,
     /// Full cycles planned (`--cycles`).
     pub cycles_planned: u32,
     /// Cycles whose failback completed (or, without failback, whose migration did).

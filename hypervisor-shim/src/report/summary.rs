@@ -80,7 +80,12 @@ impl MigrateReport {
         } else if self.switch.directed_at_ms.is_some() {
             "not completed".to_owned()
         } else {
-            "never directed".to_owned()
+            "never directed (the run stopped first)".to_owned()
+        };
+        let when = if self.switch.directed_at_ms.is_none() {
+            when.replacen("directed", "planned", 1)
+        } else {
+            when
         };
         line(f, "handoff", format!("{when}: {outcome}"))?;
         line(f, "migration", self.migration_story())?;
@@ -137,7 +142,13 @@ impl MigrateReport {
             )?;
         }
         if self.failback.is_empty() {
-            if self.mode != "none" {
+            if self.failback_planned {
+                line(
+                    f,
+                    "failback",
+                    "not directed: the run stopped before the owner's migration was over",
+                )?;
+            } else if self.mode != "none" {
                 line(
                     f,
                     "failback",
@@ -205,6 +216,9 @@ impl MigrateReport {
         let status = opt(&self.migration_status);
         let dest = opt(&self.destination_status);
         let mut s = match self.mode.as_str() {
+            "none" if self.failback_planned => {
+                "none (--mode none): the owner stayed at the source".to_owned()
+            }
             "none" => "none (--mode none): the owner stayed at the source, forwarding".to_owned(),
             _ if self.migration_status.is_none() && self.migration_error.is_none() => {
                 format!("{}: not started", self.mode)
@@ -212,6 +226,9 @@ impl MigrateReport {
             "save" => {
                 format!("saved to a file and restored: {status}; the restored QEMU is {dest}")
             }
+            "mixed" => format!(
+                "mixed, live and save alternating; the last: {status}; its destination is {dest}"
+            ),
             m => format!("{m}: {status}; the destination is {dest}"),
         };
         if let Some(e) = &self.migration_error {

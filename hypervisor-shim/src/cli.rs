@@ -7,7 +7,9 @@ use baton_core::cmdline::{MAX_BLOCKS, MAX_PASSES, MAX_QD};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::BenchConfig;
-use crate::migrate::{DEFAULT_SWITCH_AFTER_MS, DestinationFault, MigrateConfig, Mode, Switch};
+use crate::migrate::{
+    DEFAULT_SWITCH_AFTER_MS, DestinationFault, Inject, MigrateConfig, Mode, Switch,
+};
 use crate::run::RunConfig;
 use crate::setup::{AccelChoice, BackendKind};
 
@@ -247,6 +249,12 @@ pub struct MigrateArgs {
     /// Fault hook of the peer (the run is then expected to fail without losing a write).
     #[arg(long, value_enum, default_value_t = PeerFaultArg::None)]
     pub peer_fault: PeerFaultArg,
+    /// Inject a fault by a real mechanism, `WHAT@WHEN`: `peer-crash@forwarding` (SIGKILL the
+    /// peer's QEMU once the owner forwards through it) or `peer-crash@failback` (once the failback
+    /// was directed). The owner must survive: the disk comes back to it, its forwarded requests
+    /// without a completion are replayed, nothing acknowledged is lost.
+    #[arg(long, value_parser = parse_inject)]
+    pub inject: Option<Inject>,
     /// Test hook: start the live-migration destination without the ivshmem device, so it dies on
     /// the unknown device state while the source says `completed`.
     #[arg(long, hide = true)]
@@ -316,6 +324,7 @@ impl MigrateArgs {
                 PeerFaultArg::None => baton_core::cmdline::Fault::None,
                 PeerFaultArg::BadCompletion => baton_core::cmdline::Fault::BadCompletion,
             },
+            inject: self.inject,
             destination_fault: if self.test_destination_without_ring {
                 DestinationFault::WithoutRing
             } else {
@@ -410,6 +419,12 @@ impl BenchArgs {
             progress: !self.quiet,
         }
     }
+}
+
+fn parse_inject(s: &str) -> Result<Inject, String> {
+    Inject::parse(s).ok_or_else(|| {
+        format!("unknown fault `{s}`; known: peer-crash@forwarding, peer-crash@failback")
+    })
 }
 
 pub(crate) fn accel_choice(a: AccelArg) -> AccelChoice {

@@ -68,6 +68,7 @@ impl SoakConfig {
             cycles: self.cycles,
             peer_fault: baton_core::cmdline::Fault::None,
             destination_fault: migrate::DestinationFault::None,
+            inject: None,
             timeout: self.timeout,
             kernel: self.kernel.clone(),
             qemu: self.qemu.clone(),

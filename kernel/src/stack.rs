@@ -71,6 +71,11 @@ pub struct ResourceStack<H: Hal, P: BlockPort> {
     free: heapless::Vec<u8, MAX_INFLIGHT>,
     /// Completions decided by the stack itself (port failures), delivered by `poll`.
     failed: heapless::Deque<(Tag, Port, Status), MAX_INFLIGHT>,
+    /// Requests at port 2 without a completion, in the order they were forwarded.
+    forwarded: heapless::Vec<u8, MAX_INFLIGHT>,
+    /// Requests abandoned at port 2 (the peer died), in forward order: replayed on port 1 first
+    /// when the device is back.
+    replay: heapless::Vec<u8, MAX_INFLIGHT>,
     /// Requests sent to port 1 so far.
     pub port1_requests: u64,
     /// Requests sent to port 2 so far.
@@ -106,6 +111,8 @@ impl<H: Hal, P: BlockPort> ResourceStack<H, P> {
             bufs,
             free,
             failed: heapless::Deque::new(),
+            forwarded: heapless::Vec::new(),
+            replay: heapless::Vec::new(),
             port1_requests: 0,
             port2_requests: 0,
             ring_fault: None,
@@ -169,11 +176,41 @@ impl<H: Hal, P: BlockPort> ResourceStack<H, P> {
         self.redirector.begin_failback()
     }
 
-    /// The device is behind port 1 again: the held requests go to it first, in order.
+    /// The device is behind port 1 again: the requests abandoned at port 2 (if the peer died)
+    /// are replayed on it first, in the order they were forwarded, then the held requests go, in
+    /// order.
     pub fn device_attached(&mut self) -> Result<State, RedirectError> {
         let state = self.redirector.device_attached()?;
+        let replay = core::mem::take(&mut self.replay);
+        for tag in replay.into_iter().map(usize::from) {
+            if let Err(e) = self.redirector.resubmit_port1() {
+                log::error!("stack: replay of request {tag}: {e}");
+                let _ = self.failed.push_back((tag, Port::One, Status::DriverError));
+                continue;
+            }
+            if self.send_port1(tag).is_err() {
+                self.completed(Port::One);
+                let _ = self.failed.push_back((tag, Port::One, Status::DriverError));
+            }
+        }
         self.dispatch_queued();
         Ok(state)
+    }
+
+    /// The peer is gone (its QEMU exited: nothing it had will complete or reach the disk any
+    /// more): port 2 is given up and every forwarded request without a completion is kept, in
+    /// forward order, for replay on port 1 ([`device_attached`](Self::device_attached)); new
+    /// requests are held. Returns (requests to replay, requests held). Errors: the redirector's
+    /// (not forwarding or failing back).
+    pub fn peer_lost(&mut self) -> Result<(u16, u16), RedirectError> {
+        self.redirector.abandon_port2()?;
+        self.port2 = None;
+        for &tag in &self.forwarded {
+            self.entries[usize::from(tag)].ring_slot = None;
+            let _ = self.replay.push(tag);
+        }
+        self.forwarded.clear();
+        Ok((self.replay.len() as u16, self.held()))
     }
 
     /// Size of the port-1 disk in 4 KiB blocks.
@@ -251,6 +288,7 @@ impl<H: Hal, P: BlockPort> ResourceStack<H, P> {
         match result {
             Ok(slot) => {
                 self.entries[tag].ring_slot = Some(slot);
+                let _ = self.forwarded.push(tag as u8);
                 self.port2_requests += 1;
             }
             Err(err) => {
@@ -348,6 +386,7 @@ impl<H: Hal, P: BlockPort> ResourceStack<H, P> {
                 }
                 let _ = client.release_slot(c.slot);
                 self.entries[tag].ring_slot = None;
+                self.forget_forwarded(tag);
                 self.completed(Port::Two);
                 self.dispatch_queued();
                 Some(self.completion(tag, Port::Two, status))
@@ -371,12 +410,20 @@ impl<H: Hal, P: BlockPort> ResourceStack<H, P> {
         for id in ids {
             let tag = id as Tag;
             if tag < MAX_INFLIGHT && self.entries[tag].ring_slot.take().is_some() {
+                self.forget_forwarded(tag);
                 self.fail(tag, Status::DriverError);
             }
         }
         self.failed
             .pop_front()
             .map(|(tag, port, status)| self.completion(tag, port, status))
+    }
+
+    /// `tag` left port 2 (completed or failed).
+    fn forget_forwarded(&mut self, tag: Tag) {
+        if let Some(i) = self.forwarded.iter().position(|&t| usize::from(t) == tag) {
+            self.forwarded.remove(i);
+        }
     }
 
     fn completion(&self, tag: Tag, port: Port, status: Status) -> Completion {

@@ -39,6 +39,7 @@ fn write_body(w: &mut Cursor<'_>, msg: &Message, seq: u32) -> fmt::Result {
     match *msg {
         Message::Hello { role, vm, version } => write!(w, " {} {vm} {version}", role.name()),
         Message::Drained { completed, held } => write!(w, " {completed} {held}"),
+        Message::Abandoned { replay, held } => write!(w, " {replay} {held}"),
         Message::Released { slot }
         | Message::RingOpened { slot }
         | Message::DiskAttached { slot }
@@ -53,7 +54,8 @@ fn write_body(w: &mut Cursor<'_>, msg: &Message, seq: u32) -> fmt::Result {
         | Message::Redirect
         | Message::OpenPort2
         | Message::Failback
-        | Message::ReleaseDisk => Ok(()),
+        | Message::ReleaseDisk
+        | Message::PeerLost => Ok(()),
     }
 }
 
@@ -199,6 +201,17 @@ fn parse_message(name: &[u8], args: &[&[u8]]) -> Result<Message, ControlError> {
         b"direct" => {
             arity(0)?;
             Message::Direct
+        }
+        b"abandoned" => {
+            arity(2)?;
+            Message::Abandoned {
+                replay: parse_u32(arg(0)?)?,
+                held: parse_u32(arg(1)?)?,
+            }
+        }
+        b"peer-lost" => {
+            arity(0)?;
+            Message::PeerLost
         }
         b"error" => {
             arity(1)?;

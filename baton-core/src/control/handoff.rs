@@ -26,6 +26,10 @@
 //! | FailingBack | drained from the owner            | FailbackDrained |
 //! | FailbackDrained | released from the peer        | FailbackReleased |
 //! | FailbackReleased | direct from the owner        | Direct      |
+//! | Forwarding  | shim: peer-lost                   | PeerLost    |
+//! | FailingBack | shim: peer-lost                   | PeerLost    |
+//! | FailbackDrained | shim: peer-lost               | FailbackReleased |
+//! | PeerLost    | abandoned from the owner          | FailbackReleased |
 //! | any         | ack from either guest             | unchanged   |
 //! | any         | error from either guest           | Failed      |
 //!
@@ -44,6 +48,12 @@
 //! `redirect` can start. So (mirrored I2) `Direct` is reachable from `Forwarding` only through
 //! `FailbackDrained → FailbackReleased`: nothing reaches port 1 before port 2 drained and the
 //! peer let the disk go.
+//!
+//! A peer whose QEMU exited while the owner forwarded (issue 9's emergency failback) is the one
+//! other way back: `peer-lost` moves the table to `PeerLost` (or straight to `FailbackReleased`
+//! when the owner had already drained); the owner's `abandoned` (port 2 given up, its unanswered
+//! requests kept for replay) stands for both `drained` and the peer's `released`, since a peer
+//! whose process is gone can neither serve nor write.
 
 use core::fmt;
 
@@ -72,15 +82,17 @@ pub enum HandoffState {
     FailingBack,
     /// The owner reported port 2 drained; the peer is told to release the disk.
     FailbackDrained,
-    /// The peer released the disk; the shim moves it back to the owner.
+    /// The peer released the disk (or died); the shim moves it back to the owner.
     FailbackReleased,
+    /// The peer died while the owner forwarded: `peer-lost` sent, the owner abandons port 2.
+    PeerLost,
     /// A guest reported an error; the handoff is stopped.
     Failed,
 }
 
 impl HandoffState {
     /// Every state, in handoff order.
-    pub const ALL: [HandoffState; 12] = [
+    pub const ALL: [HandoffState; 13] = [
         HandoffState::Booting,
         HandoffState::Direct,
         HandoffState::Redirecting,
@@ -92,6 +104,7 @@ impl HandoffState {
         HandoffState::FailingBack,
         HandoffState::FailbackDrained,
         HandoffState::FailbackReleased,
+        HandoffState::PeerLost,
         HandoffState::Failed,
     ];
 
@@ -115,15 +128,18 @@ pub enum ShimAction {
     EndMigration,
     /// The shim directed the failback (sent `failback` to the owner).
     Failback,
+    /// The peer's QEMU exited (and was reaped) while the owner forwarded: an emergency failback.
+    PeerLost,
 }
 
 impl ShimAction {
     /// Every action.
-    pub const ALL: [ShimAction; 4] = [
+    pub const ALL: [ShimAction; 5] = [
         ShimAction::Redirect,
         ShimAction::BeginMigration,
         ShimAction::EndMigration,
         ShimAction::Failback,
+        ShimAction::PeerLost,
     ];
 
     /// The name in the transition table.
@@ -133,6 +149,7 @@ impl ShimAction {
             ShimAction::BeginMigration => "begin-migration",
             ShimAction::EndMigration => "end-migration",
             ShimAction::Failback => "failback",
+            ShimAction::PeerLost => "peer-lost",
         }
     }
 }
@@ -223,7 +240,7 @@ const fn row(from: Option<HandoffState>, on: Trigger, to: Option<HandoffState>) 
 
 /// The handoff's transition table, in the order of the module docs' table. The first row that
 /// matches the state and the event decides.
-pub const TRANSITIONS: [Transition; 18] = {
+pub const TRANSITIONS: [Transition; 22] = {
     use HandoffState as S;
     use MessageKind as K;
     use Trigger::{Guest, Shim};
@@ -307,6 +324,26 @@ pub const TRANSITIONS: [Transition; 18] = {
             Some(S::FailbackReleased),
             Guest(Sender::Owner, K::Direct),
             Some(S::Direct),
+        ),
+        row(
+            Some(S::Forwarding),
+            Shim(ShimAction::PeerLost),
+            Some(S::PeerLost),
+        ),
+        row(
+            Some(S::FailingBack),
+            Shim(ShimAction::PeerLost),
+            Some(S::PeerLost),
+        ),
+        row(
+            Some(S::FailbackDrained),
+            Shim(ShimAction::PeerLost),
+            Some(S::FailbackReleased),
+        ),
+        row(
+            Some(S::PeerLost),
+            Guest(Sender::Owner, K::Abandoned),
+            Some(S::FailbackReleased),
         ),
         row(None, Guest(Sender::Either, K::Ack), None),
         row(None, Guest(Sender::Either, K::Error), Some(S::Failed)),

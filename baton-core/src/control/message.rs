@@ -124,6 +124,14 @@ pub enum Message {
     /// Guest (owner) → shim: please give my device back (honoured once the owner's migration is
     /// over).
     FailbackRequest,
+    /// Guest (owner) → shim, after `peer-lost`: port 2 abandoned; `replay` forwarded requests
+    /// had no completion and go to port 1 first, then the `held` ones.
+    Abandoned {
+        /// Forwarded requests without a completion, to be replayed on port 1.
+        replay: u32,
+        /// Requests held for port 1 (never forwarded).
+        held: u32,
+    },
     /// Guest (owner) → shim: the failback is done: the disk is initialised behind port 1 again
     /// and the held requests went to it first, in order.
     Direct,
@@ -156,6 +164,10 @@ pub enum Message {
     /// Shim → peer: the failback: quiesce the disk and eject its slot (its `device_del` is
     /// issued).
     ReleaseDisk,
+    /// Shim → owner: the peer is gone (its QEMU exited and was reaped: nothing more reaches the
+    /// disk through it): abandon port 2, keep every forwarded request without a completion for
+    /// replay on port 1, and hold new requests until the disk is back.
+    PeerLost,
     /// Shim → guest: the ring's ivshmem device in `slot` is being unplugged: stop using the ring
     /// and eject the slot.
     CloseRing {
@@ -184,6 +196,7 @@ impl Message {
             Message::Forwarding => MessageKind::Forwarding,
             Message::MigrateRequest => MessageKind::MigrateRequest,
             Message::FailbackRequest => MessageKind::FailbackRequest,
+            Message::Abandoned { .. } => MessageKind::Abandoned,
             Message::Direct => MessageKind::Direct,
             Message::Error { .. } => MessageKind::Error,
             Message::Ack { .. } => MessageKind::Ack,
@@ -193,6 +206,7 @@ impl Message {
             Message::OpenPort2 => MessageKind::OpenPort2,
             Message::Failback => MessageKind::Failback,
             Message::ReleaseDisk => MessageKind::ReleaseDisk,
+            Message::PeerLost => MessageKind::PeerLost,
             Message::CloseRing { .. } => MessageKind::CloseRing,
         }
     }
@@ -236,6 +250,8 @@ pub enum MessageKind {
     MigrateRequest,
     /// `failback-request`, guest → shim.
     FailbackRequest,
+    /// `abandoned`, guest → shim.
+    Abandoned,
     /// `direct`, guest → shim.
     Direct,
     /// `error`, guest → shim.
@@ -254,13 +270,15 @@ pub enum MessageKind {
     Failback,
     /// `release-disk`, shim → guest.
     ReleaseDisk,
+    /// `peer-lost`, shim → guest.
+    PeerLost,
     /// `close-ring`, shim → guest.
     CloseRing,
 }
 
 impl MessageKind {
     /// Every kind, in grammar order.
-    pub const ALL: [MessageKind; 17] = [
+    pub const ALL: [MessageKind; 19] = [
         MessageKind::Hello,
         MessageKind::Drained,
         MessageKind::Released,
@@ -268,6 +286,7 @@ impl MessageKind {
         MessageKind::Forwarding,
         MessageKind::MigrateRequest,
         MessageKind::FailbackRequest,
+        MessageKind::Abandoned,
         MessageKind::Direct,
         MessageKind::Error,
         MessageKind::Ack,
@@ -277,6 +296,7 @@ impl MessageKind {
         MessageKind::OpenPort2,
         MessageKind::Failback,
         MessageKind::ReleaseDisk,
+        MessageKind::PeerLost,
         MessageKind::CloseRing,
     ];
 
@@ -290,6 +310,7 @@ impl MessageKind {
             MessageKind::Forwarding => "forwarding",
             MessageKind::MigrateRequest => "migrate-request",
             MessageKind::FailbackRequest => "failback-request",
+            MessageKind::Abandoned => "abandoned",
             MessageKind::Direct => "direct",
             MessageKind::Error => "error",
             MessageKind::Ack => "ack",
@@ -299,6 +320,7 @@ impl MessageKind {
             MessageKind::OpenPort2 => "open-port2",
             MessageKind::Failback => "failback",
             MessageKind::ReleaseDisk => "release-disk",
+            MessageKind::PeerLost => "peer-lost",
             MessageKind::CloseRing => "close-ring",
         }
     }
@@ -313,6 +335,7 @@ impl MessageKind {
                 | MessageKind::OpenPort2
                 | MessageKind::Failback
                 | MessageKind::ReleaseDisk
+                | MessageKind::PeerLost
                 | MessageKind::CloseRing
         );
         match side {

@@ -35,6 +35,7 @@
 //!          / "migrate-request"                      ; guest → shim
 //!          / "failback-request"                     ; guest → shim
 //!          / "direct"                               ; guest → shim
+//!          / "abandoned" SP replay SP held          ; guest → shim   u32, u32
 //!          / "error" SP code                        ; guest → shim   u32
 //!          / "redirect"                             ; shim → guest
 //!          / "ring-opened" SP slot                  ; shim → guest
@@ -42,6 +43,7 @@
 //!          / "open-port2"                           ; shim → guest
 //!          / "failback"                             ; shim → guest
 //!          / "release-disk"                         ; shim → guest
+//!          / "peer-lost"                            ; shim → guest
 //!          / "close-ring" SP slot                   ; shim → guest
 //!          / "ack" SP seq                           ; both ways
 //! ```

@@ -37,6 +37,10 @@ pub enum Op {
     BeginFailback,
     /// [`Redirector::device_attached`]
     DeviceAttached,
+    /// [`Redirector::abandon_port2`]
+    AbandonPort2,
+    /// [`Redirector::resubmit_port1`]
+    ResubmitPort1,
 }
 
 /// Why a redirector operation was refused. A refused operation changes nothing.

@@ -176,3 +176,49 @@ fn static_use() {
     assert_eq!(R.submit(0), Ok(Route::Port1));
     assert_eq!(Redirector::<64>::CAPACITY, 63);
 }
+
+#[test]
+fn a_lost_peer_s_requests_are_replayed_on_port_1_before_the_held_ones() {
+    let r: Redirector<8> = Redirector::new();
+    assert_eq!(r.direct_switch(), Ok(State::Drained));
+    assert_eq!(r.device_released(), Ok(State::Released));
+    assert_eq!(r.open_port2(), Ok(State::Forwarding));
+    // Two requests forwarded, then the peer dies.
+    for t in 0..2 {
+        assert!(matches!(r.submit(t), Ok(Route::Port2(_))));
+    }
+    let mut rel = r.releaser().unwrap();
+    assert_eq!(rel.dispatch().map(|d| d.port), Some(Port::Two));
+    assert_eq!(rel.dispatch().map(|d| d.port), Some(Port::Two));
+    drop(rel);
+    // Not before port 2 is given up: resubmitting needs `Direct`.
+    assert!(matches!(
+        r.resubmit_port1(),
+        Err(RedirectError::WrongState {
+            state: State::Forwarding,
+            ..
+        })
+    ));
+    assert_eq!(r.abandon_port2(), Ok(2));
+    assert_eq!(r.state(), State::FailbackDrained);
+    assert_eq!(r.snapshot().port2_inflight, 0);
+    // A request submitted now is held.
+    assert!(matches!(r.submit(7), Ok(Route::Held(_))));
+    // The device is back: the two replays are counted at port 1 first, then the held one goes.
+    assert_eq!(r.device_attached(), Ok(State::Direct));
+    r.resubmit_port1().unwrap();
+    r.resubmit_port1().unwrap();
+    let mut rel = r.releaser().unwrap();
+    let d = rel.dispatch().unwrap();
+    assert_eq!((d.port, d.token), (Port::One, 7));
+    drop(rel);
+    assert_eq!(r.snapshot().port1_inflight, 3);
+    // Abandoning twice, or from `Direct`, is refused or harmless as documented.
+    assert!(matches!(
+        r.abandon_port2(),
+        Err(RedirectError::WrongState {
+            state: State::Direct,
+            ..
+        })
+    ));
+}

@@ -4,7 +4,7 @@
 #[cfg(doc)]
 use super::Releaser;
 use super::word::Word;
-use super::{Op, Port, RedirectError, Redirector, State};
+use super::{MAX_INFLIGHT, Op, Port, RedirectError, Redirector, State};
 
 impl<const N: usize> Redirector<N> {
     /// Reports the completion of a port-1 request. Returns the new state if this completion
@@ -91,6 +91,46 @@ impl<const N: usize> Redirector<N> {
     pub fn device_attached(&self) -> Result<State, RedirectError> {
         self.transition(Op::DeviceAttached, State::FailbackDrained, |_| {
             State::Direct
+        })
+    }
+
+    /// The peer is gone (issue 9's emergency failback): port 2 will complete nothing more.
+    /// `Forwarding` or `FailbackDraining` → `FailbackDrained`, forgetting port 2's in-flight
+    /// count; the caller keeps those requests and replays them on port 1 with
+    /// [`resubmit_port1`](Self::resubmit_port1) once the device is attached, before the releaser
+    /// sends the held ones. In `FailbackDrained` it changes nothing. Returns how many requests
+    /// port 2 had in flight.
+    pub fn abandon_port2(&self) -> Result<u16, RedirectError> {
+        self.update(|mut w| match w.state {
+            State::Forwarding | State::FailbackDraining | State::FailbackDrained => {
+                let abandoned = w.p2;
+                w.p2 = 0;
+                w.state = State::FailbackDrained;
+                Ok((w, abandoned))
+            }
+            state => Err(RedirectError::WrongState {
+                op: Op::AbandonPort2,
+                state,
+            }),
+        })
+    }
+
+    /// A request abandoned at port 2 is sent to port 1 again (the replay after
+    /// [`abandon_port2`](Self::abandon_port2)): counted in flight at port 1. Only in `Direct`, so
+    /// (I2) nothing reaches port 1 before the device is attached again.
+    pub fn resubmit_port1(&self) -> Result<(), RedirectError> {
+        self.update(|mut w| {
+            if w.state != State::Direct {
+                return Err(RedirectError::WrongState {
+                    op: Op::ResubmitPort1,
+                    state: w.state,
+                });
+            }
+            if w.p1 >= MAX_INFLIGHT {
+                return Err(RedirectError::TooManyInflight(Port::One));
+            }
+            w.p1 += 1;
+            Ok((w, ()))
         })
     }
 }

@@ -31,6 +31,8 @@ pub fn message(
         slot.clone().prop_map(|slot| Message::DiskAttached { slot }),
         Just(Message::OpenPort2),
         Just(Message::FailbackRequest),
+        (any::<u32>(), any::<u32>()).prop_map(|(replay, held)| Message::Abandoned { replay, held }),
+        Just(Message::PeerLost),
         Just(Message::Direct),
         Just(Message::Failback),
         Just(Message::ReleaseDisk),

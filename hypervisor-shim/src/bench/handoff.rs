@@ -236,6 +236,7 @@ pub fn run(plan: &Plan, common: &Common) -> Result<Outcome, MigrateError> {
         cycles: 1,
         peer_fault: baton_core::cmdline::Fault::None,
         destination_fault: DestinationFault::None,
+        inject: None,
         timeout: common.timeout,
         kernel: common.kernel.clone(),
         qemu: common.qemu.clone(),

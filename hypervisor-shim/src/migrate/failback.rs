@@ -27,16 +27,19 @@ pub(super) struct FailbackFacts {
     pub(super) ring_closed: bool,
     /// Why it did not complete.
     pub(super) error: Option<String>,
+    /// An emergency failback: the peer died and the owner replayed what it had forwarded.
+    pub(super) emergency: bool,
 }
 
 impl FailbackFacts {
-    fn new() -> Self {
+    pub(super) fn new() -> Self {
         Self {
             record: HandoffRecord::new(Direction::OWNER_TO_PEER.reversed()),
             held: None,
             port2_completed: None,
             ring_closed: false,
             error: None,
+            emergency: false,
         }
     }
 
@@ -110,6 +113,7 @@ impl Scenario<'_> {
         self.vms
             .owner
             .exec(&BlockdevAdd(self.vms.backend.blockdev_options(DISK_ID)))?;
+        self.vms.owner_disk_node = true;
         let state = self.ctl.handoff.state();
         if let Err(why) = self.ctl.handoff.act(ShimAction::Failback) {
             return Err(Abort::Other(format!(
@@ -122,6 +126,7 @@ impl Scenario<'_> {
             Step::Directed,
             "failback sent: the owner holds new requests while port 2 drains",
         );
+        self.maybe_inject(p, recovery::Inject::PeerCrashFailback);
         let (msg, at) = self.wait_msg(p, Role::Owner, "the owner's failback `drained`", |m| {
             matches!(m, Message::Drained { .. })
         })?;

@@ -300,6 +300,7 @@ impl Scenario<'_> {
         self.vms.owner.exec(&BlockdevDel {
             node_name: DISK_ID.into(),
         })?;
+        self.vms.owner_disk_node = false;
         let retried = if attempts > 1 {
             format!(" after {attempts} attempts (image still locked)")
         } else {

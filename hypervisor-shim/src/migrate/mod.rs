@@ -72,11 +72,13 @@ mod events;
 mod failback;
 mod handoff;
 mod migration;
+mod recovery;
 mod report;
 mod scenario;
 mod verdict;
 mod vm;
 
+pub use recovery::Inject;
 use report::{build_report, failed_setup_report};
 use scenario::{GuestSetup, Scenario, start};
 #[cfg(test)]
@@ -234,6 +236,8 @@ pub struct MigrateConfig {
     pub peer_fault: Fault,
     /// Test hook: break the migration.
     pub destination_fault: DestinationFault,
+    /// Test hook: a fault the shim injects (`--inject WHAT@WHEN`).
+    pub inject: Option<Inject>,
     /// Hard timeout of the whole scenario.
     pub timeout: Duration,
     /// Guest kernel; default: next to the shim's build output.

@@ -52,6 +52,10 @@ pub(super) fn failed_setup_report(
         migration_error: None,
         source_resumed: false,
         phases: Phases::default(),
+        peer_failures: 0,
+        requests_replayed: 0,
+        recovery: Vec::new(),
+        injected: cfg.inject.map(|i| i.as_str().to_owned()),
         failback_planned: cfg.failback,
         cycles_planned: cfg.cycles,
         cycles_completed: 0,
@@ -304,6 +308,10 @@ pub(super) fn build_report(
         migration_error: migration.error.take(),
         source_resumed: migration.source_resumed,
         phases: Phases::from_record(Some(&first)),
+        peer_failures: s.facts.peer_failures,
+        requests_replayed: s.facts.requests_replayed,
+        recovery: std::mem::take(&mut s.facts.recoveries),
+        injected: cfg.inject.map(|i| i.as_str().to_owned()),
         failback_planned: cfg.failback,
         cycles_planned: cfg.cycles,
         cycles_completed,
@@ -390,6 +398,7 @@ fn failback_reports(s: &Scenario<'_>) -> Vec<FailbackReport> {
                 directed_at_ms: f.record.since(s.t0, Step::Directed),
                 ring_closed: f.ring_closed,
                 error: f.error.clone(),
+                emergency: f.emergency,
             }
         })
         .collect()

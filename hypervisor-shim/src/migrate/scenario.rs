@@ -42,6 +42,8 @@ pub(super) struct Vms {
     pub(super) owner_spec: MachineSpec,
     /// The disk's backend (the peer's `blockdev-add`).
     pub(super) backend: DiskBackend,
+    /// Whether the owner's current QEMU has the disk's block node (`disk0`).
+    pub(super) owner_disk_node: bool,
 }
 
 /// The guests' control channels and the handoff gate.
@@ -76,6 +78,14 @@ pub(super) struct Facts {
     /// The operator's (or seeded) switch point, ms after the first I/O.
     pub(super) switch_ms: Option<u64>,
     pub(super) peer_fault_injected: bool,
+    /// `--inject` fired.
+    pub(super) injected: bool,
+    /// Peers whose QEMU exited while the owner forwarded.
+    pub(super) peer_failures: u32,
+    /// Forwarded requests the owner replayed on port 1 after a peer died.
+    pub(super) requests_replayed: u64,
+    /// How each peer failure was handled.
+    pub(super) recoveries: Vec<String>,
     /// QMP events of every QEMU, collected at the end.
     pub(super) events: Vec<VmEvent>,
 }
@@ -195,6 +205,7 @@ pub(super) fn start<'a>(
             owner_is_destination: false,
             owner_spec: owner_spec.clone(),
             backend: backend.clone(),
+            owner_disk_node: true,
         },
         ctl: Control {
             owner: ControlChannel::new("owner", owner_stream),
@@ -254,20 +265,41 @@ impl Scenario<'_> {
         p.say("both guests said hello over COM2 (owner: port 1 = virtio-blk in slot 4)");
         for n in 1..=self.cfg.cycles {
             self.begin_cycle(p, n)?;
-            self.hand_over(p)?;
-            self.await_first_completion(p)?;
-            match self.cfg.mode.for_cycle(n) {
-                Mode::Live | Mode::Mixed => self.live_migrate(p)?,
-                Mode::Save => self.save_restore(p)?,
-                Mode::None => p.say("no migration (--mode none): the owner stays at the source"),
-            }
-            if self.cfg.failback {
-                self.wait_for_failback(p)?;
-                self.fail_back(p)?;
+            match self.run_cycle(p, n) {
+                Ok(()) => {}
+                Err(Abort::PeerExited(why)) if self.peer_loss_recoverable() => {
+                    self.recover_peer_loss(p, why)?;
+                    if n < self.cfg.cycles {
+                        self.end_cycle();
+                        return Err(Abort::Other(format!(
+                            "no peer left for cycles {} to {} after the peer's loss",
+                            n + 1,
+                            self.cfg.cycles
+                        )));
+                    }
+                }
+                Err(e) => return Err(e),
             }
             self.end_cycle();
         }
         self.wait_owner_exit(p)
+    }
+
+    /// One cycle's steps after its switch point: handoff, migration, failback.
+    fn run_cycle(&mut self, p: &mut Progress, n: u32) -> Result<(), Abort> {
+        self.hand_over(p)?;
+        self.await_first_completion(p)?;
+        self.maybe_inject(p, recovery::Inject::PeerCrashForwarding);
+        match self.cfg.mode.for_cycle(n) {
+            Mode::Live | Mode::Mixed => self.live_migrate(p)?,
+            Mode::Save => self.save_restore(p)?,
+            Mode::None => p.say("no migration (--mode none): the owner stays at the source"),
+        }
+        if self.cfg.failback {
+            self.wait_for_failback(p)?;
+            self.fail_back(p)?;
+        }
+        Ok(())
     }
 
     /// Starts cycle `n`: the first waits for its switch point; a later one starts a fresh
@@ -366,8 +398,20 @@ impl Scenario<'_> {
             if setup::interrupted() {
                 return Err(Abort::Interrupted);
             }
-            if let Some(st) = self.vms.peer.poll_exit() {
-                return Err(Abort::PeerExited(describe_exit(st)));
+            if self.facts.peer_failures == 0
+                && let Some(st) = self.vms.peer.poll_exit()
+            {
+                let why = describe_exit(st);
+                if self.peer_loss_recoverable() {
+                    self.recover_peer_loss(p, why)?;
+                } else if self.ctl.handoff.state() == baton_core::control::HandoffState::Direct {
+                    self.facts.peer_failures += 1;
+                    self.facts.recoveries.push(format!(
+                        "the peer's QEMU exited ({why}) while the owner held its disk: nothing to recover"
+                    ));
+                } else {
+                    return Err(Abort::PeerExited(why));
+                }
             }
             if Instant::now() >= self.deadline {
                 return Err(Abort::Timeout {
@@ -436,6 +480,9 @@ impl Scenario<'_> {
         // The peer: quit over QMP, which flushes the image.
         let peer_quit = self.vms.peer.quit();
         match &peer_quit {
+            Ok(_) if self.facts.peer_failures > 0 => {
+                p.say("the peer's QEMU had exited earlier (lost, recovered from)")
+            }
             Ok(_) => p.say("the peer quit over QMP (image flushed)"),
             Err(e) => {
                 let e = format!("peer: {e}");

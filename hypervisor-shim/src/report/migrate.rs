@@ -70,6 +70,9 @@ pub struct FailbackReport {
     pub ring_closed: bool,
     /// Why the failback did not complete.
     pub error: Option<String>,
+    /// An emergency failback: the peer died; the owner abandoned port 2 and replayed on port 1
+    /// what it had forwarded without a completion.
+    pub emergency: bool,
 }
 
 impl FailbackReport {
@@ -251,6 +254,15 @@ pub struct MigrateReport {
     pub source_resumed: bool,
     /// Phase wall times (the first cycle's handoff).
     pub phases: Phases,
+    /// Peers whose QEMU exited while the owner forwarded through them (issue 9).
+    pub peer_failures: u32,
+    /// Forwarded requests without a completion that the owner replayed on port 1 after a peer
+    /// died (in forward order, before anything newer).
+    pub requests_replayed: u64,
+    /// How each peer failure was handled.
+    pub recovery: Vec<String>,
+    /// The fault injected (`--inject`), if any.
+    pub injected: Option<String>,
     /// Whether each cycle was to end with a failback (`--failback`, the default for live, save
     /// and mixed).
     pub failback_planned: bool,

@@ -90,6 +90,26 @@ impl MigrateReport {
         line(f, "handoff", format!("{when}: {outcome}"))?;
         line(f, "migration", self.migration_story())?;
         self.fmt_failbacks(f)?;
+        if self.peer_failures > 0 || self.injected.is_some() {
+            let injected = self
+                .injected
+                .as_ref()
+                .map_or_else(String::new, |i| format!(" (injected: {i})"));
+            line(
+                f,
+                "peer lost",
+                format!(
+                    "{} time(s){injected}; {} forwarded requests replayed on port 1; {}",
+                    self.peer_failures,
+                    self.requests_replayed,
+                    if self.recovery.is_empty() {
+                        "no recovery".to_owned()
+                    } else {
+                        self.recovery.join("; ")
+                    }
+                ),
+            )?;
+        }
         let owner = if self.owner_finished_at_destination {
             "finished its workload at the destination".to_owned()
         } else {

@@ -80,6 +80,9 @@ pub struct OwnerHandoff<C: ControlLink, P: OwnerPlatform> {
     next_poll_us: u64,
     /// A switch that just began, for the workload's blackout meter.
     armed: Option<SwitchArm>,
+    /// The ring's ivshmem device is plugged (from `ring-opened` to `close-ring`), whether or not
+    /// port 2 still uses it (a lost peer's ring stays plugged until `close-ring`).
+    ring_plugged: bool,
     /// Handoffs directed so far.
     pub handoffs: u32,
     /// Failbacks directed so far.
@@ -88,6 +91,8 @@ pub struct OwnerHandoff<C: ControlLink, P: OwnerPlatform> {
     pub held_at_switch: u64,
     /// Requests held while port 2 drained, at the last failback.
     pub held_at_failback: u64,
+    /// Forwarded requests replayed on port 1 because the peer died.
+    pub replayed: u64,
 }
 
 impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
@@ -111,10 +116,12 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             failback_drained_sent: false,
             next_poll_us: 0,
             armed: None,
+            ring_plugged: false,
             handoffs: 0,
             failbacks: 0,
             held_at_switch: 0,
             held_at_failback: 0,
+            replayed: 0,
         }
     }
 
@@ -174,7 +181,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
     fn on_message<H: Hal>(&mut self, stack: &mut ResourceStack<H, P::Disk>, msg: Message) {
         let state = stack.state();
         match (msg, state) {
-            (Message::Redirect, State::Direct) if !stack.has_port2() => {
+            (Message::Redirect, State::Direct) if !self.ring_plugged => {
                 match stack.direct_switch() {
                     Ok(state) => log::info!("handoff: redirect directed, redirector {state:?}"),
                     Err(e) => panic!("handoff: {e}"),
@@ -204,20 +211,49 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
                     self.failback_drained(stack);
                 }
             }
+            (
+                Message::PeerLost,
+                State::Forwarding | State::FailbackDraining | State::FailbackDrained,
+            ) => {
+                if state == State::Forwarding {
+                    self.failbacks += 1;
+                    self.armed = Some(SwitchArm {
+                        failback: true,
+                        n: self.failbacks,
+                    });
+                }
+                let (replay, held) = match stack.peer_lost() {
+                    Ok(counts) => counts,
+                    Err(e) => panic!("handoff: {e}"),
+                };
+                log::warn!(
+                    "handoff: the peer is gone; port 2 abandoned, {replay} forwarded requests to replay, {held} held"
+                );
+                self.held_at_failback = u64::from(held);
+                self.replayed += u64::from(replay);
+                self.failback_drained_sent = true;
+                self.send(Message::Abandoned {
+                    replay: u32::from(replay),
+                    held: u32::from(held),
+                });
+            }
             (Message::DiskAttached { slot }, State::FailbackDrained)
                 if self.failback_drained_sent =>
             {
                 self.reattach(stack, slot);
             }
-            (Message::CloseRing { slot }, State::Direct) if stack.has_port2() => {
+            (Message::CloseRing { slot }, State::Direct) if self.ring_plugged => {
+                self.ring_plugged = false;
                 if stack.detach_port2().is_some() {
                     log::info!("handoff: port 2 closed, ejecting the ring's slot {slot}");
                 }
                 self.platform.eject(slot);
             }
             (Message::RingOpened { slot }, State::Draining | State::Drained | State::Released)
-                if !stack.has_port2() =>
+                if !self.ring_plugged =>
             {
+                // Plugged, usable or not: `close-ring` ejects it either way.
+                self.ring_plugged = true;
                 let client = self.platform.open_ring(slot).and_then(|region| {
                     RingClient::format(region)
                         .map_err(|e| log::error!("handoff: cannot format the ring: {e}"))

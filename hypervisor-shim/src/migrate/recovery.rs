@@ -1,0 +1,208 @@
+//! Recovery from a peer that died while the owner forwarded through it (issue 9; docs/design.md,
+//! "A peer that dies"): an emergency failback. The peer's QEMU has exited and been reaped, so
+//! nothing it had in flight can still reach the disk (it is fenced); the disk goes back to the
+//! owner, which replays every forwarded request that got no completion on port 1, in forward
+//! order, before the requests it held; the ring is closed on the owner's side.
+//!
+//! Fault injection (`--inject`, a test hook) kills the peer with SIGKILL at a chosen step.
+
+use super::failback::FailbackFacts;
+use super::*;
+
+/// A fault the shim injects, by a real mechanism (test hook, `--inject WHAT@WHEN`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Inject {
+    /// SIGKILL the peer's QEMU right after the first handoff's first forwarded completion.
+    PeerCrashForwarding,
+    /// SIGKILL the peer's QEMU right after the first failback was directed.
+    PeerCrashFailback,
+}
+
+impl Inject {
+    /// The `WHAT@WHEN` spelling.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Inject::PeerCrashForwarding => "peer-crash@forwarding",
+            Inject::PeerCrashFailback => "peer-crash@failback",
+        }
+    }
+
+    /// Parses `WHAT@WHEN`.
+    pub fn parse(s: &str) -> Option<Inject> {
+        [Inject::PeerCrashForwarding, Inject::PeerCrashFailback]
+            .into_iter()
+            .find(|i| i.as_str() == s)
+    }
+}
+
+/// Most peer failures one run recovers from.
+const MAX_PEER_FAILURES: u32 = 1;
+
+impl Scenario<'_> {
+    /// Kills the peer now if `--inject` asks for it at `when` (once per run).
+    pub(super) fn maybe_inject(&mut self, p: &mut Progress, when: Inject) {
+        if self.cfg.inject != Some(when) || self.facts.injected {
+            return;
+        }
+        self.facts.injected = true;
+        let pid = self.vms.peer.qemu.pid();
+        self.vms.peer.kill();
+        p.say(format!(
+            "injected {}: SIGKILL to the peer's QEMU (pid {pid})",
+            when.as_str()
+        ));
+    }
+
+    /// Whether a peer that died now can be recovered from: the owner forwards (or fails back)
+    /// and runs.
+    pub(super) fn peer_loss_recoverable(&mut self) -> bool {
+        use baton_core::control::HandoffState as S;
+        matches!(
+            self.ctl.handoff.state(),
+            S::Forwarding | S::FailingBack | S::FailbackDrained
+        ) && self.facts.peer_failures < MAX_PEER_FAILURES
+            && self.vms.owner.alive()
+    }
+
+    /// The emergency failback after the peer's QEMU exited (`why`).
+    pub(super) fn recover_peer_loss(&mut self, p: &mut Progress, why: String) -> Result<(), Abort> {
+        self.facts.peer_failures += 1;
+        p.say(format!(
+            "the peer's QEMU exited ({why}) while the owner forwarded: emergency failback"
+        ));
+        // Fenced: its process is gone and reaped, so no write of it can land any more.
+        self.vms.peer.kill();
+        let mut facts = self.failback.take().unwrap_or_else(FailbackFacts::new);
+        facts.error = None;
+        facts.emergency = true;
+        self.failback = Some(facts);
+        let r = self.recover_steps(p);
+        if let Err(e) = &r
+            && let Some(f) = self.failback.as_mut()
+        {
+            f.error = Some(chain(e));
+        }
+        let how = match &r {
+            Ok(()) => {
+                "disk back to the owner (emergency failback), forwarded requests replayed on port 1"
+                    .to_owned()
+            }
+            Err(e) => format!("recovery failed: {}", chain(e)),
+        };
+        self.facts.recoveries.push(how);
+        // After its cycle was filed (a one-way run whose peer died while the owner finished its
+        // workload), the emergency failback joins that cycle.
+        if let Some(c) = self.cycles.last_mut()
+            && c.n == self.cycle
+            && c.failback.is_none()
+        {
+            c.failback = self.failback.take();
+        }
+        r
+    }
+
+    fn fb_mark(&mut self, step: Step, at: Instant) {
+        if let Some(f) = self.failback.as_mut() {
+            f.record.record(step, at);
+        }
+    }
+
+    fn recover_steps(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        // The owner's block node (it may exist already: a failback was under way).
+        if !self.owner_has_disk_node() {
+            self.vms
+                .owner
+                .exec(&BlockdevAdd(self.vms.backend.blockdev_options(DISK_ID)))?;
+            self.vms.owner_disk_node = true;
+        }
+        let state = self.ctl.handoff.state();
+        if let Err(why) = self.ctl.handoff.act(ShimAction::PeerLost) {
+            return Err(Abort::Other(format!(
+                "cannot recover from the peer's loss in state {state:?}: {why}"
+            )));
+        }
+        self.fb_mark(Step::Directed, Instant::now());
+        self.send(Role::Owner, Message::PeerLost)?;
+        p.fb_step(Step::Directed, "peer-lost sent: the owner abandons port 2");
+        // The owner answers `abandoned` (or had already sent its failback `drained`).
+        let (msg, at) = self.wait_msg(p, Role::Owner, "the owner's `abandoned`", |m| {
+            matches!(m, Message::Abandoned { .. } | Message::Drained { .. })
+        })?;
+        match msg {
+            Message::Abandoned { replay, held } => {
+                self.facts.requests_replayed += u64::from(replay);
+                if let Some(f) = self.failback.as_mut() {
+                    f.held = Some(held);
+                }
+                self.fb_mark(Step::Drained, at);
+                p.fb_step(
+                    Step::Drained,
+                    format!(
+                        "the owner abandoned port 2: {replay} forwarded requests to replay, {held} held"
+                    ),
+                );
+            }
+            Message::Drained { .. } => {
+                self.note("the owner had drained port 2 before the peer died".into());
+            }
+            _ => {}
+        }
+        // The dead peer's QEMU held the image's lock; it is gone with the process.
+        let attempts = self.add_disk(p, Role::Owner, qemu::BOOT_DISK_SLOT)?;
+        self.send(
+            Role::Owner,
+            Message::DiskAttached {
+                slot: qemu::BOOT_DISK_SLOT,
+            },
+        )?;
+        self.fb_mark(Step::Attached, Instant::now());
+        self.vms.owner_spec.boot_disk = Some(self.vms.backend.clone());
+        p.fb_step(
+            Step::Attached,
+            format!(
+                "device_add virtio-blk-pci (slot {}) in the owner ({attempts} attempt(s)), disk-attached sent",
+                qemu::BOOT_DISK_SLOT
+            ),
+        );
+        let (_, at) = self.wait_msg(p, Role::Owner, "the owner's `direct`", |m| {
+            matches!(m, Message::Direct)
+        })?;
+        self.fb_mark(Step::Ready, at);
+        self.fb_mark(Step::PortOpen, at);
+        p.fb_step(
+            Step::PortOpen,
+            "the owner's disk is behind port 1 again: the abandoned requests replayed first, then the held ones",
+        );
+        self.close_owner_ring(p)
+    }
+
+    /// Whether the owner's QEMU has the disk's block node (the shim added it when a failback was
+    /// directed, and deletes it at each handoff).
+    fn owner_has_disk_node(&self) -> bool {
+        self.vms.owner_disk_node
+    }
+
+    /// The ring closed on the owner's side only (the peer's QEMU is gone).
+    fn close_owner_ring(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        let mark = self.vms.owner.events.len();
+        self.vms.owner.exec(&DeviceDel {
+            id: RING_DEVICE_ID.into(),
+        })?;
+        self.send(Role::Owner, Message::CloseRing { slot: RING_SLOT })?;
+        self.wait_device_deleted(p, Role::Owner, mark, RING_DEVICE_ID, false)?;
+        self.vms.owner.exec(&ObjectDel {
+            id: RING_MEMDEV_ID.into(),
+        })?;
+        self.ring.watch = None;
+        self.ring.cq_base = None;
+        let path = self.ring.shm.as_ref().map(|s| s.path().to_path_buf());
+        self.ring.shm = None;
+        self.vms.owner_spec.ring = None;
+        let closed = path.as_deref().is_none_or(|p| !p.exists());
+        if let Some(f) = self.failback.as_mut() {
+            f.ring_closed = closed;
+        }
+        p.say("ring closed on the owner's side (ivshmem unplugged, backend deleted, shm file unlinked)");
+        Ok(())
+    }
+}

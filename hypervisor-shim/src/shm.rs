@@ -2,7 +2,11 @@
 //!
 //! The shim creates one fresh file under `/dev/shm` per handoff (no memory is shared between the
 //! guests before a handoff is directed) and hands its path to both QEMUs (`memory-backend-file`,
-//! `share=on`). [`SharedFile`] removes it when dropped, whatever happened. [`RingWatch`] maps it
+//! `share=on`). The file's memory is reserved when it is created (`posix_fallocate`, not a sparse
+//! `ftruncate`), before anything is sent to the owner (issue 9, item 5): a sparse file in a full
+//! tmpfs maps fine and kills the QEMU that first touches a missing page with SIGBUS, after the
+//! owner was already redirected. With every page allocated, QEMU (`prealloc` off) only maps them
+//! and needs no more room. [`SharedFile`] removes it when dropped, whatever happened. [`RingWatch`] maps it
 //! read-only so the shim can see, without trusting or touching the ring, when the peer publishes
 //! its first completion (the completion ring's tail word,
 //! [`baton_core::ring::offsets::CQ_TAIL`]).
@@ -29,6 +33,17 @@ pub enum ShmError {
         #[source]
         source: std::io::Error,
     },
+    /// the filesystem under `dir` cannot hold the ring's `size` bytes (`errno`: ENOSPC, EDQUOT,
+    /// ENOMEM or EFBIG from `posix_fallocate`); nothing is left behind
+    #[error("no room for the {} ring in {}: {errno}", size_text(*size), dir.display())]
+    NoRoom {
+        /// The directory (a tmpfs such as `/dev/shm`).
+        dir: PathBuf,
+        /// Bytes wanted.
+        size: u64,
+        /// The error's symbolic name.
+        errno: &'static str,
+    },
     /// cannot map the shared-memory file
     #[error("cannot map the shared-memory file {path}")]
     Map {
@@ -40,7 +55,8 @@ pub enum ShmError {
     },
 }
 
-/// A shared-memory file owned by the shim: created empty (zero-filled) and removed when dropped.
+/// A shared-memory file owned by the shim: created zero-filled with all its memory reserved, and
+/// removed when dropped.
 #[derive(Debug)]
 pub struct SharedFile {
     path: PathBuf,
@@ -50,7 +66,9 @@ pub struct SharedFile {
 static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl SharedFile {
-    /// Creates `<dir>/baton-<pid>-<nanos>-<n>` (a name nobody else uses) of `size` bytes, mode 0600.
+    /// Creates `<dir>/baton-<pid>-<nanos>-<n>` (a name nobody else uses) of `size` bytes, mode 0600,
+    /// every byte of it allocated (`posix_fallocate`), so that mapping it later cannot fail for
+    /// want of memory. No room → [`ShmError::NoRoom`], and no file is left.
     pub fn create(dir: &Path, size: u64) -> Result<Self, ShmError> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -73,7 +91,14 @@ impl SharedFile {
             path: path.clone(),
             size,
         };
-        file.set_len(size).map_err(err)?;
+        reserve(&file, size).map_err(|e| match e.raw_os_error().and_then(no_room_name) {
+            Some(errno) => ShmError::NoRoom {
+                dir: dir.to_path_buf(),
+                size,
+                errno,
+            },
+            None => err(e),
+        })?;
         Ok(guard)
     }
 
@@ -85,6 +110,54 @@ impl SharedFile {
     /// The file's size in bytes.
     pub fn size(&self) -> u64 {
         self.size
+    }
+}
+
+/// Allocates bytes `0..size` of `file` (and extends it to `size`): `posix_fallocate`, retried
+/// while a signal interrupts it (tmpfs then undoes the partial allocation).
+fn reserve(file: &std::fs::File, size: u64) -> std::io::Result<()> {
+    if size == 0 {
+        return Ok(());
+    }
+    let len =
+        libc::off_t::try_from(size).map_err(|_| std::io::Error::from_raw_os_error(libc::EFBIG))?;
+    for _ in 0..RESERVE_TRIES {
+        // SAFETY: `file` is an open, writable descriptor owned by the caller for the duration of
+        // the call; posix_fallocate only changes the file, no memory of this process.
+        let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len) };
+        match rc {
+            0 => return Ok(()),
+            libc::EINTR => continue,
+            code => return Err(std::io::Error::from_raw_os_error(code)),
+        }
+    }
+    Err(std::io::Error::from_raw_os_error(libc::EINTR))
+}
+
+/// How often [`reserve`] retries an interrupted allocation.
+const RESERVE_TRIES: u32 = 100;
+
+/// The symbolic name of an error that means the filesystem has no room for the file.
+fn no_room_name(code: i32) -> Option<&'static str> {
+    match code {
+        libc::ENOSPC => Some("ENOSPC"),
+        libc::EDQUOT => Some("EDQUOT"),
+        libc::ENOMEM => Some("ENOMEM"),
+        libc::EFBIG => Some("EFBIG"),
+        _ => None,
+    }
+}
+
+/// `size` bytes for people: `4 MiB`, `8 KiB`, or `1000 bytes` (whole units only).
+pub fn size_text(size: u64) -> String {
+    const MIB: u64 = 1 << 20;
+    const KIB: u64 = 1 << 10;
+    if size >= MIB && size.is_multiple_of(MIB) {
+        format!("{} MiB", size / MIB)
+    } else if size >= KIB && size.is_multiple_of(KIB) {
+        format!("{} KiB", size / KIB)
+    } else {
+        format!("{size} bytes")
     }
 }
 
@@ -203,5 +276,57 @@ mod tests {
         drop(f);
         assert!(!path.exists());
         drop(w);
+    }
+
+    #[test]
+    fn the_memory_is_reserved_not_sparse() {
+        use std::os::unix::fs::MetadataExt;
+        // /dev/shm is the tmpfs the ring lives in; fall back to a temporary directory elsewhere.
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = if Path::new(SHM_DIR).is_dir() {
+            Path::new(SHM_DIR)
+        } else {
+            tmp.path()
+        };
+        let size = 1 << 20;
+        let f = SharedFile::create(dir, size).unwrap();
+        let meta = std::fs::metadata(f.path()).unwrap();
+        assert_eq!(meta.len(), size);
+        assert!(
+            meta.blocks() * 512 >= size,
+            "{} of {size} bytes allocated",
+            meta.blocks() * 512
+        );
+        let empty = SharedFile::create(tmp.path(), 0).unwrap();
+        assert_eq!(std::fs::metadata(empty.path()).unwrap().len(), 0);
+    }
+
+    #[test]
+    fn no_room_names_the_place_the_size_and_the_cause() {
+        let e = ShmError::NoRoom {
+            dir: PathBuf::from(SHM_DIR),
+            size: 4 << 20,
+            errno: "ENOSPC",
+        };
+        assert_eq!(
+            e.to_string(),
+            "no room for the 4 MiB ring in /dev/shm: ENOSPC"
+        );
+        assert_eq!(no_room_name(libc::ENOSPC), Some("ENOSPC"));
+        assert_eq!(no_room_name(libc::EDQUOT), Some("EDQUOT"));
+        assert_eq!(no_room_name(libc::EBADF), None);
+        assert_eq!(size_text(8192), "8 KiB");
+        assert_eq!(size_text(1000), "1000 bytes");
+        assert_eq!(size_text(3 << 20), "3 MiB");
+        assert_eq!(size_text((1 << 20) + 1024), "1025 KiB");
+    }
+
+    #[test]
+    fn a_failed_reservation_leaves_no_file() {
+        let dir = tempfile::tempdir().unwrap();
+        // Larger than any filesystem allows (off_t's range): refused before any allocation.
+        let e = SharedFile::create(dir.path(), u64::MAX).unwrap_err();
+        assert!(matches!(e, ShmError::NoRoom { errno: "EFBIG", .. }), "{e}");
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
     }
 }

@@ -125,10 +125,20 @@ impl Scenario<'_> {
         })
     }
 
-    /// Step 1: `device_del` + `redirect`; the ring opened in both guests while port 1 drains.
+    /// Step 1: the ring's memory reserved, then `device_del` + `redirect`; the ring opened in
+    /// both guests while port 1 drains. Nothing irreversible happens before the ring's file holds
+    /// all its memory (issue 9, item 5): without room for it, nothing is sent to the owner, which
+    /// keeps port 1 ([`Scenario::handoff_not_directed`]).
     pub(super) fn direct(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        // The ring's file first, every page allocated: a sparse one in a full /dev/shm maps fine
+        // and kills the QEMU that first touches a missing page (SIGBUS), after the redirect.
+        let shm = match SharedFile::create(Path::new(shm::SHM_DIR), RING_BYTES) {
+            Ok(shm) => shm,
+            Err(e) => return self.handoff_not_directed(p, &e),
+        };
         // Both guests said hello, so the table is in `Direct`; anything else (a guest's `error`
-        // moved it to `Failed`) leaves nothing to direct: the run ends here, as before.
+        // moved it to `Failed`) leaves nothing to direct: the run ends here, as before (the file
+        // goes with `shm`).
         let state = self.ctl.handoff.state();
         if let Err(why) = self.ctl.handoff.act(ShimAction::Redirect) {
             return Err(Abort::Other(format!(
@@ -146,8 +156,6 @@ impl Scenario<'_> {
             Step::Directed,
             format!("{DISK_ID} device_del, redirect sent"),
         );
-        let shm = SharedFile::create(Path::new(shm::SHM_DIR), RING_BYTES)
-            .map_err(|e| Abort::Other(chain(&e)))?;
         let ring = RingSpec {
             mem_path: shm.path().to_path_buf(),
             size: RING_BYTES,
@@ -192,6 +200,29 @@ impl Scenario<'_> {
             .peer
             .exec(&BlockdevAdd(self.vms.backend.blockdev_options(DISK_ID)))?;
         Ok(())
+    }
+
+    /// The ring could not be created (`e`) before anything was sent: the handoff is not directed,
+    /// the owner keeps port 1 and finishes its workload where it is, so that its report and the
+    /// disk are still verified. The run fails with `e` as its cause; returns
+    /// [`Abort::OwnerExited`] once the owner's QEMU exited (the scenario stops there).
+    pub(super) fn handoff_not_directed(
+        &mut self,
+        p: &mut Progress,
+        e: &shm::ShmError,
+    ) -> Result<(), Abort> {
+        let why = format!("the handoff was not directed: {}", chain(e));
+        p.say(format!(
+            "{why}; nothing was sent to the owner, which keeps port 1"
+        ));
+        self.out.failures.push(why);
+        self.wait_owner_exit(p)?;
+        let status = self
+            .vms
+            .owner
+            .poll_exit()
+            .map_or_else(|| "exited".to_owned(), describe_exit);
+        Err(Abort::OwnerExited(status))
     }
 
     /// Waits until the owner's QEMU released the disk's drive (events after `mark`; see

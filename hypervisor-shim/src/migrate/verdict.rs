@@ -48,15 +48,23 @@ pub(super) struct Evidence<'a> {
 
 /// Every reason the run failed, in the order they are reported (empty: the run is ok).
 pub(super) fn failures(e: Evidence<'_>) -> Vec<String> {
+    // A failure found while running (e.g. no room for the ring) already says why the owner
+    // stayed where it was: no guess about the switch point then.
+    let explained = !e.run_failures.is_empty();
     let mut failures = e.run_failures;
     if e.guest_exit != GuestExit::Success {
         failures.push(format!("owner: {}", e.exit_reason));
     }
     let handed_over = e.record.reached(Step::PortOpen);
-    if e.exited && e.mode == Mode::None && !handed_over {
+    if e.exited && e.mode == Mode::None && !handed_over && !explained {
         failures.push("the owner finished before the handoff completed (--mode none)".into());
     }
-    if e.exited && !e.owner_is_destination && !e.migration_failed && e.mode != Mode::None {
+    if e.exited
+        && !e.owner_is_destination
+        && !e.migration_failed
+        && e.mode != Mode::None
+        && !explained
+    {
         let why = if e.peer_fault.is_some() {
             "the owner stopped at the source after detecting a peer fault".to_owned()
         } else if handed_over || e.record.reached(Step::Directed) {
@@ -174,6 +182,22 @@ mod tests {
             ..evidence(&r, &d)
         };
         assert!(failures(e).is_empty());
+    }
+
+    #[test]
+    fn a_known_cause_is_not_blamed_on_the_switch_point() {
+        let r = HandoffRecord::new(Direction::OWNER_TO_PEER);
+        let d = skipped();
+        let cause = "the handoff was not directed: no room for the 4 MiB ring in /dev/shm: ENOSPC";
+        for mode in [Mode::Live, Mode::None] {
+            let e = Evidence {
+                mode,
+                owner_is_destination: false,
+                run_failures: vec![cause.into()],
+                ..evidence(&r, &d)
+            };
+            assert_eq!(failures(e), [cause]);
+        }
     }
 
     #[test]

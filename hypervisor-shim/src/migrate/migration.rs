@@ -431,7 +431,7 @@ impl Scenario<'_> {
         // unless a guest's `error` since then moved the table to `Failed`.
         self.shim_acts(ShimAction::BeginMigration);
         let state = self.dir.join(format!("{}.state", self.cycle_label("vm1")));
-        let _ = std::fs::remove_file(&state);
+        // A file left by an earlier run in a kept workdir is truncated when the writer creates it.
         // The saved state goes when the scenario ends, however it ends (unless --keep).
         let _state_guard = (!self.cfg.keep).then(|| SocketPath(state.clone()));
         let setup = (|| -> Result<(u64, u64), Abort> {

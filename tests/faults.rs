@@ -163,7 +163,9 @@ fn assert_kept_at_source(out: &Output, rep: &Value, cause: &str) {
     let ctx = || format!("{}\n{rep:#}", out.dump());
     assert_eq!(out.code(), Some(1), "{}", ctx());
     assert_eq!(rep["ok"], false, "{}", ctx());
-    let err = rep["migration_error"].as_str().unwrap_or_else(|| panic!("{}", ctx()));
+    let err = rep["migration_error"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{}", ctx()));
     assert!(err.contains(cause), "`{cause}` not in `{err}`\n{}", ctx());
     assert_eq!(rep["guest_exit_where"], "source", "{}", ctx());
     assert_eq!(rep["owner_finished_at_destination"], false, "{}", ctx());

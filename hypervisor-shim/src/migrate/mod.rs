@@ -14,8 +14,9 @@
 //!    BAR2 workaround (docs/design.md, "Migration (QEMU 7.2)"), `migrate-incoming` + `migrate`
 //!    over a Unix socket; the destination's status decides success, and a failed migration
 //!    resumes the source.
-//!    save: `migrate` to `exec:cat > vm1.state`, `quit` the source, a restore QEMU with
-//!    `-incoming defer` + the same workaround, `migrate-incoming exec:cat vm1.state`
+//!    save: `migrate` to a Unix socket the shim writes to `vm1.state` (synced and checked,
+//!    `savefile`), a restore QEMU with `-incoming defer` + the same workaround, `migrate-incoming`
+//!    on a socket the shim sends the file to, and only then `quit` of the paused source
 //!    ([`Step::MigrationStarted`] → [`Step::Migrated`]; save also [`Step::Saved`],
 //!    [`Step::RestoreStarted`], [`Step::Restored`]);
 //! 3. the owner finishes its workload at the destination through the peer; the peer is quit over
@@ -388,7 +389,9 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
     if cfg.failback_after_ms != 0 && !cfg.failback {
         return Err(no_failback("--failback-after-ms"));
     }
-    if cfg.destination_fault != DestinationFault::None && !matches!(cfg.mode, Mode::Live | Mode::Save) {
+    if cfg.destination_fault != DestinationFault::None
+        && !matches!(cfg.mode, Mode::Live | Mode::Save)
+    {
         return Err(MigrateError::Config(
             "the destination fault hook needs --mode live or save".into(),
         ));

@@ -246,9 +246,7 @@ pub(super) fn check_saved(path: &Path, written: Written) -> Result<(), SaveFileE
     f.seek(SeekFrom::Start(on_disk - tail_len))
         .map_err(read_err)?;
     let mut tail = Vec::with_capacity(usize::try_from(tail_len).unwrap_or(0));
-    f.take(tail_len)
-        .read_to_end(&mut tail)
-        .map_err(read_err)?;
+    f.take(tail_len).read_to_end(&mut tail).map_err(read_err)?;
     check_stream(&head[..got], &tail).map_err(SaveFileError::Stream)
 }
 
@@ -432,7 +430,8 @@ mod tests {
             let e = w.finish(Duration::from_secs(5)).unwrap_err();
             assert!(e.to_string().contains("No space left"), "{e}");
         }
-        let w = StateWriter::start(&sock, &dir.path().join("s"), Duration::from_millis(300)).unwrap();
+        let w =
+            StateWriter::start(&sock, &dir.path().join("s"), Duration::from_millis(300)).unwrap();
         assert!(matches!(
             w.finish(Duration::from_secs(5)),
             Err(SaveFileError::Timeout(_))

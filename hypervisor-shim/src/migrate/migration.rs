@@ -457,9 +457,10 @@ impl Scenario<'_> {
                 // The writer's own failure (a full disk, say) is the cause of QEMU's; it has
                 // already ended then.
                 return match writer.finish(Duration::from_secs(1)) {
-                    Err(e @ (SaveFileError::Write { .. } | SaveFileError::Socket { .. })) => {
-                        self.roll_back(p, format!("save: {e}"), None);
-                        Ok(())
+                    Err(e @ SaveFileError::Write { .. })
+                        if !matches!(u, Unfinished::Failed(Abort::Interrupted)) =>
+                    {
+                        self.migration_failed(p, Abort::Other(format!("save: {e}")), None)
                     }
                     _ => self.unfinished(p, u, None),
                 };

@@ -3,7 +3,13 @@
 //! with the QEMU 7.2 ivshmem BAR workaround (docs/design.md, "Migration (QEMU 7.2)"); a failed
 //! migration resumes the source.
 
+use super::savefile::{self, SaveFileError, StateFeeder, StateWriter};
 use super::*;
+
+/// How long the save's writer waits for QEMU to connect and, between two reads, for more data.
+const SAVE_IDLE: Duration = Duration::from_secs(30);
+/// How long the writer may take, after QEMU says `completed`, to see the stream's end and sync.
+const SAVE_FLUSH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// How a `migrate` of the owner's QEMU ended short of `completed`.
 enum Unfinished {
@@ -416,13 +422,16 @@ impl Scenario<'_> {
         }
     }
 
-    /// Step 4, save: save the owner to a file, quit its QEMU, restore it in a new one.
+    /// Step 4, save: save the owner to a file the shim writes and checks, restore it in a new
+    /// QEMU, and only once that runs quit the source (paused in `postmigrate` meanwhile). A save
+    /// that does not reach the disk whole, or a restore that does not run, resumes the source
+    /// (docs/design.md, "Save and restore").
     pub(super) fn save_restore(&mut self, p: &mut Progress) -> Result<(), Abort> {
         // As for a live migration: not expected to be refused after the owner's `forwarding`,
         // unless a guest's `error` since then moved the table to `Failed`.
         self.shim_acts(ShimAction::BeginMigration);
         let state = self.dir.join(format!("{}.state", self.cycle_label("vm1")));
-        let _ = std::fs::remove_file(&state);
+        // A file left by an earlier run in a kept workdir is truncated when the writer creates it.
         // The saved state goes when the scenario ends, however it ends (unless --keep).
         let _state_guard = (!self.cfg.keep).then(|| SocketPath(state.clone()));
         let setup = (|| -> Result<(u64, u64), Abort> {
@@ -433,30 +442,53 @@ impl Scenario<'_> {
             Ok(b) => b,
             Err(e) => return self.migration_failed(p, e, None),
         };
+        let writer = match StateWriter::start(&self.dir.join("save.sock"), &state, SAVE_IDLE) {
+            Ok(w) => w,
+            Err(e) => return self.migration_failed(p, Abort::Other(format!("save: {e}")), None),
+        };
         self.record.record(Step::MigrationStarted, Instant::now());
-        let uri = format!("exec:cat > {}", shell_quote(&state.to_string_lossy()));
-        p.say(format!("saving the owner: migrate to {}", state.display()));
-        let info = match self.migrate_owner(p, uri, "save: ") {
+        p.say(format!(
+            "saving the owner: migrate to the shim's socket, written to {}",
+            state.display()
+        ));
+        let info = match self.migrate_owner(p, writer.uri(), "save: ") {
             Ok(i) => i,
-            Err(u) => return self.unfinished(p, u, None),
+            Err(u) => {
+                // The writer's own failure (a full disk, say) is the cause of QEMU's; it has
+                // already ended then.
+                return match writer.finish(Duration::from_secs(1)) {
+                    Err(e @ SaveFileError::Write { .. })
+                        if !matches!(u, Unfinished::Failed(Abort::Interrupted)) =>
+                    {
+                        self.migration_failed(p, Abort::Other(format!("save: {e}")), None)
+                    }
+                    _ => self.unfinished(p, u, None),
+                };
+            }
+        };
+        let checked = writer
+            .finish(SAVE_FLUSH_TIMEOUT)
+            .and_then(|w| savefile::check_saved(&state, w).map(|()| w));
+        let written = match checked {
+            Ok(w) => w,
+            Err(e) => {
+                self.roll_back(
+                    p,
+                    format!("save: the source reported `completed` but {e}"),
+                    None,
+                );
+                return Ok(());
+            }
         };
         self.record.record(Step::Saved, Instant::now());
-        let size = std::fs::metadata(&state).map_or(0, |m| m.len());
         p.step(
             Step::Saved,
             format!(
-                "{} KiB, downtime {} ms; quitting the source QEMU",
-                size >> 10,
+                "{} KiB written, synced and checked, downtime {} ms; the source stays paused until the restore runs",
+                written.bytes >> 10,
                 info.downtime.map_or_else(|| "?".into(), |d| d.to_string())
             ),
         );
-        // Whatever the source sent last is still in its socket.
-        let _ = self.step(p);
-        match self.vms.owner.quit() {
-            Ok(st) => p.say(format!("the source QEMU quit ({})", describe_exit(st))),
-            Err(e) => self.note(e),
-        }
-        // From here on there is no source to fall back to.
         self.record.record(Step::RestoreStarted, Instant::now());
         let restored = match self.launch_destination(self.cycle_label("restored")) {
             Ok(pd) => match Self::connect_destination(pd) {
@@ -472,9 +504,15 @@ impl Scenario<'_> {
         };
         match restored {
             Ok(vm) => {
-                let source = std::mem::replace(&mut self.vms.owner, vm);
-                self.vms.retired.push(source);
+                // Only now, with the restored QEMU running the owner, does the source go.
+                let mut source = std::mem::replace(&mut self.vms.owner, vm);
                 self.vms.owner_is_destination = true;
+                match source.quit() {
+                    Ok(st) => p.say(format!("the source QEMU quit ({})", describe_exit(st))),
+                    Err(e) => self.note(e),
+                }
+                source.take_events();
+                self.vms.retired.push(source);
                 // As after a live migration: refused only if the save never began in the table
                 // or a guest's `error` came during it.
                 self.shim_acts(ShimAction::EndMigration);
@@ -482,22 +520,16 @@ impl Scenario<'_> {
             }
             Err(b) => {
                 let (why, vm) = *b;
-                self.facts.migration.error = Some(why.clone());
-                p.say(format!("restore FAILED: {why}"));
-                if let Some(mut vm) = vm {
-                    vm.kill();
-                    self.vms.retired.push(vm);
-                }
-                Err(Abort::Other(format!(
-                    "restore failed (the source was already gone): {why}"
-                )))
+                self.roll_back(p, format!("restore: {why}"), vm);
+                Ok(())
             }
         }
     }
 
-    /// Restores the saved owner (`state`, the file of the save) into `vm`, whose BAR0 and BAR2
-    /// are placed at the source's (`bars`, [`Self::ring_bars`]); on success the owner's channel
-    /// moves to it.
+    /// Restores the saved owner (`state`, the checked file of the save) into `vm`, whose BAR0 and
+    /// BAR2 are placed at the source's (`bars`, [`Self::ring_bars`]): `migrate-incoming` on a
+    /// Unix socket the shim sends the file to. On success the owner's channel moves to `vm`; the
+    /// source is untouched either way.
     pub(super) fn restore(
         &mut self,
         p: &mut Progress,
@@ -507,17 +539,20 @@ impl Scenario<'_> {
         state: &Path,
         (bar0, bar2): (u64, u64),
     ) -> Result<Vm, Box<(String, Option<Vm>)>> {
+        let sock = self.dir.join(format!("{}-incoming.sock", vm.label));
+        let _sock_guard = SocketPath::fresh(sock.clone());
         let r = (|| -> Result<(), Abort> {
             Self::ignore_shared(&mut vm)?;
             Self::program_destination_bars(&mut vm, bar0, bar2)?;
             vm.exec(&MigrateIncoming {
-                uri: format!("exec:cat {}", shell_quote(&state.to_string_lossy())),
+                uri: format!("unix:{}", sock.display()),
             })?;
             Ok(())
         })();
         if let Err(e) = r {
             return Err(Box::new((chain(&e), Some(vm))));
         }
+        let feeder = StateFeeder::start(&sock, state, CONNECT_TIMEOUT);
         match self.wait_running(p, &mut vm) {
             Ok(status) => {
                 let now = Instant::now();
@@ -528,6 +563,9 @@ impl Scenario<'_> {
                     Step::Restored,
                     format!("a new QEMU (pid {}) runs the owner", vm.qemu.pid()),
                 );
+                if let Some(Err(e)) = feeder.result(Duration::ZERO) {
+                    self.note(format!("restore: the state feeder: {e}"));
+                }
                 let _ = self.step(p);
                 self.ctl.owner.attach(stream);
                 drop(listener);
@@ -535,6 +573,10 @@ impl Scenario<'_> {
             }
             Err(why) => {
                 self.facts.migration.destination_status = Some("dead".into());
+                let why = match feeder.result(Duration::from_millis(200)) {
+                    Some(Err(e)) => format!("{why} (sending the state: {e})"),
+                    _ => why,
+                };
                 Err(Box::new((why, Some(vm))))
             }
         }

@@ -14,8 +14,9 @@
 //!    BAR2 workaround (docs/design.md, "Migration (QEMU 7.2)"), `migrate-incoming` + `migrate`
 //!    over a Unix socket; the destination's status decides success, and a failed migration
 //!    resumes the source.
-//!    save: `migrate` to `exec:cat > vm1.state`, `quit` the source, a restore QEMU with
-//!    `-incoming defer` + the same workaround, `migrate-incoming exec:cat vm1.state`
+//!    save: `migrate` to a Unix socket the shim writes to `vm1.state` (synced and checked,
+//!    `savefile`), a restore QEMU with `-incoming defer` + the same workaround, `migrate-incoming`
+//!    on a socket the shim sends the file to, and only then `quit` of the paused source
 //!    ([`Step::MigrationStarted`] → [`Step::Migrated`]; save also [`Step::Saved`],
 //!    [`Step::RestoreStarted`], [`Step::Restored`]);
 //! 3. the owner finishes its workload at the destination through the peer; the peer is quit over
@@ -74,6 +75,7 @@ mod handoff;
 mod migration;
 mod recovery;
 mod report;
+mod savefile;
 mod scenario;
 mod verdict;
 mod vm;
@@ -196,8 +198,8 @@ pub enum Switch {
 pub enum DestinationFault {
     /// None.
     None,
-    /// The destination is started without the ivshmem device: it dies on the unknown savevm
-    /// section while the source reports `completed` (seen with QEMU 7.2; the migration facts
+    /// The destination (or the restore QEMU of a save) is started without the ivshmem device: it
+    /// dies on the unknown savevm section while the source reports `completed` (seen with QEMU 7.2; the migration facts
     /// this rests on are in docs/design.md, "QEMU 7.2 facts the design rests on").
     WithoutRing,
 }
@@ -320,11 +322,6 @@ enum Abort {
     Other(String),
 }
 
-/// Single-quotes `s` for /bin/sh (QEMU runs `exec:` URIs through the shell).
-fn shell_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', r"'\''"))
-}
-
 /// Renders an error with its sources.
 fn chain(e: &dyn std::error::Error) -> String {
     let mut s = e.to_string();
@@ -396,9 +393,11 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
     if cfg.failback_after_ms != 0 && !cfg.failback {
         return Err(no_failback("--failback-after-ms"));
     }
-    if cfg.destination_fault != DestinationFault::None && cfg.mode != Mode::Live {
+    if cfg.destination_fault != DestinationFault::None
+        && !matches!(cfg.mode, Mode::Live | Mode::Save)
+    {
         return Err(MigrateError::Config(
-            "the destination fault hook needs --mode live".into(),
+            "the destination fault hook needs --mode live or save".into(),
         ));
     }
     let owner_append = owner_guest.to_string();
@@ -534,11 +533,5 @@ mod tests {
         assert_eq!(event_instant(&future, now, wall), now);
         let ancient = ev(us(wall - Duration::from_secs(3600)));
         assert_eq!(event_instant(&ancient, now, wall), now);
-    }
-
-    #[test]
-    fn shell_quoting() {
-        assert_eq!(shell_quote("/a b/c"), "'/a b/c'");
-        assert_eq!(shell_quote("x'y"), r"'x'\''y'");
     }
 }

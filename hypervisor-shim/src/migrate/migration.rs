@@ -444,7 +444,10 @@ impl Scenario<'_> {
         };
         let writer = match StateWriter::start(&self.dir.join("save.sock"), &state, SAVE_IDLE) {
             Ok(w) => w,
-            Err(e) => return self.migration_failed(p, Abort::Other(format!("save: {e}")), None),
+            // Nothing was sent to QEMU: the source runs on; no need to ask whether it exited.
+            Err(e) => {
+                return self.unfinished(p, Unfinished::NotCompleted(format!("save: {e}")), None);
+            }
         };
         self.record.record(Step::MigrationStarted, Instant::now());
         p.say(format!(
@@ -460,7 +463,9 @@ impl Scenario<'_> {
                     Err(e @ SaveFileError::Write { .. })
                         if !matches!(u, Unfinished::Failed(Abort::Interrupted)) =>
                     {
-                        self.migration_failed(p, Abort::Other(format!("save: {e}")), None)
+                        // QEMU's migration failed cleanly on the closed socket: roll back at once
+                        // (not after waiting to see whether the owner's QEMU exited).
+                        self.unfinished(p, Unfinished::NotCompleted(format!("save: {e}")), None)
                     }
                     _ => self.unfinished(p, u, None),
                 };

@@ -96,6 +96,11 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
         Message::Direct,
         Message::FailbackRequest,
         Message::CloseRing { slot: 6 },
+        Message::PeerLost,
+        Message::Abandoned {
+            replay: 32,
+            held: 3,
+        },
     ];
     let mut seeds: Vec<(String, Vec<u8>)> = messages
         .iter()
@@ -332,7 +337,7 @@ fn fixup_seed_lines_become_valid_frames() {
             .filter(Result::is_ok)
             .count();
     }
-    assert_eq!(ok, 18);
+    assert_eq!(ok, 20);
 }
 
 #[test]

@@ -1,6 +1,7 @@
-//! A peer that dies while the owner forwards through it (issue 9), under real QEMU: the shim
-//! SIGKILLs the peer's QEMU (`--inject`) once the owner forwards, or once the failback was
-//! directed, in a live and a save run and in a one-way run. The owner must survive: the disk comes
+//! A peer that dies or hangs while the owner forwards through it (issue 9), under real QEMU: the
+//! shim SIGKILLs the peer's QEMU (`--inject`) once the owner forwards, or once the failback was
+//! directed, in a live and a save run and in a one-way run; or stops its vCPU, and must notice the
+//! frozen heartbeat and fence it. The owner must survive: the disk comes
 //! back to it (an emergency failback), every forwarded request without a completion is replayed on
 //! port 1 before anything newer, and the host finds every acknowledged write (lost = stale =
 //! duplicated = 0).
@@ -133,4 +134,42 @@ fn a_one_way_run_survives_its_peer() {
         "peer-crash@forwarding",
     ]);
     assert_survived(&out, &rep, "peer-crash@forwarding");
+}
+
+#[test]
+fn a_peer_that_hangs_is_fenced_and_loses_nothing() {
+    let (_d, out, rep) = migrate(&[
+        "--mode",
+        "live",
+        "--switch-after-ms",
+        "100",
+        "--inject",
+        "peer-hang@forwarding",
+    ]);
+    let ctx = || format!("{}\n{rep:#}", out.dump());
+    assert!(
+        out.stderr
+            .contains("injected peer-hang@forwarding: the peer's vCPU stopped"),
+        "{}",
+        ctx()
+    );
+    assert!(
+        out.stderr.contains("heartbeat in the ring froze"),
+        "{}",
+        ctx()
+    );
+    assert_eq!(out.code(), Some(0), "{}", ctx());
+    assert_eq!(rep["ok"], true, "{}", ctx());
+    assert_eq!(u(&rep, "peer_failures"), 1, "{}", ctx());
+    assert_eq!(rep["verified"], true, "{}", ctx());
+    for k in [
+        "lost",
+        "stale",
+        "corrupt_blocks",
+        "duplicated",
+        "read_mismatches",
+    ] {
+        assert_eq!(u(&rep, k), 0, "{k}: {}", ctx());
+    }
+    assert_eq!(rep["failback"][0]["emergency"], true, "{}", ctx());
 }

@@ -250,8 +250,9 @@ pub struct MigrateArgs {
     #[arg(long, value_enum, default_value_t = PeerFaultArg::None)]
     pub peer_fault: PeerFaultArg,
     /// Inject a fault by a real mechanism, `WHAT@WHEN`: `peer-crash@forwarding` (SIGKILL the
-    /// peer's QEMU once the owner forwards through it) or `peer-crash@failback` (once the failback
-    /// was directed). The owner must survive: the disk comes back to it, its forwarded requests
+    /// peer's QEMU once the owner forwards through it), `peer-crash@failback` (once the failback
+    /// was directed) or `peer-hang@forwarding` (the peer's vCPU stopped: its heartbeat freezes,
+    /// the shim fences it). The owner must survive: the disk comes back to it, its forwarded requests
     /// without a completion are replayed, nothing acknowledged is lost.
     #[arg(long, value_parser = parse_inject)]
     pub inject: Option<Inject>,
@@ -423,7 +424,9 @@ impl BenchArgs {
 
 fn parse_inject(s: &str) -> Result<Inject, String> {
     Inject::parse(s).ok_or_else(|| {
-        format!("unknown fault `{s}`; known: peer-crash@forwarding, peer-crash@failback")
+        format!(
+            "unknown fault `{s}`; known: peer-crash@forwarding, peer-crash@failback, peer-hang@forwarding"
+        )
     })
 }
 

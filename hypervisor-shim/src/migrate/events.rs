@@ -52,6 +52,7 @@ impl Scenario<'_> {
                 "the peer moved the ring's completion tail (a forwarded request completed)",
             );
         }
+        self.watch_peer_heartbeat(p);
         for vm in [&mut self.vms.owner, &mut self.vms.peer] {
             vm.poll_exit();
             vm.take_events();

@@ -16,6 +16,9 @@ pub enum Inject {
     PeerCrashForwarding,
     /// SIGKILL the peer's QEMU right after the first failback was directed.
     PeerCrashFailback,
+    /// Stop the peer's vCPU (QMP `stop`) right after the first handoff's first forwarded
+    /// completion: a peer that hangs, alive but serving nothing.
+    PeerHangForwarding,
 }
 
 impl Inject {
@@ -24,19 +27,28 @@ impl Inject {
         match self {
             Inject::PeerCrashForwarding => "peer-crash@forwarding",
             Inject::PeerCrashFailback => "peer-crash@failback",
+            Inject::PeerHangForwarding => "peer-hang@forwarding",
         }
     }
 
     /// Parses `WHAT@WHEN`.
     pub fn parse(s: &str) -> Option<Inject> {
-        [Inject::PeerCrashForwarding, Inject::PeerCrashFailback]
-            .into_iter()
-            .find(|i| i.as_str() == s)
+        [
+            Inject::PeerCrashForwarding,
+            Inject::PeerCrashFailback,
+            Inject::PeerHangForwarding,
+        ]
+        .into_iter()
+        .find(|i| i.as_str() == s)
     }
 }
 
 /// Most peer failures one run recovers from.
 const MAX_PEER_FAILURES: u32 = 1;
+/// A peer whose heartbeat in the ring has not moved for this long while the owner forwards is
+/// hung: it is fenced (SIGKILL) and recovered from like a peer that died. A serving peer beats on
+/// every round of its loop, at least once per timer tick (≤ 10 ms) when idle.
+pub(super) const PEER_HANG_TIMEOUT: Duration = Duration::from_secs(2);
 
 impl Scenario<'_> {
     /// Kills the peer now if `--inject` asks for it at `when` (once per run).
@@ -46,11 +58,55 @@ impl Scenario<'_> {
         }
         self.facts.injected = true;
         let pid = self.vms.peer.qemu.pid();
+        if when == Inject::PeerHangForwarding {
+            match self.vms.peer.hmp("stop".into()) {
+                Ok(()) => p.say(format!(
+                    "injected {}: the peer's vCPU stopped (QMP stop, pid {pid})",
+                    when.as_str()
+                )),
+                Err(e) => self.note(format!("injecting {}: {}", when.as_str(), chain(&e))),
+            }
+            return;
+        }
         self.vms.peer.kill();
         p.say(format!(
             "injected {}: SIGKILL to the peer's QEMU (pid {pid})",
             when.as_str()
         ));
+    }
+
+    /// Watches the peer's heartbeat in the ring while the owner forwards through it; a peer
+    /// whose heartbeat froze for [`PEER_HANG_TIMEOUT`] is fenced (SIGKILL), so that the next wait
+    /// sees it gone and recovers.
+    pub(super) fn watch_peer_heartbeat(&mut self, p: &mut Progress) {
+        use baton_core::control::HandoffState as S;
+        let watching = matches!(
+            self.ctl.handoff.state(),
+            S::Forwarding | S::Migrating | S::FailingBack
+        );
+        let Some(w) = self.ring.watch.as_ref().filter(|_| watching) else {
+            self.ring.peer_beat = None;
+            return;
+        };
+        let Some(beat) = w.read_u32(ring::offsets::PEER_HEARTBEAT) else {
+            return;
+        };
+        let now = Instant::now();
+        match self.ring.peer_beat {
+            Some((last, since)) if last == beat => {
+                let frozen = now - since;
+                if frozen >= PEER_HANG_TIMEOUT && self.vms.peer.alive() {
+                    self.vms.peer.kill();
+                    let why = format!(
+                        "its heartbeat in the ring froze for {} ms: fenced with SIGKILL",
+                        frozen.as_millis()
+                    );
+                    p.say(format!("the peer stopped serving: {why}"));
+                    self.facts.peer_hang = Some(why);
+                }
+            }
+            _ => self.ring.peer_beat = Some((beat, now)),
+        }
     }
 
     /// Whether a peer that died now can be recovered from: the owner forwards (or fails back)
@@ -67,6 +123,10 @@ impl Scenario<'_> {
     /// The emergency failback after the peer's QEMU exited (`why`).
     pub(super) fn recover_peer_loss(&mut self, p: &mut Progress, why: String) -> Result<(), Abort> {
         self.facts.peer_failures += 1;
+        let why = match self.facts.peer_hang.take() {
+            Some(hang) => format!("{why}; {hang}"),
+            None => why,
+        };
         p.say(format!(
             "the peer's QEMU exited ({why}) while the owner forwarded: emergency failback"
         ));

@@ -66,6 +66,8 @@ pub(super) struct Ring {
     pub(super) watch: Option<RingWatch>,
     /// The completion tail when the watch was armed.
     pub(super) cq_base: Option<u32>,
+    /// The peer's last heartbeat value and when it last moved.
+    pub(super) peer_beat: Option<(u32, Instant)>,
 }
 
 /// What the scenario observed, for the verdict and the report (besides the handoff's record).
@@ -86,6 +88,8 @@ pub(super) struct Facts {
     pub(super) requests_replayed: u64,
     /// How each peer failure was handled.
     pub(super) recoveries: Vec<String>,
+    /// Why a peer was declared hung (its heartbeat froze), until its recovery.
+    pub(super) peer_hang: Option<String>,
     /// QMP events of every QEMU, collected at the end.
     pub(super) events: Vec<VmEvent>,
 }
@@ -290,6 +294,7 @@ impl Scenario<'_> {
         self.hand_over(p)?;
         self.await_first_completion(p)?;
         self.maybe_inject(p, recovery::Inject::PeerCrashForwarding);
+        self.maybe_inject(p, recovery::Inject::PeerHangForwarding);
         match self.cfg.mode.for_cycle(n) {
             Mode::Live | Mode::Mixed => self.live_migrate(p)?,
             Mode::Save => self.save_restore(p)?,

@@ -173,3 +173,34 @@ fn a_peer_that_hangs_is_fenced_and_loses_nothing() {
     }
     assert_eq!(rep["failback"][0]["emergency"], true, "{}", ctx());
 }
+
+#[test]
+fn a_fresh_peer_serves_the_cycles_after_a_lost_one() {
+    let (_d, out, rep) = migrate(&[
+        "--mode",
+        "mixed",
+        "--cycles",
+        "3",
+        "--inject",
+        "peer-crash@forwarding",
+    ]);
+    let ctx = || format!("{}\n{rep:#}", out.dump());
+    assert_eq!(out.code(), Some(0), "{}", ctx());
+    assert_eq!(rep["ok"], true, "{}", ctx());
+    assert_eq!(u(&rep, "peer_failures"), 1, "{}", ctx());
+    assert_eq!(u(&rep, "cycles_completed"), 3, "{}", ctx());
+    assert!(out.stderr.contains("a fresh peer (peer-2"), "{}", ctx());
+    let fb = rep["failback"].as_array().unwrap();
+    let emergency: Vec<bool> = fb.iter().map(|f| f["emergency"] == true).collect();
+    assert_eq!(emergency, [true, false, false], "{}", ctx());
+    for k in [
+        "lost",
+        "stale",
+        "corrupt_blocks",
+        "duplicated",
+        "read_mismatches",
+    ] {
+        assert_eq!(u(&rep, k), 0, "{k}: {}", ctx());
+    }
+    assert_eq!(rep["verified"], true, "{}", ctx());
+}

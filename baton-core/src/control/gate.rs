@@ -97,6 +97,12 @@ impl HandoffGate {
         Ok(next)
     }
 
+    /// The guest in `role` was replaced by a fresh one (a dead peer's successor): its `hello` is
+    /// expected again.
+    pub fn replaced(&mut self, role: Role) {
+        self.hello[Self::index(role)] = false;
+    }
+
     /// A step the shim takes itself. Refused (not counted, state unchanged) unless the table has
     /// it in the current state.
     pub fn act(&mut self, action: ShimAction) -> Result<HandoffState, Rejection> {

@@ -70,6 +70,11 @@ impl Handoff {
         self.gate.both_hello()
     }
 
+    /// The guest in `role` was replaced by a fresh one: its `hello` is expected again.
+    pub fn replaced(&mut self, role: Role) {
+        self.gate.replaced(role);
+    }
+
     /// Offers a guest message to the gate. Accepted: the state moves on and is returned.
     /// Rejected: counted and logged; the state does not change.
     pub fn offer(&mut self, from: Role, msg: &Message) -> Result<HandoffState, Rejection> {

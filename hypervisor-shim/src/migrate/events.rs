@@ -235,7 +235,7 @@ impl Scenario<'_> {
             )));
         }
         // A peer already lost (and recovered from) is no news.
-        if self.facts.peer_failures == 0
+        if !self.vms.peer_lost
             && let Some(st) = self.vms.peer.poll_exit()
         {
             return Err(Abort::PeerExited(describe_exit(st)));

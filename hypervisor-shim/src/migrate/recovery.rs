@@ -44,7 +44,7 @@ impl Inject {
 }
 
 /// Most peer failures one run recovers from.
-const MAX_PEER_FAILURES: u32 = 1;
+const MAX_PEER_FAILURES: u32 = 3;
 /// A peer whose heartbeat in the ring has not moved for this long while the owner forwards is
 /// hung: it is fenced (SIGKILL) and recovered from like a peer that died. A serving peer beats on
 /// every round of its loop, at least once per timer tick (≤ 10 ms) when idle.
@@ -123,6 +123,7 @@ impl Scenario<'_> {
     /// The emergency failback after the peer's QEMU exited (`why`).
     pub(super) fn recover_peer_loss(&mut self, p: &mut Progress, why: String) -> Result<(), Abort> {
         self.facts.peer_failures += 1;
+        self.vms.peer_lost = true;
         let why = match self.facts.peer_hang.take() {
             Some(hang) => format!("{why}; {hang}"),
             None => why,
@@ -263,6 +264,55 @@ impl Scenario<'_> {
             f.ring_closed = closed;
         }
         p.say("ring closed on the owner's side (ivshmem unplugged, backend deleted, shm file unlinked)");
+        Ok(())
+    }
+
+    /// Starts a fresh peer in place of the lost one, for the cycles still to come: a new QEMU
+    /// with the peer's machine, its own control socket, QMP and logs (`peer-N`), and waits for its
+    /// `hello`. The dead peer's QEMU is kept with the retired ones (its events and logs).
+    pub(super) fn replace_peer(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        self.vms.peers_started += 1;
+        let label: &'static str =
+            Box::leak(format!("peer-{}", self.vms.peers_started).into_boxed_str());
+        let listener = ControlListener::bind(&self.dir.join(format!("ctl-{label}.sock"))).map_err(
+            |source| Abort::Channel {
+                vm: label.into(),
+                source,
+            },
+        )?;
+        let spec = MachineSpec {
+            qmp_socket: self.dir.join(format!("qmp-{label}.sock")),
+            control_socket: Some(listener.path().to_path_buf()),
+            ..self.vms.peer_spec.clone()
+        };
+        let mut vm = Vm::spawn(label, &spec, &self.dir).map_err(|e| Abort::Other(chain(&e)))?;
+        self.out
+            .commands
+            .insert(label.to_owned(), vm.command.clone());
+        self.out
+            .serial_logs
+            .insert(label.to_owned(), vm.serial_log.display().to_string());
+        let stream = listener
+            .accept(CONNECT_TIMEOUT, || vm.alive())
+            .map_err(|source| Abort::Channel {
+                vm: label.into(),
+                source,
+            })?;
+        vm.connect_qmp()?;
+        let mut old = std::mem::replace(&mut self.vms.peer, vm);
+        old.take_events();
+        self.vms.retired.push(old);
+        self.ctl.peer = ControlChannel::new("peer", stream);
+        self.ctl.handoff.replaced(Role::Peer);
+        self.vms.peer_lost = false;
+        p.say(format!(
+            "a fresh peer ({label}, pid {}) for the cycles still to come",
+            self.vms.peer.qemu.pid()
+        ));
+        self.wait_until(p, "the fresh peer's hello", HELLO_TIMEOUT, |s| {
+            Ok(s.ctl.handoff.both_hello().then_some(()))
+        })?;
+        drop(listener);
         Ok(())
     }
 }

@@ -44,6 +44,12 @@ pub(super) struct Vms {
     pub(super) backend: DiskBackend,
     /// Whether the owner's current QEMU has the disk's block node (`disk0`).
     pub(super) owner_disk_node: bool,
+    /// The peer's machine (a dead peer's successor is started with it).
+    pub(super) peer_spec: MachineSpec,
+    /// The current peer was lost (exited or fenced) and not yet replaced.
+    pub(super) peer_lost: bool,
+    /// Peers started so far (the first one included).
+    pub(super) peers_started: u32,
 }
 
 /// The guests' control channels and the handoff gate.
@@ -210,6 +216,9 @@ pub(super) fn start<'a>(
             owner_spec: owner_spec.clone(),
             backend: backend.clone(),
             owner_disk_node: true,
+            peer_spec: peer_spec.clone(),
+            peer_lost: false,
+            peers_started: 1,
         },
         ctl: Control {
             owner: ControlChannel::new("owner", owner_stream),
@@ -273,18 +282,13 @@ impl Scenario<'_> {
                 Ok(()) => {}
                 Err(Abort::PeerExited(why)) if self.peer_loss_recoverable() => {
                     self.recover_peer_loss(p, why)?;
-                    if n < self.cfg.cycles {
-                        self.end_cycle();
-                        return Err(Abort::Other(format!(
-                            "no peer left for cycles {} to {} after the peer's loss",
-                            n + 1,
-                            self.cfg.cycles
-                        )));
-                    }
                 }
                 Err(e) => return Err(e),
             }
             self.end_cycle();
+            if self.vms.peer_lost && n < self.cfg.cycles {
+                self.replace_peer(p)?;
+            }
         }
         self.wait_owner_exit(p)
     }
@@ -403,7 +407,7 @@ impl Scenario<'_> {
             if setup::interrupted() {
                 return Err(Abort::Interrupted);
             }
-            if self.facts.peer_failures == 0
+            if !self.vms.peer_lost
                 && let Some(st) = self.vms.peer.poll_exit()
             {
                 let why = describe_exit(st);
@@ -411,6 +415,7 @@ impl Scenario<'_> {
                     self.recover_peer_loss(p, why)?;
                 } else if self.ctl.handoff.state() == baton_core::control::HandoffState::Direct {
                     self.facts.peer_failures += 1;
+                    self.vms.peer_lost = true;
                     self.facts.recoveries.push(format!(
                         "the peer's QEMU exited ({why}) while the owner held its disk: nothing to recover"
                     ));
@@ -485,7 +490,7 @@ impl Scenario<'_> {
         // The peer: quit over QMP, which flushes the image.
         let peer_quit = self.vms.peer.quit();
         match &peer_quit {
-            Ok(_) if self.facts.peer_failures > 0 => {
+            Ok(_) if self.vms.peer_lost => {
                 p.say("the peer's QEMU had exited earlier (lost, recovered from)")
             }
             Ok(_) => p.say("the peer quit over QMP (image flushed)"),

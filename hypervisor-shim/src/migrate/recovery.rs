@@ -48,7 +48,7 @@ const MAX_PEER_FAILURES: u32 = 3;
 /// A peer whose heartbeat in the ring has not moved for this long while the owner forwards is
 /// hung: it is fenced (SIGKILL) and recovered from like a peer that died. A serving peer beats on
 /// every round of its loop, at least once per timer tick (≤ 10 ms) when idle.
-pub(super) const PEER_HANG_TIMEOUT: Duration = Duration::from_secs(2);
+pub(super) const PEER_HANG_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl Scenario<'_> {
     /// Kills the peer now if `--inject` asks for it at `when` (once per run).

@@ -115,48 +115,114 @@ fn switch_report(
     }
 }
 
-/// The host's check of the image, after the peer quit (it flushed the image).
-fn check_disk(plan: &Plan<'_>, guest_report: Option<&GuestReport>, p: &mut Progress) -> DiskCheck {
+/// The host's check of the image, after the peer quit (it flushed the image): the full check
+/// when the owner's report names the acknowledged writes, else the integrity-only check
+/// ([`disk::check_integrity_image`]: every block a valid write of its own LBA), whose report block
+/// comes back beside the check (issue 9: every ending is verified).
+fn check_disk(
+    plan: &Plan<'_>,
+    guest_report: Option<&GuestReport>,
+    p: &mut Progress,
+) -> (DiskCheck, Option<DiskVerification>) {
     let skipped = |note: &str, problem: Option<&str>| DiskCheck {
         verification: None,
         note: note.to_owned(),
         problem: problem.map(str::to_owned),
     };
     if plan.cfg.backend == BackendKind::Null {
-        return skipped("skipped: null-co keeps no data (a measurement run)", None);
+        return (
+            skipped("skipped: null-co keeps no data (a measurement run)", None),
+            None,
+        );
     }
     let schedule = plan.guest.schedule();
-    match guest_report.map(Acks::from_report) {
-        None => skipped(
-            "skipped: no usable owner report, so the acknowledged writes are unknown",
-            Some("disk not verified: no usable owner report"),
-        ),
-        Some(None) => skipped(
-            "skipped: the owner's report does not name every failed write",
-            Some("disk not verified: the owner listed fewer failed writes than it counted"),
-        ),
-        Some(Some(acks)) => match disk::verify_image(plan.image.path(), &schedule, &acks) {
-            Ok(v) => {
-                p.say(format!(
-                    "disk verified on the host: {} of {} acknowledged writes found, lost {}, stale {}",
-                    v.writes_verified, v.writes_acked, v.lost, v.stale
-                ));
-                DiskCheck {
-                    note: format!(
-                        "host read {} blocks of {} after the peer quit and checked every tag and payload against the schedule",
-                        v.blocks_checked,
-                        plan.image.path().display()
+    let acks = match guest_report.map(Acks::from_report) {
+        Some(Some(acks)) => acks,
+        missing => {
+            let (why, problem) = match missing {
+                None => (
+                    "no usable owner report, so the acknowledged writes are unknown",
+                    None,
+                ),
+                _ => (
+                    "the owner's report does not name every failed write",
+                    Some(
+                        "disk not fully verified: the owner listed fewer failed writes than it counted",
                     ),
-                    verification: Some(v),
-                    problem: None,
-                }
+                ),
+            };
+            return integrity_only(plan, &schedule, why, problem, p);
+        }
+    };
+    let check = match disk::verify_image(plan.image.path(), &schedule, &acks) {
+        Ok(v) => {
+            p.say(format!(
+                "disk verified on the host: {} of {} acknowledged writes found, lost {}, stale {}",
+                v.writes_verified, v.writes_acked, v.lost, v.stale
+            ));
+            DiskCheck {
+                note: format!(
+                    "host read {} blocks of {} after the peer quit and checked every tag and payload against the schedule",
+                    v.blocks_checked,
+                    plan.image.path().display()
+                ),
+                verification: Some(v),
+                problem: None,
             }
-            Err(e) => DiskCheck {
+        }
+        Err(e) => DiskCheck {
+            verification: None,
+            note: format!("failed: {}", chain(&e)),
+            problem: Some(format!("disk verification failed: {}", chain(&e))),
+        },
+    };
+    (check, None)
+}
+
+/// The integrity-only check, for an ending whose acknowledged writes are unknown (`why`):
+/// corrupt blocks are the check's problem (beside `problem`, the reason the full check could
+/// not run, when that is itself a failure).
+fn integrity_only(
+    plan: &Plan<'_>,
+    schedule: &baton_core::workload::Schedule,
+    why: &str,
+    problem: Option<&str>,
+    p: &mut Progress,
+) -> (DiskCheck, Option<DiskVerification>) {
+    match disk::check_integrity_image(plan.image.path(), schedule) {
+        Ok(i) => {
+            p.say(format!(
+                "disk checked on the host (integrity only: {why}): {} blocks intact, {} corrupt",
+                i.blocks_intact, i.corrupt_blocks
+            ));
+            let note = format!(
+                "integrity only ({why}): host read {} blocks of {} after the peer quit and checked each block's tag, LBA and payload against the schedule",
+                i.blocks_checked,
+                plan.image.path().display()
+            );
+            let problems: Vec<String> = problem
+                .map(str::to_owned)
+                .into_iter()
+                .chain(i.failures())
+                .collect();
+            let check = DiskCheck {
+                verification: None,
+                note: note.clone(),
+                problem: (!problems.is_empty()).then(|| problems.join("; ")),
+            };
+            (check, Some(DiskVerification::integrity_only(note, i)))
+        }
+        Err(e) => (
+            DiskCheck {
                 verification: None,
                 note: format!("failed: {}", chain(&e)),
-                problem: Some(format!("disk verification failed: {}", chain(&e))),
+                problem: Some(format!(
+                    "disk not verified ({why}) and its integrity check failed: {}",
+                    chain(&e)
+                )),
             },
-        },
+            None,
+        ),
     }
 }
 
@@ -208,7 +274,7 @@ pub(super) fn build_report(
         None => guest_report_error = Some("the owner printed no `BATON result` line".into()),
     }
     let writes_total = guest.schedule().total_writes();
-    let disk = check_disk(plan, guest_report.as_ref(), p);
+    let (disk, integrity) = check_disk(plan, guest_report.as_ref(), p);
     let first = s.first_record();
     let cycles_completed = cycle_reports
         .iter()
@@ -327,7 +393,7 @@ pub(super) fn build_report(
             .map(|v| v.writes_acked)
             .or(g.map(|r| r.writes_acked)),
         write_errors: g.map(|r| r.write_errors),
-        disk: DiskVerification::new(disk.note, verification),
+        disk: integrity.unwrap_or_else(|| DiskVerification::new(disk.note, verification)),
         reads_verified: g.map(|r| r.reads_verified),
         read_mismatches: g.map(|r| r.read_mismatches),
         guest_exit,

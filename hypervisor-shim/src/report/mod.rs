@@ -18,24 +18,62 @@ pub use migrate::{CycleReport, FailbackReport, MigrateReport, Phases, SwitchRepo
 pub use run::{EventRecord, RunReport};
 pub use summary::summary_line;
 
+/// How far the host could check the disk image: the report's `verified`, serialized as `true`
+/// (every acknowledged write checked), `"integrity-only"` (the owner's report is missing, so only
+/// each block's own integrity was checked: [`crate::disk::check_integrity`]) or `false` (nothing
+/// checked). A plain boolean for the two old cases, so `verified == true` keeps its meaning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    /// Every acknowledged write checked against the schedule ([`crate::disk::verify`]).
+    Full,
+    /// Every block checked on its own, the acknowledged writes unknown.
+    IntegrityOnly,
+    /// Not checked (skipped, or the image could not be read).
+    No,
+}
+
+impl Verified {
+    /// Whether the full check ran.
+    #[must_use]
+    pub fn is_full(self) -> bool {
+        self == Verified::Full
+    }
+}
+
+impl Serialize for Verified {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Verified::Full => s.serialize_bool(true),
+            Verified::IntegrityOnly => s.serialize_str("integrity-only"),
+            Verified::No => s.serialize_bool(false),
+        }
+    }
+}
+
 /// The host's check of the disk image, as both reports carry it (flattened into their JSON: the
 /// fields `verified` … `verification_problems` sit at the top level of each report).
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct DiskVerification {
-    /// Whether the shim verified the disk image.
-    pub verified: bool,
+    /// Whether (and how far) the shim verified the disk image.
+    pub verified: Verified,
     /// What verification did, or why it was skipped.
     pub verification: String,
-    /// Acknowledged writes found on disk (null when not verified).
+    /// Acknowledged writes found on disk (null unless fully verified).
     pub writes_verified: Option<u64>,
-    /// Acknowledged writes missing from disk (null when not verified).
+    /// Acknowledged writes missing from disk (null unless fully verified).
     pub lost: Option<u64>,
-    /// LBAs not holding their last acknowledged write (null when not verified).
+    /// LBAs not holding their last acknowledged write (null unless fully verified).
     pub stale: Option<u64>,
     /// LBAs holding a newer, submitted but unacknowledged write (legal).
     pub newer_unacked: Option<u64>,
     /// Non-zero blocks that are no valid write of this run (null when not verified).
     pub corrupt_blocks: Option<u64>,
+    /// Non-zero blocks holding a valid write of this run for their own LBA (integrity-only
+    /// check; null otherwise).
+    pub blocks_intact: Option<u64>,
+    /// The highest seq found intact (integrity-only check; null otherwise): a lower bound of how
+    /// far the owner's writes got.
+    pub highest_seq_on_disk: Option<u64>,
     /// The first few verification problems.
     pub verification_problems: Vec<String>,
 }
@@ -47,21 +85,66 @@ impl DiskVerification {
     pub fn new(note: String, verification: Option<crate::disk::Verification>) -> Self {
         let v = verification.as_ref();
         DiskVerification {
-            verified: v.is_some(),
+            verified: if v.is_some() {
+                Verified::Full
+            } else {
+                Verified::No
+            },
             writes_verified: v.map(|v| v.writes_verified),
             lost: v.map(|v| v.lost),
             stale: v.map(|v| v.stale),
             newer_unacked: v.map(|v| v.newer_unacked),
             corrupt_blocks: v.map(|v| v.corrupt_blocks),
+            blocks_intact: None,
+            highest_seq_on_disk: None,
             verification_problems: verification.map(|v| v.problems).unwrap_or_default(),
             verification: note,
+        }
+    }
+
+    /// The report's block for an integrity-only check (`verified: "integrity-only"`), with `note`
+    /// saying why the full check could not run.
+    #[must_use]
+    pub fn integrity_only(note: String, i: crate::disk::Integrity) -> Self {
+        DiskVerification {
+            verified: Verified::IntegrityOnly,
+            verification: note,
+            writes_verified: None,
+            lost: None,
+            stale: None,
+            newer_unacked: None,
+            corrupt_blocks: Some(i.corrupt_blocks),
+            blocks_intact: Some(i.blocks_intact),
+            highest_seq_on_disk: Some(i.highest_seq),
+            verification_problems: i.problems,
+        }
+    }
+
+    /// The `writes` figure of the summaries: what the check found on disk.
+    #[must_use]
+    pub fn on_disk(&self) -> String {
+        match self.verified {
+            Verified::Full => format!(
+                "on disk {} verified, lost {}, stale {}",
+                opt(&self.writes_verified),
+                opt(&self.lost),
+                opt(&self.stale)
+            ),
+            Verified::IntegrityOnly => format!(
+                "integrity-only: {} blocks intact, {} corrupt",
+                opt(&self.blocks_intact),
+                opt(&self.corrupt_blocks)
+            ),
+            Verified::No => format!("disk not verified ({})", self.verification),
         }
     }
 
     /// The summary's `disk` line (`writes_acked`: the report's acknowledged writes) and one
     /// `problem` line per verification problem.
     fn fmt_lines(&self, f: &mut fmt::Formatter<'_>, writes_acked: Option<u64>) -> fmt::Result {
-        if self.verified {
+        if self.verified == Verified::IntegrityOnly {
+            writeln!(f, "  disk       {} ({})", self.on_disk(), self.verification)?;
+        } else if self.verified.is_full() {
             writeln!(
                 f,
                 "  disk       verified {} of {} acked writes; lost {}, stale {}, corrupt blocks {}",
@@ -307,5 +390,26 @@ mod tests {
         );
         assert!(CompletionTimeline::add_line(&mut t, "BATON timeline garbage").is_err());
         assert_eq!(t.unwrap().counts.len(), 7);
+    }
+
+    #[test]
+    fn verified_is_a_bool_or_integrity_only() {
+        let full = DiskVerification::new("n".into(), Some(crate::disk::Verification::default()));
+        let none = DiskVerification::new("skipped".into(), None);
+        let i = crate::disk::Integrity {
+            blocks_intact: 7,
+            corrupt_blocks: 1,
+            ..Default::default()
+        };
+        let only = DiskVerification::integrity_only("no report".into(), i);
+        let json = |d: &DiskVerification| serde_json::to_value(d).unwrap();
+        assert_eq!(json(&full)["verified"], true);
+        assert_eq!(json(&none)["verified"], false);
+        assert_eq!(json(&only)["verified"], "integrity-only");
+        assert_eq!(json(&only)["blocks_intact"], 7);
+        assert_eq!(json(&only)["corrupt_blocks"], 1);
+        assert!(json(&only)["lost"].is_null());
+        assert_eq!(only.on_disk(), "integrity-only: 7 blocks intact, 1 corrupt");
+        assert!(none.on_disk().starts_with("disk not verified"));
     }
 }

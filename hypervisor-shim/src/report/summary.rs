@@ -296,17 +296,7 @@ impl MigrateReport {
             };
             line(f, "downtime", text)?;
         }
-        let d = &self.disk;
-        let disk = if d.verified {
-            format!(
-                "on disk {} verified, lost {}, stale {}",
-                opt(&d.writes_verified),
-                opt(&d.lost),
-                opt(&d.stale)
-            )
-        } else {
-            format!("disk not verified ({})", d.verification)
-        };
+        let disk = self.disk.on_disk();
         let bad_reads = match self.read_mismatches {
             Some(n) if n > 0 => format!(", read back bad {n}"),
             _ => String::new(),

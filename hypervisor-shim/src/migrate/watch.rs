@@ -45,7 +45,7 @@ impl Scenario<'_> {
     /// Looks at the events of the owner's and the peer's QEMU for a `BLOCK_IO_ERROR` that paused
     /// a VM. The first is named once (progress and notes) and kept in the facts; from then on
     /// every round fails with it, so the run stops at once and the verdict names the cause.
-    /// An error QEMU passed to the guest (action `report`) is only noted: the guest reports it.
+    /// An error QEMU passed to the guest (action `report`) is left to the guest, which reports it.
     pub(super) fn watch_io_errors(&mut self, p: &mut Progress) -> Result<(), Abort> {
         if let Some(why) = &self.facts.io_error {
             return Err(Abort::Other(why.clone()));

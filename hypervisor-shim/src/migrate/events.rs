@@ -57,7 +57,7 @@ impl Scenario<'_> {
             vm.poll_exit();
             vm.take_events();
         }
-        self.watch_io_errors(p)?;
+        self.watch_vms(p)?;
         Ok(())
     }
 

@@ -10,6 +10,22 @@ use crate::qmp::MigrateCancel;
 
 /// How long a rollback waits for a cancelled migration to leave its active states.
 const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A VM stopped (its last `STOP` not followed by a `RESUME`) this long gets a `query-status`.
+const STOPPED_LONG: Duration = Duration::from_secs(2);
+/// At most one such `query-status` round per this interval.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// Run states of a VM that QEMU stopped on a fault (the schema's `RunState`): nothing the
+/// scenario does leads there, and the guest cannot go on without help.
+const FAULT_STATES: [&str; 3] = ["io-error", "internal-error", "guest-panicked"];
+
+/// What the watch found so far.
+#[derive(Debug, Default)]
+pub(super) struct WatchState {
+    /// The first fault pause of a QEMU, named with its cause; every later round fails with it.
+    pub(super) fault: Option<String>,
+    /// When the last `query-status` round of a long-stopped VM ran.
+    status_checked: Option<Instant>,
+}
 
 /// The cause of an I/O-error pause, as the failure names it: `the peer's QEMU paused: no space
 /// left on device (disk.img)`. `image` is the disk's file name (absent for `null-co`).
@@ -46,8 +62,9 @@ impl Scenario<'_> {
     /// a VM. The first is named once (progress and notes) and kept in the facts; from then on
     /// every round fails with it, so the run stops at once and the verdict names the cause.
     /// An error QEMU passed to the guest (action `report`) is left to the guest, which reports it.
-    pub(super) fn watch_io_errors(&mut self, p: &mut Progress) -> Result<(), Abort> {
-        if let Some(why) = &self.facts.io_error {
+    /// Then a VM stopped for long gets a `query-status` ([`Scenario::watch_long_stops`]).
+    pub(super) fn watch_vms(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        if let Some(why) = &self.facts.watch.fault {
             return Err(Abort::Other(why.clone()));
         }
         let image = match &self.vms.backend {
@@ -69,13 +86,59 @@ impl Scenario<'_> {
                 break;
             }
         }
-        let Some(why) = found else {
+        if let Some(why) = found {
+            return Err(self.stopped_on_a_fault(p, why));
+        }
+        self.watch_long_stops(p)
+    }
+
+    /// A VM whose last `STOP` came [`STOPPED_LONG`] ago with no `RESUME` since gets a
+    /// `query-status` (at most once per [`STATUS_EVERY`]); a fault state ([`FAULT_STATES`]) stops
+    /// the run, named. A pause the scenario made (a save's `postmigrate`, a stopped peer) is
+    /// `paused` or a migration state, and passes.
+    fn watch_long_stops(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        if self
+            .facts
+            .watch
+            .status_checked
+            .is_some_and(|t| t.elapsed() < STATUS_EVERY)
+        {
             return Ok(());
-        };
+        }
+        let mut found = None;
+        for vm in [&mut self.vms.owner, &mut self.vms.peer] {
+            let stopped = vm
+                .events
+                .iter()
+                .rev()
+                .find(|(_, e)| e.name == "STOP" || e.name == "RESUME")
+                .is_some_and(|(at, e)| e.name == "STOP" && at.elapsed() >= STOPPED_LONG);
+            if !stopped || vm.exit.is_some() {
+                continue;
+            }
+            self.facts.watch.status_checked = Some(Instant::now());
+            if let Ok(s) = vm.exec(&QueryStatus {})
+                && FAULT_STATES.contains(&s.status.as_str())
+            {
+                found = Some(format!(
+                    "the {}'s QEMU stopped the VM: its run state is `{}`",
+                    vm.label, s.status
+                ));
+                break;
+            }
+        }
+        match found {
+            Some(why) => Err(self.stopped_on_a_fault(p, why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Names a fault pause once (progress, notes) and keeps it: the run stops (policy `fail`).
+    fn stopped_on_a_fault(&mut self, p: &mut Progress, why: String) -> Abort {
         p.say(format!("{why}; the run stops (on an I/O error: fail)"));
         self.note(why.clone());
-        self.facts.io_error = Some(why.clone());
-        Err(Abort::Other(why))
+        self.facts.watch.fault = Some(why.clone());
+        Abort::Other(why)
     }
 
     /// Cancels the owner's outgoing migration, whatever state it is in, and waits (at most

@@ -57,6 +57,7 @@ impl Scenario<'_> {
             vm.poll_exit();
             vm.take_events();
         }
+        self.watch_vms(p)?;
         Ok(())
     }
 

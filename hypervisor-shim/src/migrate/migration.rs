@@ -213,55 +213,6 @@ impl Scenario<'_> {
         self.vms.retired.push(source);
     }
 
-    /// A migration that failed: resume the source so the owner keeps running there.
-    pub(super) fn roll_back(&mut self, p: &mut Progress, why: String, dest: Option<Vm>) {
-        self.facts.migration.error = Some(why.clone());
-        self.out.failures.push(format!("migration failed: {why}"));
-        p.say(format!("migration FAILED: {why}"));
-        if let Some(mut d) = dest {
-            let status = match d.poll_exit() {
-                Some(st) => {
-                    let tail = d.stderr_tail();
-                    if !tail.is_empty() {
-                        self.note(format!("{} QEMU stderr: {tail}", d.label));
-                    }
-                    format!("exited ({})", describe_exit(st))
-                }
-                None => match d.exec(&QueryStatus {}) {
-                    Ok(s) => s.status,
-                    Err(_) => "unknown".into(),
-                },
-            };
-            p.say(format!("the {} QEMU is {status}; stopping it", d.label));
-            self.facts
-                .migration
-                .destination_status
-                .get_or_insert(status);
-            d.kill();
-            d.take_events();
-            self.vms.retired.push(d);
-        }
-        let running = self.vms.owner.exec(&QueryStatus {}).map(|s| s.running);
-        match running {
-            Ok(true) => p.say("the source still runs the owner"),
-            Ok(false) => match self.vms.owner.exec(&Cont {}) {
-                Ok(_) => {
-                    self.facts.migration.source_resumed = true;
-                    p.say("rolled back: `cont` resumed the source; the owner continues there");
-                }
-                Err(e) => {
-                    let e = format!("cannot resume the source: {}", chain(&e));
-                    p.say(e.clone());
-                    self.out.failures.push(e);
-                }
-            },
-            Err(e) => self.note(format!("source status unknown: {}", chain(&e))),
-        }
-        // Refused when the migration never began in the table (its `begin-migration` was
-        // refused, noted there) or a guest's `error` moved the handoff to `Failed` meanwhile.
-        self.shim_acts(ShimAction::EndMigration);
-    }
-
     /// Whether the owner's QEMU exited (waits briefly: its sockets close just before it is
     /// reaped). Used when a QMP command to it failed.
     pub(super) fn owner_gone(&mut self) -> Option<ExitStatus> {

@@ -79,6 +79,7 @@ mod savefile;
 mod scenario;
 mod verdict;
 mod vm;
+mod watch;
 
 pub use recovery::Inject;
 use report::{build_report, failed_setup_report};

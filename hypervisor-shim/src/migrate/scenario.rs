@@ -98,6 +98,8 @@ pub(super) struct Facts {
     pub(super) peer_hang: Option<String>,
     /// QMP events of every QEMU, collected at the end.
     pub(super) events: Vec<VmEvent>,
+    /// What the watch of the QEMUs found ([`super::watch`]).
+    pub(super) watch: super::watch::WatchState,
 }
 
 /// What goes into the report as it is: notes, failures found while running, the QEMUs.

@@ -59,6 +59,12 @@ schema_command!(
     Stop {} => stop, Empty
 );
 schema_command!(
+    /// `migrate_cancel`: cancel the outgoing migration, whatever state it is in (a no-op when none
+    /// runs). The cancellation is asynchronous: `query-migrate` says `cancelling`, then
+    /// `cancelled` (or the migration's own final state when it ended first).
+    MigrateCancel {} => migrate_cancel, Empty
+);
+schema_command!(
     /// `quit`: terminate QEMU.
     Quit {} => quit, Empty
 );
@@ -393,6 +399,13 @@ pub struct MigrationInfo {
     pub error_desc: Option<String>,
 }
 impl MigrationInfo {
+    /// Whether a migration is under way: any state but none, `completed`, `failed` and
+    /// `cancelled` (`setup`, `active`, `cancelling`, `pre-switchover`, `device`, the postcopy
+    /// states, `wait-unplug`, ...).
+    pub fn in_progress(&self) -> bool {
+        self.status.is_some() && !self.finished()
+    }
+
     /// Whether the migration reached a final state.
     pub fn finished(&self) -> bool {
         matches!(

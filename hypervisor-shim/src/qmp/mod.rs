@@ -164,6 +164,18 @@ impl Event {
         serde_json::from_value(Value::Object(msg)).ok()
     }
 
+    /// The data of a `BLOCK_IO_ERROR` event: the block backend (`device`, empty for a
+    /// `-blockdev` node), the node name, the operation (`read`/`write`), the action QEMU took
+    /// (`stop` pauses the VM: its `werror`/`rerror` policy; `report` passes the error to the guest;
+    /// `ignore`), `nospace` (ENOSPC) and the host's error text (`reason`, e.g. `No space left on
+    /// device`). `None` for any other event.
+    pub fn block_io_error(&self) -> Option<qapi::qmp::BLOCK_IO_ERROR> {
+        match self.typed()? {
+            qapi::qmp::Event::BLOCK_IO_ERROR { data, .. } => Some(data),
+            _ => None,
+        }
+    }
+
     /// The data of a `DEVICE_DELETED` event: the qdev id (`None` for a device without one, such as
     /// a virtio proxy's backend) and the QOM path. `None` for any other event.
     pub fn device_deleted(&self) -> Option<qapi::qmp::DEVICE_DELETED> {

@@ -533,3 +533,41 @@ fn overlong_message_is_rejected() {
     let err = Qmp::handshake(fake, Duration::from_secs(30)).unwrap_err();
     assert!(matches!(err, QmpError::TooLong), "{err}");
 }
+
+/// `migrate_cancel` goes out with no arguments; `in_progress` holds for every state but none and the final
+/// ones; a `BLOCK_IO_ERROR` as QEMU 7.2 sent it on a full tmpfs decodes.
+#[test]
+fn migrate_cancel_and_a_block_io_error() {
+    let fake = Fake::new(
+        &[
+            GREETING,
+            r#"{"return": {}, "id": 1}"#,
+            r#"{"timestamp": {"seconds": 1796091714, "microseconds": 1}, "event": "BLOCK_IO_ERROR", "data": {"device": "", "nospace": true, "node-name": "disk0", "reason": "No space left on device", "operation": "write", "action": "stop"}}"#,
+            r#"{"return": {}, "id": 2}"#,
+        ],
+        false,
+    );
+    let mut qmp = Qmp::handshake(fake, SHORT).unwrap();
+    qmp.execute(&MigrateCancel {}, SHORT).unwrap();
+    assert_eq!(
+        sent(&qmp.stream)[1],
+        json!({"execute": "migrate_cancel", "arguments": {}, "id": 2})
+    );
+    let evs = qmp.take_events();
+    let e = evs[0].block_io_error().unwrap();
+    assert_eq!(
+        (e.reason.as_str(), e.nospace, e.node_name.as_deref()),
+        ("No space left on device", Some(true), Some("disk0"))
+    );
+    assert_eq!(e.action.name(), "stop");
+    let info = |s: Option<&str>| MigrationInfo {
+        status: s.map(String::from),
+        ..MigrationInfo::default()
+    };
+    for s in ["setup", "active", "cancelling", "device", "pre-switchover"] {
+        assert!(info(Some(s)).in_progress(), "{s}");
+    }
+    for s in [None, Some("completed"), Some("failed"), Some("cancelled")] {
+        assert!(!info(s).in_progress(), "{s:?}");
+    }
+}

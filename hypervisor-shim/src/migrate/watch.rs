@@ -1,0 +1,285 @@
+//! Watching the QEMUs (issue 9, "Watch the VMs"; docs/design.md, "Faults and recovery"): a QEMU
+//! that paused its VM on an I/O error (`BLOCK_IO_ERROR` with action `stop`: virtio-blk's default
+//! `werror=enospc` stops the VM when the image's file system is full) is named with its cause in
+//! the progress, the notes and the failure, and the run stops at once (the policy `fail`) instead
+//! of timing out on a guest that can no longer answer; and a migration that failed is cancelled
+//! (`migrate_cancel`, then awaited) before the source is resumed.
+
+use super::*;
+use crate::qmp::MigrateCancel;
+
+/// How long a rollback waits for a cancelled migration to leave its active states.
+const CANCEL_TIMEOUT: Duration = Duration::from_secs(5);
+/// A VM stopped (its last `STOP` not followed by a `RESUME`) this long gets a `query-status`.
+const STOPPED_LONG: Duration = Duration::from_secs(2);
+/// At most one such `query-status` round per this interval.
+const STATUS_EVERY: Duration = Duration::from_secs(1);
+/// Run states of a VM that QEMU stopped on a fault (the schema's `RunState`): nothing the
+/// scenario does leads there, and the guest cannot go on without help.
+const FAULT_STATES: [&str; 3] = ["io-error", "internal-error", "guest-panicked"];
+
+/// What the watch found so far.
+#[derive(Debug, Default)]
+pub(super) struct WatchState {
+    /// The first fault pause of a QEMU, named with its cause; every later round fails with it.
+    pub(super) fault: Option<String>,
+    /// When the last `query-status` round of a long-stopped VM ran.
+    status_checked: Option<Instant>,
+}
+
+/// The cause of an I/O-error pause, as the failure names it: `the peer's QEMU paused: no space
+/// left on device (disk.img)`. `image` is the disk's file name (absent for `null-co`).
+pub(super) fn io_error_cause(
+    label: &str,
+    e: &qapi::qmp::BLOCK_IO_ERROR,
+    image: Option<&str>,
+) -> String {
+    let mut reason = e.reason.trim().to_owned();
+    if reason.is_empty() && e.nospace == Some(true) {
+        reason = "no space left on device".into();
+    }
+    // QEMU's text is strerror's ("No space left on device"): lower-case its first letter.
+    if let Some(c) = reason.get(..1)
+        && c.chars().all(|c| c.is_ascii_uppercase())
+        && !reason
+            .get(1..2)
+            .is_some_and(|c| c.chars().all(|c| c.is_ascii_uppercase()))
+    {
+        reason = c.to_ascii_lowercase() + &reason[1..];
+    }
+    let node = e.node_name.as_deref().filter(|n| !n.is_empty());
+    let what = match (image, node) {
+        (Some(i), _) => format!(" ({i})"),
+        (None, Some(n)) => format!(" (node {n})"),
+        (None, None) if !e.device.is_empty() => format!(" ({})", e.device),
+        (None, None) => String::new(),
+    };
+    format!("the {label}'s QEMU paused: {reason}{what}")
+}
+
+impl Scenario<'_> {
+    /// Looks at the events of the owner's and the peer's QEMU for a `BLOCK_IO_ERROR` that paused
+    /// a VM. The first is named once (progress and notes) and kept in the facts; from then on
+    /// every round fails with it, so the run stops at once and the verdict names the cause.
+    /// An error QEMU passed to the guest (action `report`) is left to the guest, which reports it.
+    /// Then a VM stopped for long gets a `query-status` ([`Scenario::watch_long_stops`]).
+    pub(super) fn watch_vms(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        if let Some(why) = &self.facts.watch.fault {
+            return Err(Abort::Other(why.clone()));
+        }
+        let image = match &self.vms.backend {
+            DiskBackend::File(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()),
+            DiskBackend::Null { .. } => None,
+        };
+        let mut found = None;
+        for vm in [&self.vms.owner, &self.vms.peer] {
+            for (_, ev) in &vm.events {
+                let Some(e) = ev.block_io_error() else {
+                    continue;
+                };
+                if matches!(e.action, qapi::qmp::BlockErrorAction::stop) {
+                    found = Some(io_error_cause(vm.label, &e, image.as_deref()));
+                    break;
+                }
+            }
+            if found.is_some() {
+                break;
+            }
+        }
+        if let Some(why) = found {
+            return Err(self.stopped_on_a_fault(p, why));
+        }
+        self.watch_long_stops(p)
+    }
+
+    /// A VM whose last `STOP` came [`STOPPED_LONG`] ago with no `RESUME` since gets a
+    /// `query-status` (at most once per [`STATUS_EVERY`]); a fault state ([`FAULT_STATES`]) stops
+    /// the run, named. A pause the scenario made (a save's `postmigrate`, a stopped peer) is
+    /// `paused` or a migration state, and passes.
+    fn watch_long_stops(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        if self
+            .facts
+            .watch
+            .status_checked
+            .is_some_and(|t| t.elapsed() < STATUS_EVERY)
+        {
+            return Ok(());
+        }
+        let mut found = None;
+        for vm in [&mut self.vms.owner, &mut self.vms.peer] {
+            let stopped = vm
+                .events
+                .iter()
+                .rev()
+                .find(|(_, e)| e.name == "STOP" || e.name == "RESUME")
+                .is_some_and(|(at, e)| e.name == "STOP" && at.elapsed() >= STOPPED_LONG);
+            if !stopped || vm.exit.is_some() {
+                continue;
+            }
+            self.facts.watch.status_checked = Some(Instant::now());
+            if let Ok(s) = vm.exec(&QueryStatus {})
+                && FAULT_STATES.contains(&s.status.as_str())
+            {
+                found = Some(format!(
+                    "the {}'s QEMU stopped the VM: its run state is `{}`",
+                    vm.label, s.status
+                ));
+                break;
+            }
+        }
+        match found {
+            Some(why) => Err(self.stopped_on_a_fault(p, why)),
+            None => Ok(()),
+        }
+    }
+
+    /// Names a fault pause once (progress, notes) and keeps it: the run stops (policy `fail`).
+    fn stopped_on_a_fault(&mut self, p: &mut Progress, why: String) -> Abort {
+        p.say(format!("{why}; the run stops (on an I/O error: fail)"));
+        self.note(why.clone());
+        self.facts.watch.fault = Some(why.clone());
+        Abort::Other(why)
+    }
+
+    /// Cancels the owner's outgoing migration, whatever state it is in, and waits (at most
+    /// [`CANCEL_TIMEOUT`]) until `query-migrate` no longer says it is under way; `cont` on a
+    /// source whose migration still runs would race its completion. What happened goes to the
+    /// notes; nothing here fails the rollback.
+    fn cancel_migration(&mut self, p: &mut Progress) {
+        if self.vms.owner.poll_exit().is_some() {
+            return;
+        }
+        let before = self.vms.owner.exec(&QueryMigrate {});
+        if let Err(e) = self.vms.owner.exec(&MigrateCancel {}) {
+            self.note(format!("`migrate_cancel` failed: {}", chain(&e)));
+            return;
+        }
+        let start = Instant::now();
+        loop {
+            match self.vms.owner.exec(&QueryMigrate {}) {
+                Ok(info) if !info.in_progress() => {
+                    let was = before
+                        .ok()
+                        .and_then(|b| b.status)
+                        .unwrap_or_else(|| "none".into());
+                    let now = info.status.unwrap_or_else(|| "none".into());
+                    if was != now {
+                        p.say(format!("the migration was cancelled ({was} → {now})"));
+                    }
+                    return;
+                }
+                Ok(_) => {}
+                Err(e) => {
+                    self.note(format!(
+                        "`query-migrate` after `migrate_cancel` failed: {}",
+                        chain(&e)
+                    ));
+                    return;
+                }
+            }
+            if start.elapsed() >= CANCEL_TIMEOUT {
+                let e = format!(
+                    "the migration was still under way {CANCEL_TIMEOUT:?} after `migrate_cancel`"
+                );
+                p.say(e.clone());
+                self.note(e);
+                return;
+            }
+            std::thread::sleep(MIGRATE_POLL);
+        }
+    }
+
+    /// A migration that failed: cancel it, stop the destination, resume the source so the owner
+    /// keeps running there.
+    pub(super) fn roll_back(&mut self, p: &mut Progress, why: String, dest: Option<Vm>) {
+        self.facts.migration.error = Some(why.clone());
+        self.out.failures.push(format!("migration failed: {why}"));
+        p.say(format!("migration FAILED: {why}"));
+        self.cancel_migration(p);
+        if let Some(mut d) = dest {
+            let status = match d.poll_exit() {
+                Some(st) => {
+                    let tail = d.stderr_tail();
+                    if !tail.is_empty() {
+                        self.note(format!("{} QEMU stderr: {tail}", d.label));
+                    }
+                    format!("exited ({})", describe_exit(st))
+                }
+                None => match d.exec(&QueryStatus {}) {
+                    Ok(s) => s.status,
+                    Err(_) => "unknown".into(),
+                },
+            };
+            p.say(format!("the {} QEMU is {status}; stopping it", d.label));
+            self.facts
+                .migration
+                .destination_status
+                .get_or_insert(status);
+            d.kill();
+            d.take_events();
+            self.vms.retired.push(d);
+        }
+        let running = self.vms.owner.exec(&QueryStatus {}).map(|s| s.running);
+        match running {
+            Ok(true) => p.say("the source still runs the owner"),
+            Ok(false) => match self.vms.owner.exec(&Cont {}) {
+                Ok(_) => {
+                    self.facts.migration.source_resumed = true;
+                    p.say("rolled back: `cont` resumed the source; the owner continues there");
+                }
+                Err(e) => {
+                    let e = format!("cannot resume the source: {}", chain(&e));
+                    p.say(e.clone());
+                    self.out.failures.push(e);
+                }
+            },
+            Err(e) => self.note(format!("source status unknown: {}", chain(&e))),
+        }
+        // Refused when the migration never began in the table (its `begin-migration` was
+        // refused, noted there) or a guest's `error` moved the handoff to `Failed` meanwhile.
+        self.shim_acts(ShimAction::EndMigration);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(json: &str) -> qapi::qmp::BLOCK_IO_ERROR {
+        let e = qmp::Event {
+            name: "BLOCK_IO_ERROR".into(),
+            data: serde_json::from_str(json).unwrap(),
+            timestamp_us: 1,
+        };
+        e.block_io_error().unwrap()
+    }
+
+    #[test]
+    fn an_enospc_pause_is_named_with_its_cause_and_file() {
+        let e = ev(
+            r#"{"device": "", "node-name": "disk0", "reason": "No space left on device",
+                "operation": "write", "action": "stop", "nospace": true}"#,
+        );
+        assert_eq!(
+            io_error_cause("peer", &e, Some("disk.img")),
+            "the peer's QEMU paused: no space left on device (disk.img)"
+        );
+        assert_eq!(
+            io_error_cause("owner", &e, None),
+            "the owner's QEMU paused: no space left on device (node disk0)"
+        );
+        let e = ev(
+            r#"{"device": "", "reason": "", "operation": "write", "action": "stop",
+                "nospace": true}"#,
+        );
+        assert_eq!(
+            io_error_cause("destination", &e, Some("d.img")),
+            "the destination's QEMU paused: no space left on device (d.img)"
+        );
+        let e = ev(r#"{"device": "", "reason": "EIO", "operation": "read", "action": "stop"}"#);
+        assert_eq!(
+            io_error_cause("owner", &e, None),
+            "the owner's QEMU paused: EIO"
+        );
+    }
+}

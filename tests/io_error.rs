@@ -33,6 +33,12 @@ const STEP_TIMEOUT: Duration = Duration::from_secs(30);
 /// Runs `migrate` with `extra` arguments in a new mount namespace whose workdir is a 6 MiB
 /// tmpfs; kills it and fails the test after [`HARD_LIMIT`]. Returns the run and its report.
 fn migrate_on_a_small_tmpfs(extra: &[&str]) -> (tempfile::TempDir, Output, Value) {
+    run_on_a_small_tmpfs(extra, false)
+}
+
+/// As [`migrate_on_a_small_tmpfs`]; with `free_space`, a shell in the same namespace grows the
+/// tmpfs to 64 MiB one second after the shim says it waits for space (`--on-io-error wait`).
+fn run_on_a_small_tmpfs(extra: &[&str], free_space: bool) -> (tempfile::TempDir, Output, Value) {
     assert_eq!(
         std::fs::metadata("/proc/self").map(|m| m.uid()).ok(),
         Some(0),
@@ -49,10 +55,24 @@ fn migrate_on_a_small_tmpfs(extra: &[&str]) -> (tempfile::TempDir, Output, Value
     args.extend(extra.iter().map(|s| (*s).to_owned()));
     // The report goes next to the workdir, outside the small tmpfs (the tmpfs, and what the
     // shim left in it, go with the namespace).
-    let script = format!(
-        "mount -t tmpfs -o size=6m tmpfs '{}' || exit 97; exec \"$0\" \"$@\"",
-        work.display()
-    );
+    let script = if free_space {
+        let err = dir.path().join("shim.stderr");
+        format!(
+            "mount -t tmpfs -o size=6m tmpfs '{w}' || exit 97; \
+             ( i=0; while [ $i -lt 1200 ]; do \
+                 if grep -q 'waiting up to' '{e}' 2>/dev/null; then \
+                   sleep 1; mount -o remount,size=64m '{w}'; exit 0; fi; \
+                 sleep 0.1; i=$((i+1)); done ) & \
+             \"$0\" \"$@\" 2>'{e}'; st=$?; cat '{e}' >&2; exit $st",
+            w = work.display(),
+            e = err.display()
+        )
+    } else {
+        format!(
+            "mount -t tmpfs -o size=6m tmpfs '{}' || exit 97; exec \"$0\" \"$@\"",
+            work.display()
+        )
+    };
     let start = Instant::now();
     let mut child = Command::new("unshare")
         .args(["-m", "sh", "-c", &script, SHIM])
@@ -184,4 +204,26 @@ fn a_full_disk_after_the_switch_fails_naming_enospc() {
     assert_named_enospc(&out, &rep);
     let ctx = || format!("{}\n{rep:#}", out.dump());
     assert!(rep["phases"]["handoff_ms"].as_f64().is_some(), "{}", ctx());
+}
+
+/// `--on-io-error wait`: the owner's QEMU pauses on the full disk, the shim waits, space is freed
+/// (the tmpfs grows), `cont` retries the failed write, and the run completes with every
+/// acknowledged write on disk.
+#[test]
+fn a_full_disk_freed_in_time_lets_the_run_complete() {
+    let (_dir, out, rep) = run_on_a_small_tmpfs(&["--mode", "live", "--on-io-error", "wait"], true);
+    let ctx = || format!("{}\n{rep:#}", out.dump());
+    assert!(
+        out.stderr
+            .contains("waiting up to 20 s for space to be freed"),
+        "{}",
+        ctx()
+    );
+    assert!(out.stderr.contains("space freed: the "), "{}", ctx());
+    assert_eq!(out.code(), Some(0), "{}", ctx());
+    assert_eq!(rep["ok"], true, "{}", ctx());
+    assert_eq!(rep["verified"], true, "{}", ctx());
+    for k in ["lost", "stale", "corrupt_blocks", "duplicated"] {
+        assert_eq!(rep[k].as_u64(), Some(0), "{k}: {}", ctx());
+    }
 }

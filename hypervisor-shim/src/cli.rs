@@ -8,7 +8,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::BenchConfig;
 use crate::migrate::{
-    DEFAULT_SWITCH_AFTER_MS, DestinationFault, Inject, MigrateConfig, Mode, Switch,
+    DEFAULT_SWITCH_AFTER_MS, DestinationFault, Inject, IoErrorPolicy, MigrateConfig, Mode, Switch,
 };
 use crate::run::RunConfig;
 use crate::setup::{AccelChoice, BackendKind};
@@ -175,6 +175,15 @@ pub enum ModeArg {
     Mixed,
 }
 
+/// What to do when a VM pauses on an I/O error.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum IoErrorArg {
+    /// Stop the run at once, naming the cause.
+    Fail,
+    /// Retry until space was freed (bounded by --io-error-wait-secs).
+    Wait,
+}
+
 /// The peer's fault hook.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum PeerFaultArg {
@@ -249,6 +258,15 @@ pub struct MigrateArgs {
     /// Fault hook of the peer (the run is then expected to fail without losing a write).
     #[arg(long, value_enum, default_value_t = PeerFaultArg::None)]
     pub peer_fault: PeerFaultArg,
+    /// When a VM pauses on an I/O error (a full disk): `fail` stops the run at once, naming the
+    /// cause; `wait` retries (`cont`) until the operator freed space, for at most
+    /// --io-error-wait-secs.
+    #[arg(long, value_enum, default_value_t = IoErrorArg::Fail)]
+    pub on_io_error: IoErrorArg,
+    /// With --on-io-error wait: the longest wait for space, in seconds.
+    #[arg(long, default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub io_error_wait_secs: u64,
     /// Inject a fault by a real mechanism, `WHAT@WHEN`: `peer-crash@forwarding` (SIGKILL the
     /// peer's QEMU once the owner forwards through it), `peer-crash@failback` (once the failback
     /// was directed) or `peer-hang@forwarding` (the peer's vCPU stopped: its heartbeat freezes,
@@ -326,6 +344,12 @@ impl MigrateArgs {
                 PeerFaultArg::BadCompletion => baton_core::cmdline::Fault::BadCompletion,
             },
             inject: self.inject,
+            on_io_error: match self.on_io_error {
+                IoErrorArg::Fail => IoErrorPolicy::Fail,
+                IoErrorArg::Wait => {
+                    IoErrorPolicy::Wait(Duration::from_secs(self.io_error_wait_secs))
+                }
+            },
             destination_fault: if self.test_destination_without_ring {
                 DestinationFault::WithoutRing
             } else {

@@ -241,6 +241,8 @@ pub struct MigrateConfig {
     pub destination_fault: DestinationFault,
     /// Test hook: a fault the shim injects (`--inject WHAT@WHEN`).
     pub inject: Option<Inject>,
+    /// What to do when a VM pauses on an I/O error (a full disk).
+    pub on_io_error: IoErrorPolicy,
     /// Hard timeout of the whole scenario.
     pub timeout: Duration,
     /// Guest kernel; default: next to the shim's build output.
@@ -291,6 +293,17 @@ fn splitmix64(mut x: u64) -> u64 {
 /// ms after the previous failback ended, while the owner does direct I/O.
 pub fn cycle_pause_ms(seed: u64, cycle: u32) -> u64 {
     20 + splitmix64(seed ^ (u64::from(cycle) << 32) ^ 0xc7c1_e000) % 100
+}
+
+/// What the shim does when QEMU pauses a VM on an I/O error (`BLOCK_IO_ERROR`, action `stop`:
+/// a full disk, with virtio-blk's default `werror=enospc`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IoErrorPolicy {
+    /// Stop the run at once, naming the cause.
+    Fail,
+    /// Try `cont` until the VM stays running (the operator freed space), for at most this long;
+    /// then stop the run, naming the cause.
+    Wait(Duration),
 }
 
 /// Why the scenario stopped early.

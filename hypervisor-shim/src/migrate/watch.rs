@@ -17,12 +17,20 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Run states of a VM that QEMU stopped on a fault (the schema's `RunState`): nothing the
 /// scenario does leads there, and the guest cannot go on without help.
 const FAULT_STATES: [&str; 3] = ["io-error", "internal-error", "guest-panicked"];
+/// `--on-io-error wait`: how often `cont` is tried on a VM paused on an I/O error.
+const RESUME_EVERY: Duration = Duration::from_millis(500);
+/// How long after `cont` a new `BLOCK_IO_ERROR` (still no room) is looked for.
+const RESUME_SETTLE: Duration = Duration::from_millis(200);
 
 /// What the watch found so far.
 #[derive(Debug, Default)]
 pub(super) struct WatchState {
     /// The first fault pause of a QEMU, named with its cause; every later round fails with it.
     pub(super) fault: Option<String>,
+    /// Per QEMU (by label): events already looked at for an I/O-error pause.
+    seen: std::collections::HashMap<&'static str, usize>,
+    /// I/O-error pauses resumed after space was freed (`--on-io-error wait`).
+    pub(super) resumed: u32,
     /// When the last `query-status` round of a long-stopped VM ran.
     status_checked: Option<Instant>,
 }
@@ -72,13 +80,14 @@ impl Scenario<'_> {
             DiskBackend::Null { .. } => None,
         };
         let mut found = None;
-        for vm in [&self.vms.owner, &self.vms.peer] {
-            for (_, ev) in &vm.events {
+        for (i, vm) in [&self.vms.owner, &self.vms.peer].into_iter().enumerate() {
+            let seen = self.facts.watch.seen.get(vm.label).copied().unwrap_or(0);
+            for (_, ev) in vm.events.iter().skip(seen) {
                 let Some(e) = ev.block_io_error() else {
                     continue;
                 };
                 if matches!(e.action, qapi::qmp::BlockErrorAction::stop) {
-                    found = Some(io_error_cause(vm.label, &e, image.as_deref()));
+                    found = Some((i, io_error_cause(vm.label, &e, image.as_deref())));
                     break;
                 }
             }
@@ -86,10 +95,71 @@ impl Scenario<'_> {
                 break;
             }
         }
-        if let Some(why) = found {
-            return Err(self.stopped_on_a_fault(p, why));
+        if let Some((i, why)) = found {
+            return match self.cfg.on_io_error {
+                IoErrorPolicy::Fail => Err(self.stopped_on_a_fault(p, why)),
+                IoErrorPolicy::Wait(limit) => self.wait_for_space(p, i, why, limit),
+            };
         }
         self.watch_long_stops(p)
+    }
+
+    /// `--on-io-error wait`: the VM (`who`: 0 the owner's QEMU, 1 the peer's) paused on an I/O
+    /// error (`why`); `cont` is tried every [`RESUME_EVERY`] until it stays running (QEMU retries
+    /// the failed request on `cont`, and pauses again while there is still no room), for at most
+    /// `limit`; then the run stops with the cause. The shim's loop waits meanwhile: the other guest
+    /// only waits for the paused one, and the control channels retransmit what they miss.
+    fn wait_for_space(
+        &mut self,
+        p: &mut Progress,
+        who: usize,
+        why: String,
+        limit: Duration,
+    ) -> Result<(), Abort> {
+        p.say(format!(
+            "{why}; waiting up to {} s for space to be freed (--on-io-error wait)",
+            limit.as_secs()
+        ));
+        self.note(why.clone());
+        let start = Instant::now();
+        loop {
+            if setup::interrupted() {
+                return Err(Abort::Interrupted);
+            }
+            std::thread::sleep(RESUME_EVERY);
+            let vm = if who == 0 {
+                &mut self.vms.owner
+            } else {
+                &mut self.vms.peer
+            };
+            let mark = vm.events.len();
+            let _ = vm.exec(&Cont {});
+            std::thread::sleep(RESUME_SETTLE);
+            vm.pump_events(QMP_POLL);
+            let paused_again = vm.events.iter().skip(mark).any(|(_, e)| {
+                e.block_io_error()
+                    .is_some_and(|x| matches!(x.action, qapi::qmp::BlockErrorAction::stop))
+            });
+            let label = vm.label;
+            self.facts.watch.seen.insert(label, vm.events.len());
+            let running = !paused_again && vm.exec(&QueryStatus {}).is_ok_and(|s| s.running);
+            if running {
+                self.facts.watch.resumed += 1;
+                let msg = format!(
+                    "space freed: the {label}'s QEMU resumed after {} ms; the failed write was retried",
+                    start.elapsed().as_millis()
+                );
+                p.say(msg.clone());
+                self.note(msg);
+                return Ok(());
+            }
+            if start.elapsed() >= limit {
+                return Err(self.stopped_on_a_fault(
+                    p,
+                    format!("{why}; no space was freed within {} s", limit.as_secs()),
+                ));
+            }
+        }
     }
 
     /// A VM whose last `STOP` came [`STOPPED_LONG`] ago with no `RESUME` since gets a

@@ -198,7 +198,8 @@ fn the_owner_asks_for_its_disk_back() {
 
 #[test]
 fn three_mixed_cycles_in_one_run() {
-    let b = blocks(1024);
+    // 2048 blocks × 16 passes: the workload outlasts three cycles with room to spare.
+    let b = blocks(2048);
     let (_d, out, rep) = migrate(&["--mode", "mixed", "--cycles", "3", "--blocks", &b]);
     assert_cycles_ok(&out, &rep, 3);
     let modes: Vec<&str> = rep["cycles"]

@@ -54,6 +54,9 @@ fn migrate(extra: &[&str]) -> (tempfile::TempDir, Output, Value) {
         .tempdir()
         .unwrap();
     let mut args = migrate_args(dir.path(), &accel(), SCENARIO_TIMEOUT_SECS);
+    // The handoff and the migration, one way: these workloads are sized for a switch inside the
+    // write phase, not to outlast a failback too (tests/failback.rs sizes its own for that).
+    args.push("--no-failback".to_owned());
     args.extend(extra.iter().map(|s| s.to_string()));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let out = shim(&args, HARD_LIMIT);

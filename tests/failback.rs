@@ -15,7 +15,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Output, accel, migrate_args, report, shim};
+use common::{Output, accel, run_migrate, u};
 use serde_json::Value;
 
 /// The shim's own timeout for one scenario.
@@ -36,21 +36,7 @@ fn blocks(tcg_blocks: u64) -> String {
 }
 
 fn migrate(extra: &[&str]) -> (tempfile::TempDir, Output, Value) {
-    let dir = tempfile::Builder::new()
-        .prefix("baton-fb-")
-        .tempdir()
-        .unwrap();
-    let mut args = migrate_args(dir.path(), &accel(), SCENARIO_TIMEOUT_SECS);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = shim(&args, HARD_LIMIT);
-    let rep = report(&dir.path().join("report.json"), &out);
-    (dir, out, rep)
-}
-
-fn u(v: &Value, k: &str) -> u64 {
-    v[k].as_u64()
-        .unwrap_or_else(|| panic!("report field `{k}` is not a number: {v:#}"))
+    run_migrate("baton-fb-", extra, SCENARIO_TIMEOUT_SECS, HARD_LIMIT)
 }
 
 /// What every run with `cycles` completed failbacks must show; returns the failback entries.

@@ -16,7 +16,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Output, accel, migrate_args, report, shim};
+use common::{Output, accel, run_migrate, u};
 use serde_json::Value;
 
 /// The shim's own timeout for one scenario.
@@ -49,24 +49,11 @@ fn blocks(tcg_blocks: u64) -> String {
 }
 
 fn migrate(extra: &[&str]) -> (tempfile::TempDir, Output, Value) {
-    let dir = tempfile::Builder::new()
-        .prefix("baton-mig-")
-        .tempdir()
-        .unwrap();
-    let mut args = migrate_args(dir.path(), &accel(), SCENARIO_TIMEOUT_SECS);
     // The handoff and the migration, one way: these workloads are sized for a switch inside the
     // write phase, not to outlast a failback too (tests/failback.rs sizes its own for that).
-    args.push("--no-failback".to_owned());
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = shim(&args, HARD_LIMIT);
-    let rep = report(&dir.path().join("report.json"), &out);
-    (dir, out, rep)
-}
-
-fn u(v: &Value, k: &str) -> u64 {
-    v[k].as_u64()
-        .unwrap_or_else(|| panic!("report field `{k}` is not a number: {v:#}"))
+    let mut args = vec!["--no-failback"];
+    args.extend_from_slice(extra);
+    run_migrate("baton-mig-", &args, SCENARIO_TIMEOUT_SECS, HARD_LIMIT)
 }
 
 fn f(v: &Value, k: &str) -> f64 {

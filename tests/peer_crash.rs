@@ -12,28 +12,14 @@ mod common;
 
 use std::time::Duration;
 
-use common::{Output, accel, migrate_args, report, shim};
+use common::{Output, run_migrate, u};
 use serde_json::Value;
 
 const SCENARIO_TIMEOUT_SECS: u64 = 200;
 const HARD_LIMIT: Duration = Duration::from_secs(300);
 
 fn migrate(extra: &[&str]) -> (tempfile::TempDir, Output, Value) {
-    let dir = tempfile::Builder::new()
-        .prefix("baton-pc-")
-        .tempdir()
-        .unwrap();
-    let mut args = migrate_args(dir.path(), &accel(), SCENARIO_TIMEOUT_SECS);
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let out = shim(&args, HARD_LIMIT);
-    let rep = report(&dir.path().join("report.json"), &out);
-    (dir, out, rep)
-}
-
-fn u(v: &Value, k: &str) -> u64 {
-    v[k].as_u64()
-        .unwrap_or_else(|| panic!("report field `{k}` is not a number: {v:#}"))
+    run_migrate("baton-pc-", extra, SCENARIO_TIMEOUT_SECS, HARD_LIMIT)
 }
 
 /// The owner survived the peer's loss and nothing acknowledged was lost.

@@ -198,3 +198,27 @@ pub fn migrate_args(dir: &Path, accel: &str, timeout_secs: u64) -> Vec<String> {
         timeout_secs.to_string(),
     ]
 }
+
+/// Runs `migrate` with `extra` arguments in a fresh temporary directory named `prefix…` (the
+/// shim's own timeout `timeout_secs`, killed after `limit`); returns the directory (kept alive by
+/// the caller), the run and its report.
+pub fn run_migrate(
+    prefix: &str,
+    extra: &[&str],
+    timeout_secs: u64,
+    limit: Duration,
+) -> (tempfile::TempDir, Output, serde_json::Value) {
+    let dir = tempfile::Builder::new().prefix(prefix).tempdir().unwrap();
+    let mut args = migrate_args(dir.path(), &accel(), timeout_secs);
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = shim(&args, limit);
+    let rep = report(&dir.path().join("report.json"), &out);
+    (dir, out, rep)
+}
+
+/// Report field `k` of `v` as a number; panics, showing `v`, if it is not one.
+pub fn u(v: &serde_json::Value, k: &str) -> u64 {
+    v[k].as_u64()
+        .unwrap_or_else(|| panic!("report field `{k}` is not a number: {v:#}"))
+}

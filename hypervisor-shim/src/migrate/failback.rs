@@ -101,7 +101,8 @@ impl Scenario<'_> {
         r
     }
 
-    fn fb_record(&mut self, step: Step, at: Instant) {
+    /// Records `step` of the running failback (its record, direction peer → owner).
+    pub(super) fn fb_record(&mut self, step: Step, at: Instant) {
         if let Some(f) = self.failback.as_mut() {
             f.record.record(step, at);
         }
@@ -211,40 +212,49 @@ impl Scenario<'_> {
         self.close_ring(p)
     }
 
-    /// Unplugs the ring from both guests (each completes its eject after `close-ring`), deletes
-    /// the memory backends and unlinks the shm file; then checks that it is gone.
+    /// Unplugs the ring from the guests that have it — both, or only the owner once the peer was
+    /// lost (each completes its eject after `close-ring`) — deletes the memory backends and
+    /// unlinks the shm file; then checks that it is gone.
     pub(super) fn close_ring(&mut self, p: &mut Progress) -> Result<(), Abort> {
-        let marks = (self.vms.owner.events.len(), self.vms.peer.events.len());
-        for vm in [&mut self.vms.owner, &mut self.vms.peer] {
+        let roles: &[Role] = if self.vms.peer_lost {
+            &[Role::Owner]
+        } else {
+            &[Role::Owner, Role::Peer]
+        };
+        let mut marks = Vec::with_capacity(roles.len());
+        for &role in roles {
+            let vm = self.vms.of(role);
+            marks.push(vm.events.len());
             vm.exec(&DeviceDel {
                 id: RING_DEVICE_ID.into(),
             })?;
         }
-        let slot = RING_SLOT;
-        self.send(Role::Owner, Message::CloseRing { slot })?;
-        self.send(Role::Peer, Message::CloseRing { slot })?;
-        // Both unplugs run at once: each QEMU's device-level event comes only after its RCU
+        for &role in roles {
+            self.send(role, Message::CloseRing { slot: RING_SLOT })?;
+        }
+        // The unplugs run at once: each QEMU's device-level event comes only after its RCU
         // thread finalised the device (tens of ms).
-        self.wait_until(
-            p,
-            "DEVICE_DELETED of the ring in both QEMUs",
-            STEP_TIMEOUT,
-            |s| {
-                let mut gone = true;
-                for (vm, mark) in [(&mut s.vms.owner, marks.0), (&mut s.vms.peer, marks.1)] {
-                    vm.pump_events(QMP_POLL);
-                    gone &= vm.events.iter().skip(mark).any(|(_, e)| {
-                        e.device_deleted()
-                            .is_some_and(|d| d.device.as_deref() == Some(RING_DEVICE_ID))
-                    });
-                }
-                Ok(gone.then_some(()))
-            },
-        )?;
-        for vm in [&mut self.vms.owner, &mut self.vms.peer] {
+        self.wait_until(p, "DEVICE_DELETED of the ring", STEP_TIMEOUT, |s| {
+            let mut gone = true;
+            for (&role, &mark) in roles.iter().zip(&marks) {
+                let vm = s.vms.of(role);
+                vm.pump_events(QMP_POLL);
+                gone &= vm.events.iter().skip(mark).any(|(_, e)| {
+                    e.device_deleted()
+                        .is_some_and(|d| d.device.as_deref() == Some(RING_DEVICE_ID))
+                });
+            }
+            Ok(gone.then_some(()))
+        })?;
+        let mut left = Vec::new();
+        for &role in roles {
+            let vm = self.vms.of(role);
             vm.exec(&ObjectDel {
                 id: RING_MEMDEV_ID.into(),
             })?;
+            if Self::has_ring(vm)? {
+                left.push(role.name());
+            }
         }
         self.ring.watch = None;
         self.ring.cq_base = None;
@@ -252,20 +262,23 @@ impl Scenario<'_> {
         self.ring.shm = None;
         self.vms.owner_spec.ring = None;
         let file_gone = path.as_deref().is_none_or(|p| !p.exists());
-        let in_owner = Self::has_ring(&mut self.vms.owner)?;
-        let in_peer = Self::has_ring(&mut self.vms.peer)?;
-        let closed = file_gone && !in_owner && !in_peer;
+        let closed = file_gone && left.is_empty();
         if let Some(f) = self.failback.as_mut() {
             f.ring_closed = closed;
         }
         if closed {
+            let from = if roles.len() == 2 {
+                "both guests"
+            } else {
+                "the owner (the peer is gone)"
+            };
             p.say(format!(
-                "ring closed: ivshmem unplugged from both guests, {RING_MEMDEV_ID} deleted, shm file unlinked"
+                "ring closed: ivshmem unplugged from {from}, {RING_MEMDEV_ID} deleted, shm file unlinked"
             ));
             Ok(())
         } else {
             Err(Abort::Other(format!(
-                "the ring is not closed (shm file gone: {file_gone}, ivshmem still in the owner: {in_owner}, in the peer: {in_peer})"
+                "the ring is not closed (shm file gone: {file_gone}, ivshmem still in: {left:?})"
             )))
         }
     }

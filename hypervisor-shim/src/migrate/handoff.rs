@@ -263,10 +263,7 @@ impl Scenario<'_> {
         let backend_path = format!("/machine/peripheral/{id}/virtio-backend");
         let what = format!("DEVICE_DELETED of {id} in the {}'s QEMU", role.name());
         self.wait_until(p, &what, STEP_TIMEOUT, |s| {
-            let vm = match role {
-                Role::Owner => &mut s.vms.owner,
-                Role::Peer => &mut s.vms.peer,
-            };
+            let vm = s.vms.of(role);
             vm.pump_events(QMP_POLL);
             Ok(vm.events.iter().skip(mark).find_map(|(at, e)| {
                 let deleted = e.device_deleted()?;
@@ -294,10 +291,7 @@ impl Scenario<'_> {
         let mut attempts = 0;
         loop {
             attempts += 1;
-            let vm = match role {
-                Role::Owner => &mut self.vms.owner,
-                Role::Peer => &mut self.vms.peer,
-            };
+            let vm = self.vms.of(role);
             let r = vm.exec(&DeviceAdd {
                 driver: "virtio-blk-pci".into(),
                 id: DISK_ID.into(),

@@ -162,12 +162,6 @@ impl Scenario<'_> {
         r
     }
 
-    fn fb_mark(&mut self, step: Step, at: Instant) {
-        if let Some(f) = self.failback.as_mut() {
-            f.record.record(step, at);
-        }
-    }
-
     fn recover_steps(&mut self, p: &mut Progress) -> Result<(), Abort> {
         // The owner's block node (it may exist already: a failback was under way).
         if !self.owner_has_disk_node() {
@@ -182,7 +176,7 @@ impl Scenario<'_> {
                 "cannot recover from the peer's loss in state {state:?}: {why}"
             )));
         }
-        self.fb_mark(Step::Directed, Instant::now());
+        self.fb_record(Step::Directed, Instant::now());
         self.send(Role::Owner, Message::PeerLost)?;
         p.fb_step(Step::Directed, "peer-lost sent: the owner abandons port 2");
         // The owner answers `abandoned` (or had already sent its failback `drained`).
@@ -195,7 +189,7 @@ impl Scenario<'_> {
                 if let Some(f) = self.failback.as_mut() {
                     f.held = Some(held);
                 }
-                self.fb_mark(Step::Drained, at);
+                self.fb_record(Step::Drained, at);
                 p.fb_step(
                     Step::Drained,
                     format!(
@@ -216,7 +210,7 @@ impl Scenario<'_> {
                 slot: qemu::BOOT_DISK_SLOT,
             },
         )?;
-        self.fb_mark(Step::Attached, Instant::now());
+        self.fb_record(Step::Attached, Instant::now());
         self.vms.owner_spec.boot_disk = Some(self.vms.backend.clone());
         p.fb_step(
             Step::Attached,
@@ -228,43 +222,19 @@ impl Scenario<'_> {
         let (_, at) = self.wait_msg(p, Role::Owner, "the owner's `direct`", |m| {
             matches!(m, Message::Direct)
         })?;
-        self.fb_mark(Step::Ready, at);
-        self.fb_mark(Step::PortOpen, at);
+        self.fb_record(Step::Ready, at);
+        self.fb_record(Step::PortOpen, at);
         p.fb_step(
             Step::PortOpen,
             "the owner's disk is behind port 1 again: the abandoned requests replayed first, then the held ones",
         );
-        self.close_owner_ring(p)
+        self.close_ring(p)
     }
 
     /// Whether the owner's QEMU has the disk's block node (the shim added it when a failback was
     /// directed, and deletes it at each handoff).
     fn owner_has_disk_node(&self) -> bool {
         self.vms.owner_disk_node
-    }
-
-    /// The ring closed on the owner's side only (the peer's QEMU is gone).
-    fn close_owner_ring(&mut self, p: &mut Progress) -> Result<(), Abort> {
-        let mark = self.vms.owner.events.len();
-        self.vms.owner.exec(&DeviceDel {
-            id: RING_DEVICE_ID.into(),
-        })?;
-        self.send(Role::Owner, Message::CloseRing { slot: RING_SLOT })?;
-        self.wait_device_deleted(p, Role::Owner, mark, RING_DEVICE_ID, false)?;
-        self.vms.owner.exec(&ObjectDel {
-            id: RING_MEMDEV_ID.into(),
-        })?;
-        self.ring.watch = None;
-        self.ring.cq_base = None;
-        let path = self.ring.shm.as_ref().map(|s| s.path().to_path_buf());
-        self.ring.shm = None;
-        self.vms.owner_spec.ring = None;
-        let closed = path.as_deref().is_none_or(|p| !p.exists());
-        if let Some(f) = self.failback.as_mut() {
-            f.ring_closed = closed;
-        }
-        p.say("ring closed on the owner's side (ivshmem unplugged, backend deleted, shm file unlinked)");
-        Ok(())
     }
 
     /// Starts a fresh peer in place of the lost one, for the cycles still to come: a new QEMU

@@ -245,6 +245,16 @@ pub(super) fn start<'a>(
     })
 }
 
+impl Vms {
+    /// The QEMU of the guest in `role`.
+    pub(super) fn of(&mut self, role: Role) -> &mut Vm {
+        match role {
+            Role::Owner => &mut self.owner,
+            Role::Peer => &mut self.peer,
+        }
+    }
+}
+
 impl Scenario<'_> {
     pub(super) fn note(&mut self, n: String) {
         if self.out.notes.len() < MAX_NOTES {

@@ -258,9 +258,10 @@ pub struct MigrateArgs {
     /// Fault hook of the peer (the run is then expected to fail without losing a write).
     #[arg(long, value_enum, default_value_t = PeerFaultArg::None)]
     pub peer_fault: PeerFaultArg,
-    /// When a VM pauses on an I/O error (a full disk): `fail` stops the run at once, naming the
-    /// cause; `wait` retries (`cont`) until the operator freed space, for at most
-    /// --io-error-wait-secs.
+    /// What a write that fails on the host (a full disk) does: `fail` reports it to the guest
+    /// (virtio-blk `werror=report`), whose workload stops, reports and is verified, and the run
+    /// fails naming the cause; `wait` lets QEMU pause the VM on a full disk and retries (`cont`)
+    /// until the operator freed space, for at most --io-error-wait-secs.
     #[arg(long, value_enum, default_value_t = IoErrorArg::Fail)]
     pub on_io_error: IoErrorArg,
     /// With --on-io-error wait: the longest wait for space, in seconds.
@@ -270,8 +271,13 @@ pub struct MigrateArgs {
     /// Inject a fault by a real mechanism, `WHAT@WHEN`: `peer-crash@forwarding` (SIGKILL the
     /// peer's QEMU once the owner forwards through it), `peer-crash@failback` (once the failback
     /// was directed) or `peer-hang@forwarding` (the peer's vCPU stopped: its heartbeat freezes,
-    /// the shim fences it). The owner must survive: the disk comes back to it, its forwarded requests
-    /// without a completion are replayed, nothing acknowledged is lost.
+    /// the shim fences it): the owner survives, the disk comes back to it, its forwarded requests
+    /// without a completion are replayed, nothing acknowledged is lost. `enospc@owner` (a blkdebug
+    /// rule fails one of the owner's early writes with ENOSPC, before the handoff),
+    /// `enospc@peer` (the peer's first write), under --on-io-error fail a clean failure naming
+    /// ENOSPC, under wait a pause resumed at once; `shm-full` (as root: a 1 MiB /dev/shm in the
+    /// shim's own mount namespace, so the handoff is not directed); `save-writer-late` (the
+    /// state-file writer syncs 2 s after QEMU closed the stream). Every ending is verified.
     #[arg(long, value_parser = parse_inject)]
     pub inject: Option<Inject>,
     /// Test hook: start the live-migration destination without the ivshmem device, so it dies on
@@ -449,7 +455,8 @@ impl BenchArgs {
 fn parse_inject(s: &str) -> Result<Inject, String> {
     Inject::parse(s).ok_or_else(|| {
         format!(
-            "unknown fault `{s}`; known: peer-crash@forwarding, peer-crash@failback, peer-hang@forwarding"
+            "unknown fault `{s}`; known: {}",
+            Inject::ALL.map(Inject::as_str).join(", ")
         )
     })
 }

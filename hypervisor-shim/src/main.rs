@@ -9,7 +9,7 @@ use hypervisor_shim::bench::handoff::PhaseTimes;
 use hypervisor_shim::cli::{BenchArgs, CheckArgs, Cli, Cmd, MigrateArgs, RunArgs};
 use hypervisor_shim::report::summary_line;
 use hypervisor_shim::soak::SoakArgs;
-use hypervisor_shim::{bench, migrate, qemu, run, setup, soak};
+use hypervisor_shim::{bench, migrate, qemu, run, setup, shm, soak};
 
 /// The handoff timeline plot of a `migrate` that keeps its artifacts, in its workdir.
 const MIGRATE_PLOT_FILE: &str = "handoff-timeline.svg";
@@ -57,6 +57,11 @@ fn cmd_run(args: &RunArgs) -> anyhow::Result<ExitCode> {
 }
 
 fn cmd_migrate(args: &MigrateArgs) -> anyhow::Result<ExitCode> {
+    // `--inject shm-full`: a private, small /dev/shm, set up while this process has one thread
+    // (nothing before this point starts one; `unshare(CLONE_NEWNS)` needs that).
+    if args.inject == Some(migrate::Inject::ShmFull) {
+        shm::isolate_dev_shm(migrate::SHM_FULL_BYTES)?;
+    }
     setup::install_interrupt_handler();
     let migrate::MigrateOutcome {
         mut report,

@@ -141,6 +141,8 @@ impl Binaries {
             control_socket: None,
             ring: None,
             incoming: false,
+            disk_errors: qemu::DiskErrors::default(),
+            disk_fault: None,
         }
     }
 }

@@ -44,6 +44,20 @@ pub enum ShmError {
         /// The error's symbolic name.
         errno: &'static str,
     },
+    /// `--inject shm-full` needs root (a mount namespace and a tmpfs mount)
+    #[error(
+        "--inject shm-full needs root: it mounts a small tmpfs on {SHM_DIR} in the shim's own mount namespace"
+    )]
+    NotRoot,
+    /// a step of the private /dev/shm failed (`what`: the call)
+    #[error("cannot set up a private {SHM_DIR} ({what})")]
+    Isolate {
+        /// The call that failed.
+        what: &'static str,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
     /// cannot map the shared-memory file
     #[error("cannot map the shared-memory file {path}")]
     Map {
@@ -240,6 +254,66 @@ impl Drop for RingWatch {
             libc::munmap(self.base.as_ptr().cast(), self.len);
         }
     }
+}
+
+/// Gives this process a /dev/shm of its own, `bytes` large (`--inject shm-full`, a test hook;
+/// issue 9, item 7): a new mount namespace (`unshare(CLONE_NEWNS)`), every mount in it made
+/// private recursively (`mount --make-rprivate /`, so nothing mounted here reaches the host), then
+/// a tmpfs of `size=bytes` mounted on [`SHM_DIR`]. QEMUs started afterwards inherit the namespace;
+/// the machine's real /dev/shm is never touched, and the namespace goes with the last process in
+/// it. Call it before any thread is started: `unshare(CLONE_NEWNS)` fails (EINVAL) in a process
+/// whose file-system attributes are shared with another thread. Needs root
+/// ([`ShmError::NotRoot`]).
+pub fn isolate_dev_shm(bytes: u64) -> Result<(), ShmError> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(ShmError::NotRoot);
+    }
+    let fail = |what| ShmError::Isolate {
+        what,
+        source: std::io::Error::last_os_error(),
+    };
+    // SAFETY: unshare only changes this process's namespaces; no memory is passed.
+    if unsafe { libc::unshare(libc::CLONE_NEWNS) } != 0 {
+        return Err(fail("unshare(CLONE_NEWNS)"));
+    }
+    let root = c"/";
+    let none = c"none";
+    // SAFETY: every pointer is a NUL-terminated string that outlives the call; `data` is null.
+    let r = unsafe {
+        libc::mount(
+            none.as_ptr(),
+            root.as_ptr(),
+            std::ptr::null(),
+            libc::MS_REC | libc::MS_PRIVATE,
+            std::ptr::null(),
+        )
+    };
+    if r != 0 {
+        return Err(fail("mount --make-rprivate /"));
+    }
+    let target = c"/dev/shm";
+    let fstype = c"tmpfs";
+    let data = std::ffi::CString::new(format!("size={bytes},mode=1777")).map_err(|e| {
+        ShmError::Isolate {
+            what: "tmpfs options",
+            source: std::io::Error::other(e),
+        }
+    })?;
+    // SAFETY: as above; `data` is a NUL-terminated option string tmpfs parses.
+    let r = unsafe {
+        libc::mount(
+            fstype.as_ptr(),
+            target.as_ptr(),
+            fstype.as_ptr(),
+            libc::MS_NOSUID | libc::MS_NODEV,
+            data.as_ptr().cast(),
+        )
+    };
+    if r != 0 {
+        return Err(fail("mount -t tmpfs on /dev/shm"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -196,9 +196,8 @@ impl Scenario<'_> {
         // The peer's block node now, while port 1 drains: `blockdev-add` takes no permission on
         // the image, so it succeeds while the owner still holds the write lock (only the peer's
         // `device_add` needs it).
-        self.vms
-            .peer
-            .exec(&BlockdevAdd(self.vms.backend.blockdev_options(DISK_ID)))?;
+        let node = self.vms.peer_block_node();
+        self.vms.peer.exec(&BlockdevAdd(node))?;
         Ok(())
     }
 

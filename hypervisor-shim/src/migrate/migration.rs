@@ -393,7 +393,9 @@ impl Scenario<'_> {
             Ok(b) => b,
             Err(e) => return self.migration_failed(p, e, None),
         };
-        let writer = match StateWriter::start(&self.dir.join("save.sock"), &state, SAVE_IDLE) {
+        let hold = self.save_writer_hold(p);
+        let writer = match StateWriter::start(&self.dir.join("save.sock"), &state, SAVE_IDLE, hold)
+        {
             Ok(w) => w,
             // Nothing was sent to QEMU: the source runs on; no need to ask whether it exited.
             Err(e) => {

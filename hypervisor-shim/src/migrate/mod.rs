@@ -72,6 +72,7 @@ use crate::vm::Ending;
 mod events;
 mod failback;
 mod handoff;
+mod inject;
 mod migration;
 mod recovery;
 mod report;
@@ -81,6 +82,7 @@ mod verdict;
 mod vm;
 mod watch;
 
+pub use inject::SHM_FULL_BYTES;
 pub use recovery::Inject;
 use report::{build_report, failed_setup_report};
 use scenario::{GuestSetup, Scenario, start};
@@ -441,19 +443,20 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
     let owner_listener = ControlListener::bind(&dir.join("ctl-owner.sock"))?;
     let peer_listener = ControlListener::bind(&dir.join("ctl-peer.sock"))?;
     let base = bins.machine(accel, String::new(), PathBuf::new());
-    let peer_spec = MachineSpec {
+    let mut peer_spec = MachineSpec {
         append: peer_append,
         qmp_socket: dir.join("qmp-peer.sock"),
         control_socket: Some(peer_listener.path().to_path_buf()),
         ..base.clone()
     };
-    let owner_spec = MachineSpec {
+    let mut owner_spec = MachineSpec {
         append: owner_append,
         qmp_socket: dir.join("qmp-owner.sock"),
         control_socket: Some(owner_listener.path().to_path_buf()),
         boot_disk: Some(backend.clone()),
         ..base
     };
+    inject::prepare_machines(cfg, &owner_guest, &mut owner_spec, &mut peer_spec);
 
     let plan = Plan {
         cfg,

@@ -4,12 +4,14 @@
 //! owner, which replays every forwarded request that got no completion on port 1, in forward
 //! order, before the requests it held; the ring is closed on the owner's side.
 //!
-//! Fault injection (`--inject`, a test hook) kills the peer with SIGKILL at a chosen step.
+//! Fault injection (`--inject`, a test hook) kills the peer with SIGKILL at a chosen step; the
+//! faults armed before the run (a full disk, /dev/shm, a slow save writer) are in `inject`.
 
 use super::failback::FailbackFacts;
 use super::*;
 
-/// A fault the shim injects, by a real mechanism (test hook, `--inject WHAT@WHEN`).
+/// A fault the shim injects, by a real mechanism (test hook, `--inject WHAT@WHEN`; the
+/// mechanisms that are armed before the run are in [`super::inject`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inject {
     /// SIGKILL the peer's QEMU right after the first handoff's first forwarded completion.
@@ -19,27 +21,50 @@ pub enum Inject {
     /// Stop the peer's vCPU (QMP `stop`) right after the first handoff's first forwarded
     /// completion: a peer that hangs, alive but serving nothing.
     PeerHangForwarding,
+    /// ENOSPC on one early write of the owner, while it still holds the disk before the handoff:
+    /// a `blkdebug` filter under its boot virtio-blk with a one-shot `inject-error` rule (errno 28)
+    /// on the sector of its 64th write (the first pass writes each block once).
+    EnospcOwner,
+    /// ENOSPC on the peer's first write while it serves the ring: the same rule, without a
+    /// sector, in the peer's block node only (its `blockdev-add` at the first handoff).
+    EnospcPeer,
+    /// No room for the ring: the shim (as root) moves itself into its own mount namespace at
+    /// start-up and mounts a 1 MiB tmpfs on /dev/shm there, which its QEMUs inherit; the ring's
+    /// 4 MiB cannot be reserved at the first handoff.
+    ShmFull,
+    /// A slow state-file writer: at the first save, the shim's writer holds what QEMU sent for
+    /// 2 s after QEMU closed the stream before it writes and syncs the file.
+    SaveWriterLate,
 }
 
 impl Inject {
+    /// Every fault, in `--inject`'s order.
+    pub const ALL: [Inject; 7] = [
+        Inject::PeerCrashForwarding,
+        Inject::PeerCrashFailback,
+        Inject::PeerHangForwarding,
+        Inject::EnospcOwner,
+        Inject::EnospcPeer,
+        Inject::ShmFull,
+        Inject::SaveWriterLate,
+    ];
+
     /// The `WHAT@WHEN` spelling.
     pub const fn as_str(self) -> &'static str {
         match self {
             Inject::PeerCrashForwarding => "peer-crash@forwarding",
             Inject::PeerCrashFailback => "peer-crash@failback",
             Inject::PeerHangForwarding => "peer-hang@forwarding",
+            Inject::EnospcOwner => "enospc@owner",
+            Inject::EnospcPeer => "enospc@peer",
+            Inject::ShmFull => "shm-full",
+            Inject::SaveWriterLate => "save-writer-late",
         }
     }
 
     /// Parses `WHAT@WHEN`.
     pub fn parse(s: &str) -> Option<Inject> {
-        [
-            Inject::PeerCrashForwarding,
-            Inject::PeerCrashFailback,
-            Inject::PeerHangForwarding,
-        ]
-        .into_iter()
-        .find(|i| i.as_str() == s)
+        Inject::ALL.into_iter().find(|i| i.as_str() == s)
     }
 }
 
@@ -57,6 +82,10 @@ impl Scenario<'_> {
             return;
         }
         self.facts.injected = true;
+        if let Some(how) = when.armed_before() {
+            p.say(format!("injected {}: {how}", when.as_str()));
+            return;
+        }
         let pid = self.vms.peer.qemu.pid();
         if when == Inject::PeerHangForwarding {
             match self.vms.peer.hmp("stop".into()) {

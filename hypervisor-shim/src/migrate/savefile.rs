@@ -103,8 +103,16 @@ pub(super) struct StateWriter {
 
 impl StateWriter {
     /// Listens on `socket` and creates (truncates) `file`; the thread waits up to `idle` for QEMU
-    /// to connect and, between two reads, for more data.
-    pub(super) fn start(socket: &Path, file: &Path, idle: Duration) -> Result<Self, SaveFileError> {
+    /// to connect and, between two reads, for more data. With `hold` (`--inject
+    /// save-writer-late`), the thread keeps what QEMU sends in memory and writes it only `hold`
+    /// after QEMU closed the stream, as a slow disk would: QEMU has long said `completed` by then,
+    /// and the shim still quits the source only after [`StateWriter::finish`] and [`check_saved`].
+    pub(super) fn start(
+        socket: &Path,
+        file: &Path,
+        idle: Duration,
+        hold: Option<Duration>,
+    ) -> Result<Self, SaveFileError> {
         let socket = SocketPath::fresh(socket.to_path_buf());
         let sock_err = |source| SaveFileError::Socket {
             path: socket.0.clone(),
@@ -122,7 +130,7 @@ impl StateWriter {
         std::thread::Builder::new()
             .name("state-writer".into())
             .spawn(move || {
-                let _ = tx.send(write_state(&listener, &sock, out, &path, &flag, idle));
+                let _ = tx.send(write_state(&listener, &sock, out, &path, &flag, idle, hold));
             })
             .map_err(|source| SaveFileError::Socket {
                 path: socket.0.clone(),
@@ -154,7 +162,8 @@ impl Drop for StateWriter {
     }
 }
 
-/// The writer thread: accept QEMU's connection, copy to `out` until EOF, fsync file and directory.
+/// The writer thread: accept QEMU's connection, copy to `out` until EOF (with `hold`: gather in
+/// memory until EOF, wait `hold`, then write), fsync file and directory.
 fn write_state(
     listener: &UnixListener,
     sock: &Path,
@@ -162,6 +171,7 @@ fn write_state(
     path: &Path,
     stop: &AtomicBool,
     idle: Duration,
+    hold: Option<Duration>,
 ) -> Result<Written, SaveFileError> {
     let sock_err = |source| SaveFileError::Socket {
         path: sock.to_path_buf(),
@@ -189,11 +199,17 @@ fn write_state(
     conn.set_nonblocking(false).map_err(sock_err)?;
     conn.set_read_timeout(Some(POLL)).map_err(sock_err)?;
     let mut buf = vec![0u8; CHUNK];
+    let mut held = Vec::new();
     let mut bytes = 0u64;
     let mut last = Instant::now();
     loop {
         match conn.read(&mut buf) {
             Ok(0) => break,
+            Ok(n) if hold.is_some() => {
+                held.extend_from_slice(&buf[..n]);
+                bytes += n as u64;
+                last = Instant::now();
+            }
             Ok(n) => {
                 out.write_all(&buf[..n]).map_err(write_err)?;
                 bytes += n as u64;
@@ -210,6 +226,18 @@ fn write_state(
             Err(e) if e.kind() == ErrorKind::Interrupted => {}
             Err(e) => return Err(sock_err(e)),
         }
+    }
+    if let Some(hold) = hold {
+        let until = Instant::now() + hold;
+        while Instant::now() < until {
+            if stop.load(Ordering::Relaxed) {
+                return Err(SaveFileError::Timeout(format!(
+                    "the state writer was stopped while it held {bytes} bytes back"
+                )));
+            }
+            std::thread::sleep(POLL);
+        }
+        out.write_all(&held).map_err(write_err)?;
     }
     out.sync_all().map_err(write_err)?;
     if let Some(dir) = path.parent() {
@@ -399,7 +427,7 @@ mod tests {
     fn writer_counts_syncs_and_the_check_matches() {
         let dir = tempfile::tempdir().unwrap();
         let (sock, file) = (dir.path().join("m.sock"), dir.path().join("s.state"));
-        let w = StateWriter::start(&sock, &file, Duration::from_secs(5)).unwrap();
+        let w = StateWriter::start(&sock, &file, Duration::from_secs(5), None).unwrap();
         let s = stream(r#"{"devices": []}"#);
         let mut c = UnixStream::connect(&sock).unwrap();
         c.write_all(&s).unwrap();
@@ -418,20 +446,44 @@ mod tests {
     }
 
     #[test]
+    fn a_late_writer_holds_the_data_back_and_the_check_still_passes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (sock, file) = (dir.path().join("m.sock"), dir.path().join("s.state"));
+        let hold = Duration::from_millis(400);
+        let w = StateWriter::start(&sock, &file, Duration::from_secs(5), Some(hold)).unwrap();
+        let s = stream(r#"{"devices": []}"#);
+        let mut c = UnixStream::connect(&sock).unwrap();
+        c.write_all(&s).unwrap();
+        drop(c);
+        let closed = Instant::now();
+        std::thread::sleep(Duration::from_millis(150));
+        assert_eq!(std::fs::metadata(&file).unwrap().len(), 0, "held back");
+        let written = w.finish(Duration::from_secs(5)).unwrap();
+        assert!(closed.elapsed() >= hold);
+        assert_eq!(written.bytes, s.len() as u64);
+        check_saved(&file, written).unwrap();
+    }
+
+    #[test]
     fn writer_reports_a_full_disk_and_a_silent_peer() {
         let dir = tempfile::tempdir().unwrap();
         let sock = dir.path().join("m.sock");
         let full = Path::new("/dev/full");
         if full.exists() {
-            let w = StateWriter::start(&sock, full, Duration::from_secs(5)).unwrap();
+            let w = StateWriter::start(&sock, full, Duration::from_secs(5), None).unwrap();
             let mut c = UnixStream::connect(&sock).unwrap();
             let _ = c.write_all(&stream("{}"));
             drop(c);
             let e = w.finish(Duration::from_secs(5)).unwrap_err();
             assert!(e.to_string().contains("No space left"), "{e}");
         }
-        let w =
-            StateWriter::start(&sock, &dir.path().join("s"), Duration::from_millis(300)).unwrap();
+        let w = StateWriter::start(
+            &sock,
+            &dir.path().join("s"),
+            Duration::from_millis(300),
+            None,
+        )
+        .unwrap();
         assert!(matches!(
             w.finish(Duration::from_secs(5)),
             Err(SaveFileError::Timeout(_))

@@ -307,6 +307,7 @@ impl Scenario<'_> {
 
     /// One cycle's steps after its switch point: handoff, migration, failback.
     fn run_cycle(&mut self, p: &mut Progress, n: u32) -> Result<(), Abort> {
+        self.maybe_inject(p, recovery::Inject::ShmFull);
         self.hand_over(p)?;
         self.await_first_completion(p)?;
         self.maybe_inject(p, recovery::Inject::PeerCrashForwarding);

@@ -1,9 +1,13 @@
-//! Watching the QEMUs (issue 9, "Watch the VMs"; docs/design.md, "Faults and recovery"): a QEMU
-//! that paused its VM on an I/O error (`BLOCK_IO_ERROR` with action `stop`: virtio-blk's default
-//! `werror=enospc` stops the VM when the image's file system is full) is named with its cause in
-//! the progress, the notes and the failure, and the run stops at once (the policy `fail`) instead
-//! of timing out on a guest that can no longer answer; and a migration that failed is cancelled
-//! (`migrate_cancel`, then awaited) before the source is resumed.
+//! Watching the QEMUs (issue 9, "Watch the VMs"; docs/design.md, "An I/O error on the host"):
+//! a request that failed on the host is named with its cause in the progress, the notes and the
+//! failures. Under `--on-io-error fail` every virtio-blk reports errors to the guest
+//! (`werror=report`): QEMU completes the request with VIRTIO_BLK_S_IOERR and sends
+//! `BLOCK_IO_ERROR` with action `report`; the run goes on, so that the owner stops its workload,
+//! reports and the disk is verified, and it fails naming the cause ("the owner's QEMU: a write
+//! failed: no space left on device (disk.img)"). Under `wait`, QEMU's default `werror=enospc`
+//! pauses the VM on a full disk (action `stop`) and the shim resumes it once space was freed, or
+//! stops the run naming the pause. A migration that failed is cancelled (`migrate_cancel`, then
+//! awaited) before the source is resumed.
 
 use super::*;
 use crate::qmp::MigrateCancel;
@@ -17,6 +21,12 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 /// Run states of a VM that QEMU stopped on a fault (the schema's `RunState`): nothing the
 /// scenario does leads there, and the guest cannot go on without help.
 const FAULT_STATES: [&str; 3] = ["io-error", "internal-error", "guest-panicked"];
+/// How often the watch reads the QMP sockets of the running QEMUs for events (otherwise read
+/// only with a command's reply): an error a guest was told of must be named even when no command
+/// follows it before the owner exits. Each read waits at most one socket timeout (2 ms).
+const PUMP_EVERY: Duration = Duration::from_millis(100);
+/// strerror(ENOSPC), the `reason` of QEMU's `BLOCK_IO_ERROR` for a full disk.
+const ENOSPC_TEXT: &str = "No space left on device";
 /// `--on-io-error wait`: how often `cont` is tried on a VM paused on an I/O error.
 const RESUME_EVERY: Duration = Duration::from_millis(500);
 /// How long after `cont` a new `BLOCK_IO_ERROR` (still no room) is looked for.
@@ -27,21 +37,42 @@ const RESUME_SETTLE: Duration = Duration::from_millis(200);
 pub(super) struct WatchState {
     /// The first fault pause of a QEMU, named with its cause; every later round fails with it.
     pub(super) fault: Option<String>,
+    /// The first error a QEMU reported to its guest (action `report`), named with its cause: the
+    /// run's failure, kept once while the run goes on.
+    pub(super) reported: Option<String>,
     /// Per QEMU (by label): events already looked at for an I/O-error pause.
     seen: std::collections::HashMap<&'static str, usize>,
     /// I/O-error pauses resumed after space was freed (`--on-io-error wait`).
     pub(super) resumed: u32,
     /// When the last `query-status` round of a long-stopped VM ran.
     status_checked: Option<Instant>,
+    /// When the QMP sockets were last read for events outside a command.
+    pumped: Option<Instant>,
 }
 
-/// The cause of an I/O-error pause, as the failure names it: `the peer's QEMU paused: no space
-/// left on device (disk.img)`. `image` is the disk's file name (absent for `null-co`).
+/// The cause of an I/O error, as the failure names it: a pause (action `stop`) as `the peer's
+/// QEMU paused: no space left on device (disk.img)`, an error passed to the guest (action
+/// `report`) as `the owner's QEMU: a write failed: no space left on device (disk.img)`. `image`
+/// is the disk's file name (absent for `null-co`).
 pub(super) fn io_error_cause(
     label: &str,
     e: &qapi::qmp::BLOCK_IO_ERROR,
     image: Option<&str>,
 ) -> String {
+    let what = io_error_what(e, image);
+    if matches!(e.action, qapi::qmp::BlockErrorAction::report) {
+        let op = match e.operation {
+            qapi::qmp::IoOperationType::read => "read",
+            qapi::qmp::IoOperationType::write => "write",
+        };
+        format!("the {label}'s QEMU: a {op} failed: {what}")
+    } else {
+        format!("the {label}'s QEMU paused: {what}")
+    }
+}
+
+/// The reason of an I/O error and the file (or node) it hit: `no space left on device (disk.img)`.
+fn io_error_what(e: &qapi::qmp::BLOCK_IO_ERROR, image: Option<&str>) -> String {
     let mut reason = e.reason.trim().to_owned();
     if reason.is_empty() && e.nospace == Some(true) {
         reason = "no space left on device".into();
@@ -62,38 +93,81 @@ pub(super) fn io_error_cause(
         (None, None) if !e.device.is_empty() => format!(" ({})", e.device),
         (None, None) => String::new(),
     };
-    format!("the {label}'s QEMU paused: {reason}{what}")
+    format!("{reason}{what}")
 }
 
 impl Scenario<'_> {
-    /// Looks at the events of the owner's and the peer's QEMU for a `BLOCK_IO_ERROR` that paused
-    /// a VM. The first is named once (progress and notes) and kept in the facts; from then on
-    /// every round fails with it, so the run stops at once and the verdict names the cause.
-    /// An error QEMU passed to the guest (action `report`) is left to the guest, which reports it.
-    /// Then a VM stopped for long gets a `query-status` ([`Scenario::watch_long_stops`]).
+    /// Looks at the events of the owner's and the peer's QEMU for a `BLOCK_IO_ERROR`. The first
+    /// error QEMU passed to the guest (action `report`) is named once (progress, notes,
+    /// failures) and the run goes on: the guest fails the request, finishes and reports. The
+    /// first pause (action `stop`, `--on-io-error wait` only) is named once and kept in the facts;
+    /// unless space is freed in time, every round then fails with it. An ENOSPC in the QEMU that
+    /// `--inject enospc@...` armed marks the fault as fired. Then a VM stopped for long gets a
+    /// `query-status` ([`Scenario::watch_long_stops`]).
     pub(super) fn watch_vms(&mut self, p: &mut Progress) -> Result<(), Abort> {
         if let Some(why) = &self.facts.watch.fault {
             return Err(Abort::Other(why.clone()));
+        }
+        if self
+            .facts
+            .watch
+            .pumped
+            .is_none_or(|t| t.elapsed() >= PUMP_EVERY)
+        {
+            self.facts.watch.pumped = Some(Instant::now());
+            for vm in [&mut self.vms.owner, &mut self.vms.peer] {
+                if vm.exit.is_none() {
+                    vm.pump_events(Duration::from_millis(1));
+                }
+            }
         }
         let image = match &self.vms.backend {
             DiskBackend::File(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()),
             DiskBackend::Null { .. } => None,
         };
         let mut found = None;
+        let mut reported = None;
+        let mut fired = false;
+        let armed = self.cfg.inject.and_then(Inject::enospc_in);
         for (i, vm) in [&self.vms.owner, &self.vms.peer].into_iter().enumerate() {
             let seen = self.facts.watch.seen.get(vm.label).copied().unwrap_or(0);
             for (_, ev) in vm.events.iter().skip(seen) {
                 let Some(e) = ev.block_io_error() else {
                     continue;
                 };
-                if matches!(e.action, qapi::qmp::BlockErrorAction::stop) {
-                    found = Some((i, io_error_cause(vm.label, &e, image.as_deref())));
-                    break;
+                // QEMU sets `nospace` only where it may pause (`werror=enospc`); its reason is
+                // strerror's either way.
+                fired |=
+                    armed == Some(vm.label) && (e.nospace == Some(true) || e.reason == ENOSPC_TEXT);
+                match e.action {
+                    qapi::qmp::BlockErrorAction::stop => {
+                        found = Some((i, io_error_cause(vm.label, &e, image.as_deref())));
+                        break;
+                    }
+                    qapi::qmp::BlockErrorAction::report if reported.is_none() => {
+                        reported = Some(io_error_cause(vm.label, &e, image.as_deref()));
+                    }
+                    _ => {}
                 }
             }
             if found.is_some() {
                 break;
             }
+        }
+        if fired && let Some(i) = self.cfg.inject {
+            self.maybe_inject(p, i);
+        }
+        if let Some(why) = reported.filter(|_| self.facts.watch.reported.is_none()) {
+            let stops = match self.cfg.on_io_error {
+                IoErrorPolicy::Fail => "the guest fails the request, finishes and reports",
+                IoErrorPolicy::Wait(_) => {
+                    "passed to the guest (not a full disk: nothing to wait for)"
+                }
+            };
+            p.say(format!("{why}; {stops}"));
+            self.note(why.clone());
+            self.out.failures.push(why.clone());
+            self.facts.watch.reported = Some(why);
         }
         if let Some((i, why)) = found {
             return match self.cfg.on_io_error {
@@ -350,6 +424,26 @@ mod tests {
         assert_eq!(
             io_error_cause("owner", &e, None),
             "the owner's QEMU paused: EIO"
+        );
+    }
+
+    #[test]
+    fn an_error_reported_to_the_guest_names_the_operation() {
+        let e = ev(
+            r#"{"device": "", "node-name": "disk0", "reason": "No space left on device",
+                "operation": "write", "action": "report", "nospace": true}"#,
+        );
+        assert_eq!(
+            io_error_cause("owner", &e, Some("disk.img")),
+            "the owner's QEMU: a write failed: no space left on device (disk.img)"
+        );
+        let e = ev(
+            r#"{"device": "", "reason": "Input/output error", "operation": "read",
+                       "action": "report"}"#,
+        );
+        assert_eq!(
+            io_error_cause("peer", &e, None),
+            "the peer's QEMU: a read failed: input/output error"
         );
     }
 }

@@ -50,6 +50,30 @@ impl DiskBackend {
         m
     }
 
+    /// The block node's options with an optional injected error ([`ErrorRule`]): with a rule,
+    /// node `node_name` is a `blkdebug` filter over this backend's node (the same options, no
+    /// node name of its own: QEMU names it and deletes it with the filter).
+    pub fn blockdev_options_with(
+        &self,
+        node_name: &str,
+        rule: Option<&ErrorRule>,
+    ) -> Map<String, Value> {
+        let Some(rule) = rule else {
+            return self.blockdev_options(node_name);
+        };
+        let mut image = self.blockdev_options(node_name);
+        image.remove("node-name");
+        let mut m = Map::new();
+        m.insert("driver".into(), "blkdebug".into());
+        m.insert("node-name".into(), node_name.into());
+        m.insert(
+            "inject-error".into(),
+            Value::Array(vec![Value::Object(rule.options())]),
+        );
+        m.insert("image".into(), Value::Object(image));
+        m
+    }
+
     /// The same options as a `-blockdev` argument.
     pub fn blockdev_arg(&self, node_name: &str) -> String {
         match self {
@@ -63,6 +87,46 @@ impl DiskBackend {
             }
         }
     }
+}
+
+/// An error QEMU's `blkdebug` driver injects into the disk's writes (a test hook, `--inject
+/// enospc@...`): an `inject-error` rule on the `pwritev` event (QEMU 7.2's `BlkdebugEvent`, raised
+/// for every write that reaches the filter) for writes only (`iotype: write`), `once` (the rule is
+/// removed after it fired, so a retried write succeeds). virtio-blk then sees the request fail
+/// with `errno`, as if the image's file system had returned it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ErrorRule {
+    /// The errno the write fails with (28: ENOSPC).
+    pub errno: i32,
+    /// The 512-byte sector the failing write covers; `None`: the first write, wherever it goes.
+    pub sector: Option<u64>,
+}
+
+impl ErrorRule {
+    /// The `inject-error` list element of `blkdebug`'s options.
+    pub fn options(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("event".into(), "pwritev".into());
+        m.insert("iotype".into(), "write".into());
+        m.insert("errno".into(), self.errno.into());
+        if let Some(s) = self.sector {
+            m.insert("sector".into(), s.into());
+        }
+        m.insert("once".into(), true.into());
+        m
+    }
+}
+
+/// What virtio-blk does with a request that failed on the host (its `werror`/`rerror`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DiskErrors {
+    /// QEMU's default (`werror=enospc`, `rerror=report`): a write that finds no room pauses the
+    /// VM (`BLOCK_IO_ERROR`, action `stop`) until `cont` retries it; other errors go to the guest.
+    #[default]
+    PauseOnNoSpace,
+    /// `werror=report,rerror=report`: every failed request completes in the guest with
+    /// VIRTIO_BLK_S_IOERR (`BLOCK_IO_ERROR`, action `report`); the VM is never paused.
+    Report,
 }
 
 /// `device_add` properties of a virtio-blk-pci disk on `node` in PCI `slot`.
@@ -164,6 +228,11 @@ pub struct MachineSpec {
     pub ring: Option<RingSpec>,
     /// Start with `-incoming defer` (a migration destination or a restore).
     pub incoming: bool,
+    /// What every virtio-blk-pci device of this QEMU does with a failed request (a `-global`
+    /// default: it covers the disk at boot and a hot-added one alike).
+    pub disk_errors: DiskErrors,
+    /// An error injected into the boot disk's writes: its `-blockdev` is a `blkdebug` filter.
+    pub disk_fault: Option<ErrorRule>,
 }
 
 impl MachineSpec {
@@ -204,9 +273,21 @@ impl MachineSpec {
             "unix:{},server=on,wait=off",
             escape_opt(&self.qmp_socket.to_string_lossy())
         ));
+        if self.disk_errors == DiskErrors::Report {
+            for p in ["werror", "rerror"] {
+                push("-global");
+                push(&format!("virtio-blk-pci.{p}=report"));
+            }
+        }
         if let Some(disk) = &self.boot_disk {
             push("-blockdev");
-            push(&disk.blockdev_arg(DISK_ID));
+            match &self.disk_fault {
+                // QEMU takes a JSON object where a `-blockdev` argument starts with `{`.
+                Some(rule) => push(
+                    &Value::Object(disk.blockdev_options_with(DISK_ID, Some(rule))).to_string(),
+                ),
+                None => push(&disk.blockdev_arg(DISK_ID)),
+            }
             push("-device");
             push(&format!(
                 "virtio-blk-pci,drive={DISK_ID},id={DISK_ID},addr={BOOT_DISK_SLOT:#x}"
@@ -265,6 +346,8 @@ mod tests {
             control_socket: None,
             ring: None,
             incoming: false,
+            disk_errors: DiskErrors::default(),
+            disk_fault: None,
         }
     }
 
@@ -369,6 +452,47 @@ mod tests {
         assert_eq!(
             Value::Object(peer.device_props()),
             serde_json::json!({"memdev": "ring", "master": "off", "addr": "0x6"})
+        );
+    }
+
+    #[test]
+    fn report_errors_and_an_injected_enospc() {
+        let mut s = spec(Some(DiskBackend::File("/w/disk.img".into())));
+        assert!(after(&args(&s), "-global").is_empty());
+        s.disk_errors = DiskErrors::Report;
+        let rule = ErrorRule {
+            errno: 28,
+            sector: Some(512),
+        };
+        s.disk_fault = Some(rule);
+        let a = args(&s);
+        assert_eq!(
+            after(&a, "-global"),
+            [
+                "virtio-blk-pci.werror=report",
+                "virtio-blk-pci.rerror=report"
+            ]
+        );
+        let node: Value = serde_json::from_str(after(&a, "-blockdev")[0]).unwrap();
+        assert_eq!(
+            node,
+            serde_json::json!({
+                "driver": "blkdebug", "node-name": "disk0",
+                "inject-error": [{"event": "pwritev", "iotype": "write", "errno": 28,
+                                  "sector": 512, "once": true}],
+                "image": {"driver": "file", "filename": "/w/disk.img"}
+            })
+        );
+        let any = ErrorRule {
+            errno: 28,
+            sector: None,
+        };
+        let o = DiskBackend::Null { size: 4096 }.blockdev_options_with("d", Some(&any));
+        assert_eq!(o["image"]["driver"], "null-co");
+        assert!(o["inject-error"][0].get("sector").is_none());
+        assert_eq!(
+            DiskBackend::Null { size: 4096 }.blockdev_options_with("d", None),
+            DiskBackend::Null { size: 4096 }.blockdev_options("d")
         );
     }
 

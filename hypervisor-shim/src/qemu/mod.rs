@@ -14,7 +14,9 @@ use std::path::{Path, PathBuf};
 mod cmdline;
 mod process;
 
-pub use cmdline::{DiskBackend, MachineSpec, RingSpec, escape_opt, virtio_blk_device_props};
+pub use cmdline::{
+    DiskBackend, DiskErrors, ErrorRule, MachineSpec, RingSpec, escape_opt, virtio_blk_device_props,
+};
 pub use process::QemuProcess;
 
 /// Firmware shipped by Debian's `qemu-system-x86` (fast: first serial byte after ~0.2 s).

@@ -191,3 +191,33 @@ fn migrate_with_a_workdir_keeps_what_its_report_names_and_prints_a_short_summary
     assert!(tail[0].contains(report_path.to_str().unwrap()), "{}", ctx());
     assert!(tail[1].contains(plot.to_str().unwrap()), "{}", ctx());
 }
+
+/// `--inject`: each fault parses to its own value (one case per value); an unknown one is refused,
+/// listing every known spelling.
+#[test]
+fn every_inject_value_parses() {
+    use clap::Parser as _;
+    use hypervisor_shim::cli::{Cli, Cmd};
+    use hypervisor_shim::migrate::Inject;
+
+    let parse = |v: &str| match Cli::try_parse_from(["hypervisor-shim", "migrate", "--inject", v]) {
+        Ok(Cli {
+            command: Cmd::Migrate(a),
+            ..
+        }) => Ok(a.inject),
+        Ok(_) => panic!("not a migrate command"),
+        Err(e) => Err(e.to_string()),
+    };
+    assert_eq!(
+        parse("peer-crash@forwarding"),
+        Ok(Some(Inject::PeerCrashForwarding))
+    );
+    assert_eq!(parse("enospc@owner"), Ok(Some(Inject::EnospcOwner)));
+    assert_eq!(parse("enospc@peer"), Ok(Some(Inject::EnospcPeer)));
+    assert_eq!(parse("shm-full"), Ok(Some(Inject::ShmFull)));
+    assert_eq!(parse("save-writer-late"), Ok(Some(Inject::SaveWriterLate)));
+    let e = parse("enospc@disk").unwrap_err();
+    for i in Inject::ALL {
+        assert!(e.contains(i.as_str()), "{e}");
+    }
+}

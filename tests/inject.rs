@@ -159,7 +159,11 @@ fn shm_full_leaves_the_owner_on_port_1_and_fails_naming_enospc() {
     );
     assert_fired_and_verified("shm-full", &out, &rep);
     let ctx = || format!("{}\n{rep:#}", out.dump());
-    assert!(!out.stderr.contains("directed: disk0 device_del"), "{}", ctx());
+    assert!(
+        !out.stderr.contains("directed: disk0 device_del"),
+        "{}",
+        ctx()
+    );
     assert_eq!(rep["requests_forwarded"].as_u64(), Some(0), "{}", ctx());
 }
 

@@ -1,8 +1,10 @@
 //! A full disk (issue 9, items 4 and 7), under real QEMU: the workdir is a 6 MiB tmpfs, mounted in
 //! the shim's own mount namespace (`unshare -m`), and the image in it is sparse and larger (8 or
-//! 16 MiB), so the owner's workload fills the file system. QEMU's virtio-blk default
-//! (`werror=enospc`) pauses the VM that holds the disk and sends `BLOCK_IO_ERROR`; the shim names
-//! that pause with its cause and, under the default policy (fail), stops the run at once. Before,
+//! 16 MiB), so the owner's workload fills the file system. Under the default policy (`fail`) every
+//! virtio-blk reports a failed write to the guest (`werror=report`): the write fails there, the
+//! owner finishes and reports, the shim names the cause once and the run fails cleanly with the
+//! disk verified in full. Under `wait`, QEMU's default (`werror=enospc`) pauses the VM that holds
+//! the disk; the shim resumes it once space was freed. Before,
 //! a full disk showed as a 30 s timeout "waiting for the owner's drained" (before the switch) or a
 //! 60 s stall of the owner at its destination (after it), and nothing said "no space left on
 //! device".
@@ -124,8 +126,10 @@ fn run_on_a_small_tmpfs(extra: &[&str], free_space: bool) -> (tempfile::TempDir,
     (dir, out, rep)
 }
 
-/// The run failed at once, naming the pause and its cause: `the <vm>'s QEMU paused: no space
-/// left on device (disk.img)`; QEMU's `BLOCK_IO_ERROR` (ENOSPC, action `stop`) is in the report.
+/// The run failed cleanly (exit 1, no timeout), naming the cause once: `the <vm>'s QEMU: a write
+/// failed: no space left on device (disk.img)`. QEMU reported the error to the guest
+/// (`BLOCK_IO_ERROR`, action `report`) instead of pausing it, so the owner finished and reported,
+/// and every acknowledged write was checked on the host: `verified: true`, lost = stale = 0.
 fn assert_named_enospc(out: &Output, rep: &Value) {
     let ctx = || format!("{}\n{rep:#}", out.dump());
     assert_eq!(out.code(), Some(1), "{}", ctx());
@@ -136,10 +140,10 @@ fn assert_named_enospc(out: &Output, rep: &Value) {
         .iter()
         .filter_map(Value::as_str)
         .collect();
-    assert!(
-        failures
-            .iter()
-            .any(|f| f.contains("QEMU paused: no space left on device (disk.img)")),
+    let cause = "QEMU: a write failed: no space left on device (disk.img)";
+    assert_eq!(
+        failures.iter().filter(|f| f.contains(cause)).count(),
+        1,
         "{}",
         ctx()
     );
@@ -153,25 +157,31 @@ fn assert_named_enospc(out: &Output, rep: &Value) {
         notes
             .iter()
             .filter_map(Value::as_str)
-            .any(|n| n.contains("paused: no space left on device")),
+            .any(|n| n.contains(cause)),
         "{}",
         ctx()
     );
+    assert!(out.stderr.contains(cause), "not in the progress: {}", ctx());
+    let reported = rep["qmp_events"].as_array().into_iter().flatten().any(|e| {
+        e["name"] == "BLOCK_IO_ERROR"
+            && e["data"]["reason"] == "No space left on device"
+            && e["data"]["action"] == "report"
+    });
+    assert!(reported, "no BLOCK_IO_ERROR (ENOSPC, report): {}", ctx());
+    let paused = rep["qmp_events"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|e| e["name"] == "BLOCK_IO_ERROR" && e["data"]["action"] == "stop");
     assert!(
-        out.stderr
-            .contains("paused: no space left on device (disk.img)")
-            || out
-                .stdout
-                .contains("paused: no space left on device (disk.img)"),
-        "not in the progress: {}",
+        !paused,
+        "a VM was paused under --on-io-error fail: {}",
         ctx()
     );
-    let enospc = rep["qmp_events"].as_array().into_iter().flatten().any(|e| {
-        e["name"] == "BLOCK_IO_ERROR"
-            && e["data"]["nospace"] == true
-            && e["data"]["action"] == "stop"
-    });
-    assert!(enospc, "no BLOCK_IO_ERROR (ENOSPC, stop): {}", ctx());
+    assert_eq!(rep["verified"], true, "{}", ctx());
+    for k in ["lost", "stale", "corrupt_blocks"] {
+        assert_eq!(rep[k].as_u64(), Some(0), "{k}: {}", ctx());
+    }
     assert!(
         out.elapsed < STEP_TIMEOUT,
         "the failure took {:?}: {}",
@@ -180,8 +190,8 @@ fn assert_named_enospc(out: &Output, rep: &Value) {
     );
 }
 
-/// Before the switch (the default 8 MiB image, 2048 blocks): the owner's QEMU pauses while it
-/// still holds the disk.
+/// Before the switch (the default 8 MiB image, 2048 blocks): the owner's write fails while its
+/// QEMU still holds the disk.
 #[test]
 fn a_full_disk_before_the_switch_fails_naming_enospc() {
     let (_dir, out, rep) = migrate_on_a_small_tmpfs(&["--mode", "live"]);
@@ -190,7 +200,7 @@ fn a_full_disk_before_the_switch_fails_naming_enospc() {
 
 /// After the switch (16 MiB image, the handoff 40 ms into the workload): whichever QEMU holds the
 /// disk when the file system fills (the peer, or the owner's destination after the failback)
-/// pauses, and that one is named.
+/// reports the failed write to its guest, and that one is named.
 #[test]
 fn a_full_disk_after_the_switch_fails_naming_enospc() {
     let (_dir, out, rep) = migrate_on_a_small_tmpfs(&[

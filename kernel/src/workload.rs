@@ -413,6 +413,28 @@ impl<'a, C: Clock, W: Write> Workload<'a, C, W> {
         };
     }
 
+    /// The shim gave the run up (`give-up`; issue 9, "every ending is verified"): nothing more is
+    /// submitted, every write without a completion counts as failed (it may still reach the disk,
+    /// but it was never acknowledged), the read-back is skipped, and the next
+    /// [`step`](Self::step) returns `true` with the final report. Does nothing once the run is
+    /// over.
+    pub fn give_up<H: Hal, P: BlockPort>(&mut self, stack: &ResourceStack<H, P>) {
+        if self.stage == Stage::Done {
+            return;
+        }
+        self.stop_submitting("the shim gave up");
+        if self.stage == Stage::Write {
+            for tag in 0..MAX_INFLIGHT {
+                let seq = core::mem::take(&mut self.seq_of_tag[tag]);
+                if seq != 0 {
+                    self.report.record_write_error(seq);
+                }
+            }
+            self.finish_writes(stack);
+        }
+        self.stage = Stage::Done;
+    }
+
     /// Submits nothing more: the write phase ends once what is in flight completed (each may
     /// still fail), and the report lists every failed write. A storage workload stops at its first
     /// error (a full disk, a broken ring): writing on would only pile up failures whose sequence

@@ -255,7 +255,10 @@ fn a_handoff_taken_back_sends_the_held_requests_to_port_1_in_order() {
     assert!(matches!(r.submit(9), Ok(Route::Held(_))));
     assert_eq!(r.device_released(), Ok(State::Released));
     assert_eq!(r.take_back(), Ok(State::FailbackDrained));
-    assert!(r.releaser().unwrap().dispatch().is_none(), "no port is open");
+    assert!(
+        r.releaser().unwrap().dispatch().is_none(),
+        "no port is open"
+    );
     assert_eq!(r.device_attached(), Ok(State::Direct));
     let d = r.releaser().unwrap().dispatch().unwrap();
     assert_eq!((d.port, d.token), (Port::One, 9));

@@ -12,6 +12,9 @@ use super::*;
 /// A fault the shim injects, by a real mechanism (test hook, `--inject WHAT@WHEN`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inject {
+    /// SIGKILL the peer's QEMU right after the first handoff was directed (`redirect` sent,
+    /// the ring being opened), before the disk moved: the handoff is taken back.
+    PeerCrashHandoff,
     /// SIGKILL the peer's QEMU right after the first handoff's first forwarded completion.
     PeerCrashForwarding,
     /// SIGKILL the peer's QEMU right after the first failback was directed.
@@ -25,6 +28,7 @@ impl Inject {
     /// The `WHAT@WHEN` spelling.
     pub const fn as_str(self) -> &'static str {
         match self {
+            Inject::PeerCrashHandoff => "peer-crash@handoff",
             Inject::PeerCrashForwarding => "peer-crash@forwarding",
             Inject::PeerCrashFailback => "peer-crash@failback",
             Inject::PeerHangForwarding => "peer-hang@forwarding",
@@ -34,6 +38,7 @@ impl Inject {
     /// Parses `WHAT@WHEN`.
     pub fn parse(s: &str) -> Option<Inject> {
         [
+            Inject::PeerCrashHandoff,
             Inject::PeerCrashForwarding,
             Inject::PeerCrashFailback,
             Inject::PeerHangForwarding,

@@ -212,6 +212,10 @@ fn every_inject_value_parses() {
         parse("peer-crash@forwarding"),
         Ok(Some(Inject::PeerCrashForwarding))
     );
+    assert_eq!(
+        parse("peer-crash@handoff"),
+        Ok(Some(Inject::PeerCrashHandoff))
+    );
     assert_eq!(parse("enospc@owner"), Ok(Some(Inject::EnospcOwner)));
     assert_eq!(parse("enospc@peer"), Ok(Some(Inject::EnospcPeer)));
     assert_eq!(parse("shm-full"), Ok(Some(Inject::ShmFull)));

@@ -24,6 +24,8 @@ fn action() -> impl Strategy<Value = ShimAction> {
         Just(ShimAction::EndMigration),
         Just(ShimAction::Failback),
         Just(ShimAction::PeerLost),
+        Just(ShimAction::TakeBack),
+        Just(ShimAction::GiveUp),
     ]
 }
 
@@ -74,6 +76,7 @@ fn event() -> impl Strategy<Value = Event> {
             from: Role::Owner,
             msg: Message::Abandoned { replay: 3, held: 1 }
         }),
+        Just(Event::Shim(ShimAction::TakeBack)),
     ];
     prop_oneof![
         3 => in_order,
@@ -172,6 +175,8 @@ fn sample(kind: MessageKind) -> Message {
         MessageKind::Failback => Message::Failback,
         MessageKind::ReleaseDisk => Message::ReleaseDisk,
         MessageKind::CloseRing => Message::CloseRing { slot: 6 },
+        MessageKind::TakeBack => Message::TakeBack,
+        MessageKind::GiveUp => Message::GiveUp,
     }
 }
 
@@ -263,15 +268,28 @@ proptest! {
     /// were accepted since the last `Direct`, in that order, from the right guests; `Direct`
     /// again (a failback) only after the owner's `drained`, the peer's `released` and the owner's
     /// `direct` since the last `Forwarding` — or, the peer lost, the owner's `abandoned` (or its
-    /// `drained`, the peer dying after it) and `direct`; `Migrating` only from `Forwarding`.
+    /// `drained`, the peer dying after it) and `direct`; or, a handoff taken back before port 2
+    /// opened, the owner's `direct`; `Migrating` only from `Forwarding`.
     #[test]
     fn each_direction_needs_drained_released_and_ready(events in vec(event(), 0..80)) {
         let mut gate = HandoffGate::new(1, 2);
         let mut since_direct: Vec<(Role, MessageKind)> = Vec::new();
         let mut since_forwarding: Vec<(Role, MessageKind)> = Vec::new();
+        let mut taken_back = false;
         let mut last = gate.state();
         for event in events {
             let Ok(next) = apply(&mut gate, event) else { continue };
+            if event == Event::Shim(ShimAction::TakeBack) {
+                prop_assert!(
+                    matches!(
+                        last,
+                        HandoffState::Redirecting | HandoffState::Drained | HandoffState::Released
+                    ),
+                    "take-back in {:?}",
+                    last
+                );
+                taken_back = true;
+            }
             if let Event::Guest { from, msg } = event {
                 since_direct.push((from, msg.kind()));
                 since_forwarding.push((from, msg.kind()));
@@ -294,7 +312,12 @@ proptest! {
                 since_forwarding.clear();
             }
             if next == HandoffState::Direct && last != HandoffState::Direct {
-                if last != HandoffState::Booting {
+                if taken_back {
+                    // Port 2 never opened since the last `Direct`; the owner said `direct`.
+                    prop_assert!(!since_direct.contains(&(Role::Owner, MessageKind::Forwarding)));
+                    prop_assert_eq!(since_direct.last(), Some(&(Role::Owner, MessageKind::Direct)));
+                    taken_back = false;
+                } else if last != HandoffState::Booting {
                     // A failback: port 2 drained and the peer released the disk; or the peer
                     // died and the owner abandoned port 2 (possibly after it had drained).
                     let steps = [

@@ -101,6 +101,8 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
             replay: 32,
             held: 3,
         },
+        Message::TakeBack,
+        Message::GiveUp,
     ];
     let mut seeds: Vec<(String, Vec<u8>)> = messages
         .iter()
@@ -337,7 +339,7 @@ fn fixup_seed_lines_become_valid_frames() {
             .filter(Result::is_ok)
             .count();
     }
-    assert_eq!(ok, 20);
+    assert_eq!(ok, 22);
 }
 
 #[test]

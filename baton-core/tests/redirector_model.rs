@@ -25,6 +25,7 @@ enum Action {
     OpenPort2,
     BeginFailback,
     DeviceAttached,
+    TakeBack,
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -38,6 +39,7 @@ fn action() -> impl Strategy<Value = Action> {
         1 => Just(Action::OpenPort2),
         1 => Just(Action::BeginFailback),
         1 => Just(Action::DeviceAttached),
+        1 => Just(Action::TakeBack),
     ]
 }
 
@@ -228,6 +230,25 @@ impl Harness<'_> {
                     self.log.released = false;
                 }
                 assert_eq!(self.real.device_attached(), expected);
+            }
+            Action::TakeBack => {
+                let expected = match m.state {
+                    State::Draining | State::Drained => {
+                        self.transition(Op::TakeBack, m.state, State::Direct)
+                    }
+                    State::Released => {
+                        self.transition(Op::TakeBack, State::Released, State::FailbackDrained)
+                    }
+                    state => Err(RedirectError::WrongState {
+                        op: Op::TakeBack,
+                        state,
+                    }),
+                };
+                if expected == Ok(State::Direct) {
+                    // The device never left: port 1 is in use again.
+                    self.log.released = false;
+                }
+                assert_eq!(self.real.take_back(), expected);
             }
         }
         let snap = self.real.snapshot();

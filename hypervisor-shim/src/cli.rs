@@ -268,7 +268,8 @@ pub struct MigrateArgs {
     #[arg(long, default_value_t = 20,
           value_parser = clap::value_parser!(u64).range(1..=3600))]
     pub io_error_wait_secs: u64,
-    /// Inject a fault by a real mechanism, `WHAT@WHEN`: `peer-crash@forwarding` (SIGKILL the
+    /// Inject a fault by a real mechanism, `WHAT@WHEN`: `peer-crash@handoff` (SIGKILL the peer's
+    /// QEMU right after the handoff was directed: it is taken back), `peer-crash@forwarding` (SIGKILL the
     /// peer's QEMU once the owner forwards through it), `peer-crash@failback` (once the failback
     /// was directed) or `peer-hang@forwarding` (the peer's vCPU stopped: its heartbeat freezes,
     /// the shim fences it): the owner survives, the disk comes back to it, its forwarded requests

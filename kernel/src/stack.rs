@@ -171,6 +171,16 @@ impl<H: Hal, P: BlockPort> ResourceStack<H, P> {
         Ok(state)
     }
 
+    /// Takes back a handoff that could not complete, before port 2 opened (the redirector's
+    /// [`take_back`](baton_core::redirector::Redirector::take_back)): with the device still
+    /// attached, the held requests go to port 1 now, in order, after those in flight there;
+    /// after its release they wait for [`device_attached`](Self::device_attached).
+    pub fn take_back(&mut self) -> Result<State, RedirectError> {
+        let state = self.redirector.take_back()?;
+        self.dispatch_queued();
+        Ok(state)
+    }
+
     /// Directs the failback: new requests are held while port 2 drains.
     pub fn begin_failback(&mut self) -> Result<State, RedirectError> {
         self.redirector.begin_failback()

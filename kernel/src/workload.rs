@@ -322,14 +322,9 @@ impl<'a, C: Clock, W: Write> Workload<'a, C, W> {
             self.finish_writes(stack);
             return Ok(());
         }
-        if stack.ring_fault.is_some() && self.next_seq <= self.total {
-            // The peer broke the ring protocol: nothing more can be written safely. Let what is
-            // in flight fail and report.
-            log::error!(
-                "workload: stopping after seq {} (port 2 faulted)",
-                self.next_seq - 1
-            );
-            self.total = self.next_seq - 1;
+        if stack.ring_fault.is_some() {
+            // The peer broke the ring protocol: nothing more can be written safely.
+            self.stop_submitting("port 2 faulted");
         }
         while stack.outstanding() < self.qd && self.next_seq <= self.total {
             let Some(lba) = self.sched.lba_of(self.next_seq) else {
@@ -371,6 +366,7 @@ impl<'a, C: Clock, W: Write> Workload<'a, C, W> {
                 } else {
                     log::warn!("write seq {seq} lba {} failed: {:?}", c.lba, c.status);
                     self.report.record_write_error(seq);
+                    self.stop_submitting("a write failed");
                 }
                 self.progress();
             }
@@ -415,6 +411,40 @@ impl<'a, C: Clock, W: Write> Workload<'a, C, W> {
         } else {
             Stage::Done
         };
+    }
+
+    /// The shim gave the run up (`give-up`; issue 9, "every ending is verified"): nothing more is
+    /// submitted, every write without a completion counts as failed (it may still reach the disk,
+    /// but it was never acknowledged), the read-back is skipped, and the next
+    /// [`step`](Self::step) returns `true` with the final report. Does nothing once the run is
+    /// over.
+    pub fn give_up<H: Hal, P: BlockPort>(&mut self, stack: &ResourceStack<H, P>) {
+        if self.stage == Stage::Done {
+            return;
+        }
+        self.stop_submitting("the shim gave up");
+        if self.stage == Stage::Write {
+            for tag in 0..MAX_INFLIGHT {
+                let seq = core::mem::take(&mut self.seq_of_tag[tag]);
+                if seq != 0 {
+                    self.report.record_write_error(seq);
+                }
+            }
+            self.finish_writes(stack);
+        }
+        self.stage = Stage::Done;
+    }
+
+    /// Submits nothing more: the write phase ends once what is in flight completed (each may
+    /// still fail), and the report lists every failed write. A storage workload stops at its first
+    /// error (a full disk, a broken ring): writing on would only pile up failures whose sequence
+    /// numbers the report could no longer all name, and the host could then not tell acknowledged
+    /// writes from failed ones (issue 9, "every ending is verified").
+    fn stop_submitting(&mut self, why: &str) {
+        if self.next_seq <= self.total {
+            log::error!("workload: stopping after seq {} ({why})", self.next_seq - 1);
+            self.total = self.next_seq - 1;
+        }
     }
 
     /// Counts the completion for the blackout meter; returns `true` (and counts a duplicate) when
@@ -484,13 +514,15 @@ impl<'a, C: Clock, W: Write> Workload<'a, C, W> {
         Ok(())
     }
 
-    /// The write block `lba` must hold: the last acknowledged one (errors are never acknowledged).
+    /// The write block `lba` must hold: the last acknowledged one (errors are never acknowledged,
+    /// writes never submitted, after the workload stopped early, neither); 0 when none was.
     fn expected_seq(&self, lba: u64) -> u64 {
         let errors = self.report.error_seqs();
+        let submitted = self.report.writes_submitted;
         (0..self.cfg.passes)
             .rev()
             .filter_map(|p| self.sched.seq_of(p, lba))
-            .find(|s| !errors.contains(s))
+            .find(|&s| s <= submitted && !errors.contains(&s))
             .unwrap_or(0)
     }
 
@@ -501,8 +533,21 @@ impl<'a, C: Clock, W: Write> Workload<'a, C, W> {
         lba: u64,
     ) -> bool {
         let want = self.expected_seq(lba);
+        // A write that failed may still have reached the disk: newer than the last acknowledged
+        // one, it is no loss.
+        let failed_later = |seq: u64| seq > want && self.report.error_seqs().contains(&seq);
+        if want == 0 && stack.buffer(tag).iter().all(|&b| b == 0) {
+            // Never written (acknowledged), and it holds nothing.
+            return true;
+        }
         match tag::check_block(stack.buffer(tag)) {
-            Ok(t) if t.lba == lba && t.vm == self.cfg.vm && t.seq == want => true,
+            Ok(t)
+                if t.lba == lba
+                    && t.vm == self.cfg.vm
+                    && (t.seq == want || failed_later(t.seq)) =>
+            {
+                true
+            }
             Ok(t) => {
                 log::warn!(
                     "lba {lba}: holds vm {} seq {} lba {}, want seq {want}",

@@ -184,3 +184,69 @@ fn a_switch_during_the_read_back_is_measured_too() {
     let at = console.find("BATON switch").unwrap();
     assert!(timeline < at && at < result, "printed during the read-back");
 }
+
+#[test]
+fn the_first_failed_write_stops_the_submissions_and_the_rest_is_verified() {
+    let cfg = config();
+    let total = cfg.blocks * u64::from(cfg.passes);
+    let (transport, disk): (_, DiskHandle) =
+        FakeBlkTransport::new((cfg.first_lba + cfg.blocks) * SECTORS_PER_BLOCK);
+    disk.borrow_mut().hold = true;
+    let mut stack = Stack::new();
+    stack.attach_port1(BlkDevice::new(transport).unwrap());
+    let clock = RoundClock::default();
+    let mut workload = Workload::new(&cfg, &stack, clock.clone(), String::new()).unwrap();
+    let mut failed_at = None;
+    for round in 0..100_000 {
+        if workload.step(&mut stack).unwrap() {
+            let r = workload.report();
+            let submitted_then = failed_at.unwrap();
+            // Nothing after the failure was submitted beyond what was already in flight.
+            assert!(r.writes_submitted <= submitted_then + 1, "{r:?}");
+            assert!(r.writes_submitted < total);
+            assert_eq!(r.write_errors, 1);
+            assert_eq!(r.writes_acked + r.write_errors, r.writes_submitted);
+            assert_eq!((r.reads_verified, r.read_mismatches), (cfg.blocks, 0));
+            return;
+        }
+        if round == 10 {
+            failed_at = Some(workload.writes_submitted());
+            disk.borrow_mut().fail_next = 1;
+        }
+        disk.borrow_mut().complete(1);
+        clock.advance_us(1);
+    }
+    panic!("the run did not finish");
+}
+
+#[test]
+fn a_run_given_up_counts_what_had_no_completion_as_failed() {
+    let cfg = config();
+    let (transport, disk): (_, DiskHandle) =
+        FakeBlkTransport::new((cfg.first_lba + cfg.blocks) * SECTORS_PER_BLOCK);
+    disk.borrow_mut().hold = true;
+    let mut stack = Stack::new();
+    stack.attach_port1(BlkDevice::new(transport).unwrap());
+    let clock = RoundClock::default();
+    let mut workload = Workload::new(&cfg, &stack, clock.clone(), String::new()).unwrap();
+    for _ in 0..10 {
+        assert!(!workload.step(&mut stack).unwrap());
+        disk.borrow_mut().complete(1);
+        clock.advance_us(1);
+    }
+    // The device stops completing; the shim gives up with requests in flight.
+    assert!(!workload.step(&mut stack).unwrap());
+    let in_flight = stack.outstanding() as u64;
+    assert!(in_flight > 0);
+    workload.give_up(&stack);
+    assert!(workload.step(&mut stack).unwrap(), "the report is final");
+    let r = workload.report();
+    assert_eq!(r.write_errors, in_flight);
+    assert_eq!(r.error_seq_count as u64, in_flight);
+    assert_eq!(r.writes_acked + r.write_errors, r.writes_submitted);
+    assert_eq!(r.reads_verified, 0, "no read-back");
+    // Late completions change nothing.
+    disk.borrow_mut().complete(64);
+    assert!(workload.step(&mut stack).unwrap());
+    assert_eq!(workload.report().write_errors, in_flight);
+}

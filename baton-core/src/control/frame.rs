@@ -55,7 +55,9 @@ fn write_body(w: &mut Cursor<'_>, msg: &Message, seq: u32) -> fmt::Result {
         | Message::OpenPort2
         | Message::Failback
         | Message::ReleaseDisk
-        | Message::PeerLost => Ok(()),
+        | Message::PeerLost
+        | Message::TakeBack
+        | Message::GiveUp => Ok(()),
     }
 }
 
@@ -212,6 +214,14 @@ fn parse_message(name: &[u8], args: &[&[u8]]) -> Result<Message, ControlError> {
         b"peer-lost" => {
             arity(0)?;
             Message::PeerLost
+        }
+        b"take-back" => {
+            arity(0)?;
+            Message::TakeBack
+        }
+        b"give-up" => {
+            arity(0)?;
+            Message::GiveUp
         }
         b"error" => {
             arity(1)?;

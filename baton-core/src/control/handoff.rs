@@ -30,6 +30,14 @@
 //! | FailingBack | shim: peer-lost                   | PeerLost    |
 //! | FailbackDrained | shim: peer-lost               | FailbackReleased |
 //! | PeerLost    | abandoned from the owner          | FailbackReleased |
+//! | Redirecting | shim: take-back                   | TakingBack  |
+//! | Drained     | shim: take-back                   | TakingBack  |
+//! | Released    | shim: take-back                   | TakingBack  |
+//! | TakingBack  | drained from the owner            | TakingBack  |
+//! | TakingBack  | released from the owner           | TakingBack  |
+//! | TakingBack  | direct from the owner             | Direct      |
+//! | TakingBack  | abandoned from the owner          | FailbackReleased |
+//! | any         | shim: give-up                     | Failed      |
 //! | any         | ack from either guest             | unchanged   |
 //! | any         | error from either guest           | Failed      |
 //!
@@ -54,6 +62,15 @@
 //! when the owner had already drained); the owner's `abandoned` (port 2 given up, its unanswered
 //! requests kept for replay) stands for both `drained` and the peer's `released`, since a peer
 //! whose process is gone can neither serve nor write.
+//!
+//! A handoff that cannot complete before port 2 opens (port 1 does not drain in time, the ring
+//! cannot be set up, the peer cannot take the disk) is taken back (issue 9; docs/design.md, "A
+//! handoff taken back"): `take-back` moves the table to `TakingBack`. An owner that still had the
+//! device answers `direct` (back to `Direct`); one that had released it answers `abandoned`
+//! (nothing was forwarded, so nothing to replay), which leads to `FailbackReleased`, and the disk
+//! comes back as in a failback. A `drained` or `released` the owner sent before it saw `take-back`
+//! changes nothing. `give-up` (the shim ends the run and asks the owner for its report) moves any
+//! state to `Failed`.
 
 use core::fmt;
 
@@ -86,13 +103,15 @@ pub enum HandoffState {
     FailbackReleased,
     /// The peer died while the owner forwarded: `peer-lost` sent, the owner abandons port 2.
     PeerLost,
+    /// The handoff could not complete: `take-back` sent, the owner returns to port 1.
+    TakingBack,
     /// A guest reported an error; the handoff is stopped.
     Failed,
 }
 
 impl HandoffState {
     /// Every state, in handoff order.
-    pub const ALL: [HandoffState; 13] = [
+    pub const ALL: [HandoffState; 14] = [
         HandoffState::Booting,
         HandoffState::Direct,
         HandoffState::Redirecting,
@@ -105,6 +124,7 @@ impl HandoffState {
         HandoffState::FailbackDrained,
         HandoffState::FailbackReleased,
         HandoffState::PeerLost,
+        HandoffState::TakingBack,
         HandoffState::Failed,
     ];
 
@@ -130,16 +150,22 @@ pub enum ShimAction {
     Failback,
     /// The peer's QEMU exited (and was reaped) while the owner forwarded: an emergency failback.
     PeerLost,
+    /// The handoff could not complete before port 2 opened: the shim sent `take-back`.
+    TakeBack,
+    /// The shim ends the run: it sent `give-up` to the owner.
+    GiveUp,
 }
 
 impl ShimAction {
     /// Every action.
-    pub const ALL: [ShimAction; 5] = [
+    pub const ALL: [ShimAction; 7] = [
         ShimAction::Redirect,
         ShimAction::BeginMigration,
         ShimAction::EndMigration,
         ShimAction::Failback,
         ShimAction::PeerLost,
+        ShimAction::TakeBack,
+        ShimAction::GiveUp,
     ];
 
     /// The name in the transition table.
@@ -150,6 +176,8 @@ impl ShimAction {
             ShimAction::EndMigration => "end-migration",
             ShimAction::Failback => "failback",
             ShimAction::PeerLost => "peer-lost",
+            ShimAction::TakeBack => "take-back",
+            ShimAction::GiveUp => "give-up",
         }
     }
 }
@@ -240,7 +268,7 @@ const fn row(from: Option<HandoffState>, on: Trigger, to: Option<HandoffState>) 
 
 /// The handoff's transition table, in the order of the module docs' table. The first row that
 /// matches the state and the event decides.
-pub const TRANSITIONS: [Transition; 22] = {
+pub const TRANSITIONS: [Transition; 30] = {
     use HandoffState as S;
     use MessageKind as K;
     use Trigger::{Guest, Shim};
@@ -345,6 +373,42 @@ pub const TRANSITIONS: [Transition; 22] = {
             Guest(Sender::Owner, K::Abandoned),
             Some(S::FailbackReleased),
         ),
+        row(
+            Some(S::Redirecting),
+            Shim(ShimAction::TakeBack),
+            Some(S::TakingBack),
+        ),
+        row(
+            Some(S::Drained),
+            Shim(ShimAction::TakeBack),
+            Some(S::TakingBack),
+        ),
+        row(
+            Some(S::Released),
+            Shim(ShimAction::TakeBack),
+            Some(S::TakingBack),
+        ),
+        row(
+            Some(S::TakingBack),
+            Guest(Sender::Owner, K::Drained),
+            Some(S::TakingBack),
+        ),
+        row(
+            Some(S::TakingBack),
+            Guest(Sender::Owner, K::Released),
+            Some(S::TakingBack),
+        ),
+        row(
+            Some(S::TakingBack),
+            Guest(Sender::Owner, K::Direct),
+            Some(S::Direct),
+        ),
+        row(
+            Some(S::TakingBack),
+            Guest(Sender::Owner, K::Abandoned),
+            Some(S::FailbackReleased),
+        ),
+        row(None, Shim(ShimAction::GiveUp), Some(S::Failed)),
         row(None, Guest(Sender::Either, K::Ack), None),
         row(None, Guest(Sender::Either, K::Error), Some(S::Failed)),
     ]

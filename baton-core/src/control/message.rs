@@ -174,6 +174,16 @@ pub enum Message {
         /// PCI slot of the ivshmem device.
         slot: u8,
     },
+    /// Shim → owner: the handoff cannot complete (port 1 did not drain in time, the ring could
+    /// not be set up, the peer could not take the disk): take it back. With the device still
+    /// attached (port 1 draining), port 1 reopens and the held requests go to it after those in
+    /// flight there; the owner answers `direct`. With the device already released, the owner
+    /// answers `abandoned 0 <held>` and waits for `disk-attached`, as in a failback.
+    TakeBack,
+    /// Shim → owner: the run is given up: submit nothing more, count every request without a
+    /// completion as failed, print the report and stop, so that the host can still check every
+    /// acknowledged write (issue 9, "every ending is verified").
+    GiveUp,
 }
 
 impl Message {
@@ -208,6 +218,8 @@ impl Message {
             Message::ReleaseDisk => MessageKind::ReleaseDisk,
             Message::PeerLost => MessageKind::PeerLost,
             Message::CloseRing { .. } => MessageKind::CloseRing,
+            Message::TakeBack => MessageKind::TakeBack,
+            Message::GiveUp => MessageKind::GiveUp,
         }
     }
 
@@ -274,11 +286,15 @@ pub enum MessageKind {
     PeerLost,
     /// `close-ring`, shim → guest.
     CloseRing,
+    /// `take-back`, shim → guest.
+    TakeBack,
+    /// `give-up`, shim → guest.
+    GiveUp,
 }
 
 impl MessageKind {
     /// Every kind, in grammar order.
-    pub const ALL: [MessageKind; 19] = [
+    pub const ALL: [MessageKind; 21] = [
         MessageKind::Hello,
         MessageKind::Drained,
         MessageKind::Released,
@@ -298,6 +314,8 @@ impl MessageKind {
         MessageKind::ReleaseDisk,
         MessageKind::PeerLost,
         MessageKind::CloseRing,
+        MessageKind::TakeBack,
+        MessageKind::GiveUp,
     ];
 
     /// The wire name.
@@ -322,6 +340,8 @@ impl MessageKind {
             MessageKind::ReleaseDisk => "release-disk",
             MessageKind::PeerLost => "peer-lost",
             MessageKind::CloseRing => "close-ring",
+            MessageKind::TakeBack => "take-back",
+            MessageKind::GiveUp => "give-up",
         }
     }
 
@@ -337,6 +357,8 @@ impl MessageKind {
                 | MessageKind::ReleaseDisk
                 | MessageKind::PeerLost
                 | MessageKind::CloseRing
+                | MessageKind::TakeBack
+                | MessageKind::GiveUp
         );
         match side {
             Side::Guest => !shim_only,

@@ -45,6 +45,8 @@
 //!          / "release-disk"                         ; shim → guest
 //!          / "peer-lost"                            ; shim → guest
 //!          / "close-ring" SP slot                   ; shim → guest
+//!          / "take-back"                            ; shim → guest
+//!          / "give-up"                              ; shim → guest
 //!          / "ack" SP seq                           ; both ways
 //! ```
 //!

@@ -19,7 +19,11 @@
 //! ```
 //!
 //! `direct_switch()` and `begin_failback()` skip straight to `Drained` / `FailbackDrained` when the
-//! port has nothing in flight. Any other transition returns [`RedirectError::WrongState`].
+//! port has nothing in flight. A handoff that cannot complete is taken back before port 2 opens:
+//! `take_back()` moves `Draining`/`Drained` to `Direct` (the device never left) and `Released` to
+//! `FailbackDrained` (the device comes back through `device_attached()`). A lost peer's port 2 is
+//! given up with `abandon_port2()` (`Forwarding`/`FailbackDraining` → `FailbackDrained`). Any
+//! other transition returns [`RedirectError::WrongState`].
 //!
 //! # Routing
 //!

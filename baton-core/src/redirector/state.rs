@@ -41,6 +41,8 @@ pub enum Op {
     AbandonPort2,
     /// [`Redirector::resubmit_port1`]
     ResubmitPort1,
+    /// [`Redirector::take_back`]
+    TakeBack,
 }
 
 /// Why a redirector operation was refused. A refused operation changes nothing.

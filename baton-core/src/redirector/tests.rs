@@ -222,3 +222,50 @@ fn a_lost_peer_s_requests_are_replayed_on_port_1_before_the_held_ones() {
         })
     ));
 }
+
+#[test]
+fn a_handoff_taken_back_sends_the_held_requests_to_port_1_in_order() {
+    let r: Redirector<8> = Redirector::new();
+    assert_eq!(r.submit(0), Ok(Route::Port1));
+    assert_eq!(r.direct_switch(), Ok(State::Draining));
+    for t in 1..3 {
+        assert!(matches!(r.submit(t), Ok(Route::Held(_))));
+    }
+    // Port 1 still has request 0 in flight: taken back, the held ones follow it there.
+    assert_eq!(r.take_back(), Ok(State::Direct));
+    let mut rel = r.releaser().unwrap();
+    for t in 1..3 {
+        let d = rel.dispatch().unwrap();
+        assert_eq!((d.port, d.token), (Port::One, t));
+    }
+    drop(rel);
+    assert_eq!(r.snapshot().port1_inflight, 3);
+    assert!(matches!(
+        r.take_back(),
+        Err(RedirectError::WrongState {
+            op: Op::TakeBack,
+            state: State::Direct
+        })
+    ));
+    // After the release, the device has to come back first.
+    for _ in 0..3 {
+        r.complete_port1().unwrap();
+    }
+    assert_eq!(r.direct_switch(), Ok(State::Drained));
+    assert!(matches!(r.submit(9), Ok(Route::Held(_))));
+    assert_eq!(r.device_released(), Ok(State::Released));
+    assert_eq!(r.take_back(), Ok(State::FailbackDrained));
+    assert!(
+        r.releaser().unwrap().dispatch().is_none(),
+        "no port is open"
+    );
+    assert_eq!(r.device_attached(), Ok(State::Direct));
+    let d = r.releaser().unwrap().dispatch().unwrap();
+    assert_eq!((d.port, d.token), (Port::One, 9));
+    // Not once port 2 is open.
+    assert_eq!(r.direct_switch(), Ok(State::Draining));
+    r.complete_port1().unwrap();
+    assert_eq!(r.device_released(), Ok(State::Released));
+    assert_eq!(r.open_port2(), Ok(State::Forwarding));
+    assert!(r.take_back().is_err());
+}

@@ -94,6 +94,29 @@ impl<const N: usize> Redirector<N> {
         })
     }
 
+    /// The handoff is taken back before port 2 opened (issue 9: the ring could not be set up,
+    /// the peer could not take the disk, port 1 did not drain in time). `Draining` or `Drained`
+    /// → `Direct`: the device never left, so the held requests go to port 1 through the
+    /// [`Releaser`], in order, after those still in flight there (I2: port 1 is used only in
+    /// `Direct`, and nothing ever reached port 2). `Released` → `FailbackDrained`: the device was
+    /// released, so port 1 reopens only through [`device_attached`](Self::device_attached), as in
+    /// a failback. Returns the new state.
+    pub fn take_back(&self) -> Result<State, RedirectError> {
+        self.update(|mut w| {
+            w.state = match w.state {
+                State::Draining | State::Drained => State::Direct,
+                State::Released => State::FailbackDrained,
+                state => {
+                    return Err(RedirectError::WrongState {
+                        op: Op::TakeBack,
+                        state,
+                    });
+                }
+            };
+            Ok((w, w.state))
+        })
+    }
+
     /// The peer is gone (issue 9's emergency failback): port 2 will complete nothing more.
     /// `Forwarding` or `FailbackDraining` → `FailbackDrained`, forgetting port 2's in-flight
     /// count; the caller keeps those requests and replays them on port 1 with

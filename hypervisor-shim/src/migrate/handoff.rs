@@ -11,7 +11,9 @@ impl Scenario<'_> {
     /// open port 2. Each step is recorded in [`Scenario::record`] where it happens.
     pub(super) fn hand_over(&mut self, p: &mut Progress) -> Result<(), Abort> {
         let mark = self.vms.owner.events.len();
+        self.handoff_mark = mark;
         self.direct(p)?;
+        self.maybe_inject(p, recovery::Inject::PeerCrashHandoff);
         let (msg, at) = self.wait_msg(p, Role::Owner, "the owner's `drained`", |m| {
             matches!(m, Message::Drained { .. })
         })?;

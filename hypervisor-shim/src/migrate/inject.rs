@@ -25,7 +25,8 @@ impl Inject {
     /// the faults the shim performs at a step.
     pub(super) fn armed_before(self) -> Option<&'static str> {
         match self {
-            Inject::PeerCrashForwarding
+            Inject::PeerCrashHandoff
+            | Inject::PeerCrashForwarding
             | Inject::PeerCrashFailback
             | Inject::PeerHangForwarding => None,
             Inject::EnospcOwner => Some(

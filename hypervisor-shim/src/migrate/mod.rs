@@ -78,6 +78,7 @@ mod recovery;
 mod report;
 mod savefile;
 mod scenario;
+mod unwind;
 mod verdict;
 mod vm;
 mod watch;

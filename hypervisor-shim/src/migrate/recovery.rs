@@ -14,6 +14,9 @@ use super::*;
 /// mechanisms that are armed before the run are in [`super::inject`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Inject {
+    /// SIGKILL the peer's QEMU right after the first handoff was directed (`redirect` sent,
+    /// the ring being opened), before the disk moved: the handoff is taken back.
+    PeerCrashHandoff,
     /// SIGKILL the peer's QEMU right after the first handoff's first forwarded completion.
     PeerCrashForwarding,
     /// SIGKILL the peer's QEMU right after the first failback was directed.
@@ -39,7 +42,8 @@ pub enum Inject {
 
 impl Inject {
     /// Every fault, in `--inject`'s order.
-    pub const ALL: [Inject; 7] = [
+    pub const ALL: [Inject; 8] = [
+        Inject::PeerCrashHandoff,
         Inject::PeerCrashForwarding,
         Inject::PeerCrashFailback,
         Inject::PeerHangForwarding,
@@ -52,6 +56,7 @@ impl Inject {
     /// The `WHAT@WHEN` spelling.
     pub const fn as_str(self) -> &'static str {
         match self {
+            Inject::PeerCrashHandoff => "peer-crash@handoff",
             Inject::PeerCrashForwarding => "peer-crash@forwarding",
             Inject::PeerCrashFailback => "peer-crash@failback",
             Inject::PeerHangForwarding => "peer-hang@forwarding",

@@ -100,6 +100,10 @@ pub(super) struct Facts {
     pub(super) events: Vec<VmEvent>,
     /// What the watch of the QEMUs found ([`super::watch`]).
     pub(super) watch: super::watch::WatchState,
+    /// A handoff that could not complete and was taken back ([`super::unwind`]).
+    pub(super) take_back: Option<crate::report::TakeBackReport>,
+    /// The shim gave the run up and the owner reported after `give-up`.
+    pub(super) given_up: bool,
 }
 
 /// What goes into the report as it is: notes, failures found while running, the QEMUs.
@@ -147,6 +151,8 @@ pub(super) struct Scenario<'a> {
     pub(super) cycle: u32,
     /// The running cycle's handoff `drained`: (port 1 completed, held at port 2).
     pub(super) handoff_drained: Option<(u64, u32)>,
+    /// How many events the owner's QEMU had when the running handoff was directed.
+    pub(super) handoff_mark: usize,
     /// The running cycle's failback, once directed.
     pub(super) failback: Option<failback::FailbackFacts>,
     /// Finished cycles, in order.
@@ -233,6 +239,7 @@ pub(super) fn start<'a>(
         record: HandoffRecord::new(Direction::OWNER_TO_PEER),
         cycle: 0,
         handoff_drained: None,
+        handoff_mark: 0,
         failback: None,
         cycles: Vec::new(),
         facts: Facts::default(),
@@ -308,7 +315,11 @@ impl Scenario<'_> {
     /// One cycle's steps after its switch point: handoff, migration, failback.
     fn run_cycle(&mut self, p: &mut Progress, n: u32) -> Result<(), Abort> {
         self.maybe_inject(p, recovery::Inject::ShmFull);
-        self.hand_over(p)?;
+        match self.hand_over(p) {
+            Ok(()) => {}
+            Err(e) if self.can_take_back(&e) => return self.take_back(p, e),
+            Err(e) => return Err(e),
+        }
         self.await_first_completion(p)?;
         self.maybe_inject(p, recovery::Inject::PeerCrashForwarding);
         self.maybe_inject(p, recovery::Inject::PeerHangForwarding);
@@ -470,8 +481,9 @@ impl Scenario<'_> {
                 }
             }
         }
-        // The owner: exited, or killed now.
+        // The owner: exited, or asked for its report (the peer fenced first), then killed.
         if ending.is_some() {
+            self.give_up(p);
             self.vms.owner.kill();
         }
         let owner_status = self.vms.owner.poll_exit().or_else(|| {

@@ -91,6 +91,26 @@ impl FailbackReport {
     }
 }
 
+/// A handoff that could not complete and was taken back by the owner (issue 9; docs/design.md,
+/// "A handoff taken back"): the report's `take_back`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct TakeBackReport {
+    /// Why the handoff could not complete.
+    pub why: String,
+    /// The handoff's state when it was taken back (`Redirecting`, `Drained` or `Released`).
+    pub from_state: String,
+    /// The owner had already released the device, so the disk was plugged into its QEMU again.
+    pub disk_replugged: bool,
+    /// Requests the owner held at port 2, now sent to port 1 (known when the device had left).
+    pub held: Option<u32>,
+    /// The peer was fenced (SIGKILL) because it might have had the disk.
+    pub peer_fenced: bool,
+    /// The owner reopened port 1 (`direct`).
+    pub ok: bool,
+    /// Why the take-back itself failed, if it did.
+    pub error: Option<String>,
+}
+
 /// A QMP event of one of the handoff's QEMUs.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct VmEvent {
@@ -261,6 +281,11 @@ pub struct MigrateReport {
     pub requests_replayed: u64,
     /// How each peer failure was handled.
     pub recovery: Vec<String>,
+    /// The handoff taken back, when one could not complete before port 2 opened.
+    pub take_back: Option<TakeBackReport>,
+    /// The shim gave the failed run up and the owner reported after `give-up` (what it had in
+    /// flight counted as failed), so every acknowledged write could still be checked.
+    pub given_up: bool,
     /// The fault injected (`--inject`), if any.
     pub injected: Option<String>,
     /// Whether each cycle was to end with a failback (`--failback`, the default for live, save

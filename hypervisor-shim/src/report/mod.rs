@@ -14,7 +14,9 @@ mod migrate;
 mod run;
 mod summary;
 
-pub use migrate::{CycleReport, FailbackReport, MigrateReport, Phases, SwitchReport, VmEvent};
+pub use migrate::{
+    CycleReport, FailbackReport, MigrateReport, Phases, SwitchReport, TakeBackReport, VmEvent,
+};
 pub use run::{EventRecord, RunReport};
 pub use summary::summary_line;
 

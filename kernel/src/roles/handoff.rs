@@ -24,6 +24,14 @@
 //! 7. `close-ring <slot>`: port 2 lets go of the ring and the ivshmem slot is ejected; the next
 //!    `redirect` starts another cycle.
 //!
+//! A handoff that cannot complete (docs/design.md, "A handoff taken back"):
+//! 8. `take-back` before port 2 opened: with the device still attached (port 1 draining), port 1
+//!    reopens, the held requests go to it after those in flight, and the guest reports `direct`;
+//!    with the device already released, the guest reports `abandoned 0 <held>` and takes the disk
+//!    back at `disk-attached` (step 6).
+//! 9. `give-up` (the shim ends the run): the workload submits nothing more, counts every request
+//!    without a completion as failed and reports, so the host can check every acknowledged write.
+//!
 //! Where the owner is in the handoff is the redirector's own [`State`] (read from the stack), not
 //! a second copy of it: `Direct` before `redirect`, `Draining`/`Drained` until the release,
 //! `Released` until `open-port2`, `Forwarding` after, `FailbackDraining`/`FailbackDrained` until
@@ -93,6 +101,8 @@ pub struct OwnerHandoff<C: ControlLink, P: OwnerPlatform> {
     pub held_at_failback: u64,
     /// Forwarded requests replayed on port 1 because the peer died.
     pub replayed: u64,
+    /// The shim sent `give-up`: the workload stops and reports.
+    given_up: bool,
 }
 
 impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
@@ -122,7 +132,13 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             held_at_switch: 0,
             held_at_failback: 0,
             replayed: 0,
+            given_up: false,
         }
+    }
+
+    /// Whether the shim gave the run up (`give-up`): the workload must stop and report.
+    pub fn given_up(&self) -> bool {
+        self.given_up
     }
 
     /// The switch that began since the last call, if any (at most one begins per poll).
@@ -237,6 +253,13 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
                     held: u32::from(held),
                 });
             }
+            (Message::TakeBack, State::Draining | State::Drained | State::Released) => {
+                self.take_back(stack, state);
+            }
+            (Message::GiveUp, _) => {
+                log::warn!("handoff: the shim gave the run up in state {state:?}");
+                self.given_up = true;
+            }
             (Message::DiskAttached { slot }, State::FailbackDrained)
                 if self.failback_drained_sent =>
             {
@@ -291,6 +314,33 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
                     code: codes::UNEXPECTED_MESSAGE,
                 });
             }
+        }
+    }
+
+    /// The handoff is taken back in `from` (`Draining`, `Drained` or `Released`): port 1 reopens
+    /// at once if the device is still here (`direct`), or once the shim plugs it again
+    /// (`abandoned 0 <held>`, then `disk-attached`).
+    fn take_back<H: Hal>(&mut self, stack: &mut ResourceStack<H, P::Disk>, from: State) {
+        let held = stack.held();
+        match stack.take_back() {
+            Ok(State::Direct) => {
+                log::warn!(
+                    "handoff: taken back in {from:?}; port 1 reopened, {held} held requests sent to it"
+                );
+                self.send(Message::Direct);
+            }
+            Ok(state) => {
+                log::warn!(
+                    "handoff: taken back after the release; {held} requests held until the disk is back ({state:?})"
+                );
+                self.held_at_failback = u64::from(held);
+                self.failback_drained_sent = true;
+                self.send(Message::Abandoned {
+                    replay: 0,
+                    held: u32::from(held),
+                });
+            }
+            Err(e) => panic!("handoff: {e}"),
         }
     }
 

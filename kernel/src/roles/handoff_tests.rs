@@ -294,3 +294,6 @@ fn any_order_of_shim_messages_and_completions_keeps_the_protocol() {
 
 #[path = "handoff_failback_tests.rs"]
 mod failback;
+
+#[path = "handoff_takeback_tests.rs"]
+mod takeback;

@@ -46,6 +46,9 @@ where
     if cfg.failback_at != 0 && workload.writes_submitted() >= cfg.failback_at {
         handoff.request_failback(stack.state());
     }
+    if handoff.given_up() {
+        workload.give_up(stack);
+    }
     workload.step(stack)
 }
 

@@ -23,7 +23,8 @@ const STATUS_EVERY: Duration = Duration::from_secs(1);
 const FAULT_STATES: [&str; 3] = ["io-error", "internal-error", "guest-panicked"];
 /// How often the watch reads the QMP sockets of the running QEMUs for events (otherwise read
 /// only with a command's reply): an error a guest was told of must be named even when no command
-/// follows it before the owner exits. Each read waits at most one socket timeout (2 ms).
+/// follows it before the owner exits. Each read waits at most one socket timeout (2 ms); a QEMU
+/// that exited is read at once.
 const PUMP_EVERY: Duration = Duration::from_millis(100);
 /// strerror(ENOSPC), the `reason` of QEMU's `BLOCK_IO_ERROR` for a full disk.
 const ENOSPC_TEXT: &str = "No space left on device";
@@ -108,17 +109,19 @@ impl Scenario<'_> {
         if let Some(why) = &self.facts.watch.fault {
             return Err(Abort::Other(why.clone()));
         }
-        if self
+        let due = self
             .facts
             .watch
             .pumped
-            .is_none_or(|t| t.elapsed() >= PUMP_EVERY)
-        {
+            .is_none_or(|t| t.elapsed() >= PUMP_EVERY);
+        if due {
             self.facts.watch.pumped = Some(Instant::now());
-            for vm in [&mut self.vms.owner, &mut self.vms.peer] {
-                if vm.exit.is_none() {
-                    vm.pump_events(Duration::from_millis(1));
-                }
+        }
+        for vm in [&mut self.vms.owner, &mut self.vms.peer] {
+            // A QEMU that exited is read once more, to its end (its socket then closes and is
+            // dropped): what it sent last must not go with it.
+            if vm.qmp.is_some() && (due || vm.exit.is_some()) {
+                vm.pump_events(Duration::from_millis(1));
             }
         }
         let image = match &self.vms.backend {

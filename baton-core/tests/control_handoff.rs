@@ -170,6 +170,7 @@ fn sample(kind: MessageKind) -> Message {
         MessageKind::OpenPort2 => Message::OpenPort2,
         MessageKind::FailbackRequest => Message::FailbackRequest,
         MessageKind::Abandoned => Message::Abandoned { replay: 2, held: 1 },
+        MessageKind::PeerStalled => Message::PeerStalled { ms: 3000 },
         MessageKind::PeerLost => Message::PeerLost,
         MessageKind::Direct => Message::Direct,
         MessageKind::Failback => Message::Failback,

@@ -103,6 +103,7 @@ fn control_seeds() -> Vec<(String, Vec<u8>)> {
         },
         Message::TakeBack,
         Message::GiveUp,
+        Message::PeerStalled { ms: 3000 },
     ];
     let mut seeds: Vec<(String, Vec<u8>)> = messages
         .iter()
@@ -339,7 +340,7 @@ fn fixup_seed_lines_become_valid_frames() {
             .filter(Result::is_ok)
             .count();
     }
-    assert_eq!(ok, 22);
+    assert_eq!(ok, 23);
 }
 
 #[test]

@@ -144,6 +144,13 @@ impl<H: Hal, P: BlockPort> ResourceStack<H, P> {
         self.port2.is_some()
     }
 
+    /// The peer's heartbeat counter in the ring (untrusted: compare successive values only) and
+    /// whether forwarded requests wait for it; `None` without port 2.
+    pub fn peer_heartbeat(&self) -> Option<(u32, bool)> {
+        let waiting = self.redirector.snapshot().port2_inflight > 0;
+        self.port2.as_ref().map(|c| (c.peer_heartbeat(), waiting))
+    }
+
     /// The redirector's state.
     pub fn state(&self) -> State {
         self.redirector.state()

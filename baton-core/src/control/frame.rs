@@ -46,6 +46,7 @@ fn write_body(w: &mut Cursor<'_>, msg: &Message, seq: u32) -> fmt::Result {
         | Message::CloseRing { slot } => write!(w, " {slot}"),
         Message::PeerReady { capacity_sectors } => write!(w, " {capacity_sectors}"),
         Message::Error { code } => write!(w, " {code}"),
+        Message::PeerStalled { ms } => write!(w, " {ms}"),
         Message::Ack { seq } => write!(w, " {seq}"),
         Message::Forwarding
         | Message::MigrateRequest
@@ -209,6 +210,12 @@ fn parse_message(name: &[u8], args: &[&[u8]]) -> Result<Message, ControlError> {
             Message::Abandoned {
                 replay: parse_u32(arg(0)?)?,
                 held: parse_u32(arg(1)?)?,
+            }
+        }
+        b"peer-stalled" => {
+            arity(1)?;
+            Message::PeerStalled {
+                ms: parse_u32(arg(0)?)?,
             }
         }
         b"peer-lost" => {

@@ -30,6 +30,10 @@
 //! | FailingBack | shim: peer-lost                   | PeerLost    |
 //! | FailbackDrained | shim: peer-lost               | FailbackReleased |
 //! | PeerLost    | abandoned from the owner          | FailbackReleased |
+//! | Forwarding  | peer-stalled from the owner       | Forwarding  |
+//! | Migrating   | peer-stalled from the owner       | Migrating   |
+//! | FailingBack | peer-stalled from the owner       | FailingBack |
+//! | PeerLost    | peer-stalled from the owner       | PeerLost    |
 //! | Redirecting | shim: take-back                   | TakingBack  |
 //! | Drained     | shim: take-back                   | TakingBack  |
 //! | Released    | shim: take-back                   | TakingBack  |
@@ -61,7 +65,9 @@
 //! other way back: `peer-lost` moves the table to `PeerLost` (or straight to `FailbackReleased`
 //! when the owner had already drained); the owner's `abandoned` (port 2 given up, its unanswered
 //! requests kept for replay) stands for both `drained` and the peer's `released`, since a peer
-//! whose process is gone can neither serve nor write.
+//! whose process is gone can neither serve nor write. The owner's `peer-stalled` (the peer's
+//! heartbeat in the ring froze while requests waited) changes nothing in the table: the shim
+//! fences the peer, and the loss is then handled as above.
 //!
 //! A handoff that cannot complete before port 2 opens (port 1 does not drain in time, the ring
 //! cannot be set up, the peer cannot take the disk) is taken back (issue 9; docs/design.md, "A
@@ -268,7 +274,7 @@ const fn row(from: Option<HandoffState>, on: Trigger, to: Option<HandoffState>) 
 
 /// The handoff's transition table, in the order of the module docs' table. The first row that
 /// matches the state and the event decides.
-pub const TRANSITIONS: [Transition; 30] = {
+pub const TRANSITIONS: [Transition; 34] = {
     use HandoffState as S;
     use MessageKind as K;
     use Trigger::{Guest, Shim};
@@ -372,6 +378,26 @@ pub const TRANSITIONS: [Transition; 30] = {
             Some(S::PeerLost),
             Guest(Sender::Owner, K::Abandoned),
             Some(S::FailbackReleased),
+        ),
+        row(
+            Some(S::Forwarding),
+            Guest(Sender::Owner, K::PeerStalled),
+            Some(S::Forwarding),
+        ),
+        row(
+            Some(S::Migrating),
+            Guest(Sender::Owner, K::PeerStalled),
+            Some(S::Migrating),
+        ),
+        row(
+            Some(S::FailingBack),
+            Guest(Sender::Owner, K::PeerStalled),
+            Some(S::FailingBack),
+        ),
+        row(
+            Some(S::PeerLost),
+            Guest(Sender::Owner, K::PeerStalled),
+            Some(S::PeerLost),
         ),
         row(
             Some(S::Redirecting),

@@ -132,6 +132,13 @@ pub enum Message {
         /// Requests held for port 1 (never forwarded).
         held: u32,
     },
+    /// Guest (owner) → shim: the peer's heartbeat in the ring has not moved for `ms`
+    /// milliseconds while forwarded requests waited for it: the peer stopped serving (the shim
+    /// fences it and recovers as from a peer that died).
+    PeerStalled {
+        /// How long the heartbeat has been frozen, in milliseconds.
+        ms: u32,
+    },
     /// Guest (owner) → shim: the failback is done: the disk is initialised behind port 1 again
     /// and the held requests went to it first, in order.
     Direct,
@@ -207,6 +214,7 @@ impl Message {
             Message::MigrateRequest => MessageKind::MigrateRequest,
             Message::FailbackRequest => MessageKind::FailbackRequest,
             Message::Abandoned { .. } => MessageKind::Abandoned,
+            Message::PeerStalled { .. } => MessageKind::PeerStalled,
             Message::Direct => MessageKind::Direct,
             Message::Error { .. } => MessageKind::Error,
             Message::Ack { .. } => MessageKind::Ack,
@@ -264,6 +272,8 @@ pub enum MessageKind {
     FailbackRequest,
     /// `abandoned`, guest → shim.
     Abandoned,
+    /// `peer-stalled`, guest → shim.
+    PeerStalled,
     /// `direct`, guest → shim.
     Direct,
     /// `error`, guest → shim.
@@ -294,7 +304,7 @@ pub enum MessageKind {
 
 impl MessageKind {
     /// Every kind, in grammar order.
-    pub const ALL: [MessageKind; 21] = [
+    pub const ALL: [MessageKind; 22] = [
         MessageKind::Hello,
         MessageKind::Drained,
         MessageKind::Released,
@@ -303,6 +313,7 @@ impl MessageKind {
         MessageKind::MigrateRequest,
         MessageKind::FailbackRequest,
         MessageKind::Abandoned,
+        MessageKind::PeerStalled,
         MessageKind::Direct,
         MessageKind::Error,
         MessageKind::Ack,
@@ -329,6 +340,7 @@ impl MessageKind {
             MessageKind::MigrateRequest => "migrate-request",
             MessageKind::FailbackRequest => "failback-request",
             MessageKind::Abandoned => "abandoned",
+            MessageKind::PeerStalled => "peer-stalled",
             MessageKind::Direct => "direct",
             MessageKind::Error => "error",
             MessageKind::Ack => "ack",

@@ -36,6 +36,7 @@
 //!          / "failback-request"                     ; guest → shim
 //!          / "direct"                               ; guest → shim
 //!          / "abandoned" SP replay SP held          ; guest → shim   u32, u32
+//!          / "peer-stalled" SP ms                   ; guest → shim   u32
 //!          / "error" SP code                        ; guest → shim   u32
 //!          / "redirect"                             ; shim → guest
 //!          / "ring-opened" SP slot                  ; shim → guest

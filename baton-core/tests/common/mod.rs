@@ -37,5 +37,8 @@ pub fn message(
         Just(Message::Failback),
         Just(Message::ReleaseDisk),
         slot.prop_map(|slot| Message::CloseRing { slot }),
+        Just(Message::TakeBack),
+        Just(Message::GiveUp),
+        any::<u32>().prop_map(|ms| Message::PeerStalled { ms }),
     ]
 }

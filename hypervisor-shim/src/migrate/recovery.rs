@@ -76,7 +76,9 @@ impl Inject {
 /// Most peer failures one run recovers from.
 const MAX_PEER_FAILURES: u32 = 3;
 /// A peer whose heartbeat in the ring has not moved for this long while the owner forwards is
-/// hung: it is fenced (SIGKILL) and recovered from like a peer that died. A serving peer beats on
+/// hung: it is fenced (SIGKILL) and recovered from like a peer that died. The owner watches the
+/// same word with a shorter limit while its requests wait (`peer-stalled`), so it usually speaks
+/// first; this watch covers an owner that cannot. A serving peer beats on
 /// every round of its loop, at least once per timer tick (≤ 10 ms) when idle.
 pub(super) const PEER_HANG_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -114,6 +116,19 @@ impl Scenario<'_> {
     /// sees it gone and recovers.
     pub(super) fn watch_peer_heartbeat(&mut self, p: &mut Progress) {
         use baton_core::control::HandoffState as S;
+        // The owner watches the same word, and says so when requests wait for a frozen peer.
+        if let Some((Message::PeerStalled { ms }, _)) =
+            self.take_msg(Role::Owner, |m| matches!(m, Message::PeerStalled { .. }))
+            && !self.vms.peer_lost
+            && self.vms.peer.alive()
+        {
+            self.vms.peer.kill();
+            let why = format!(
+                "the owner reports its heartbeat in the ring froze for {ms} ms with requests waiting: fenced with SIGKILL"
+            );
+            p.say(format!("the peer stopped serving: {why}"));
+            self.facts.peer_hang = Some(why);
+        }
         let watching = matches!(
             self.ctl.handoff.state(),
             S::Forwarding | S::Migrating | S::FailingBack

@@ -516,7 +516,7 @@ impl Scenario<'_> {
         let peer_quit = self.vms.peer.quit();
         match &peer_quit {
             Ok(_) if self.vms.peer_lost => {
-                p.say("the peer's QEMU had exited earlier (lost, recovered from)")
+                p.say("the peer's QEMU had exited earlier (lost or fenced)")
             }
             Ok(_) => p.say("the peer quit over QMP (image flushed)"),
             Err(e) => {

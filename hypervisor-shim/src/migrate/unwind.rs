@@ -43,8 +43,20 @@ impl Scenario<'_> {
     /// owner's exit ([`Abort::OwnerExited`]) once it finished its workload on port 1, the cause
     /// recorded as the run's failure, or with the error that stopped the take-back.
     pub(super) fn take_back(&mut self, p: &mut Progress, e: Abort) -> Result<(), Abort> {
-        let why = chain(&e);
         let state = self.ctl.handoff.state();
+        // A peer that died is the cause, whatever the step that ran into it reports (a QMP
+        // socket's broken pipe, a timeout).
+        let why = match self.vms.peer.poll_exit() {
+            Some(st) if !self.vms.peer_lost => {
+                self.facts.peer_failures += 1;
+                let why = format!("the peer's QEMU exited ({})", describe_exit(st));
+                self.facts
+                    .recoveries
+                    .push(format!("{why} during the handoff: taken back by the owner"));
+                why
+            }
+            _ => chain(&e),
+        };
         p.say(format!(
             "the handoff cannot complete ({why}): taking it back in state {state:?}"
         ));

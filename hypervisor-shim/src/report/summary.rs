@@ -77,6 +77,13 @@ impl MigrateReport {
                 "the disk moved to the peer (VM {}), I/O forwarded over the ring",
                 self.peer_vm
             )
+        } else if let Some(tb) = &self.take_back {
+            let how = if tb.ok {
+                "the owner's port 1 reopened, the held requests went to it"
+            } else {
+                "the take-back failed"
+            };
+            format!("taken back in {} ({}): {how}", tb.from_state, tb.why)
         } else if self.switch.directed_at_ms.is_some() {
             "not completed".to_owned()
         } else {

@@ -76,6 +76,12 @@ pub struct SwitchArm {
 /// Control-channel polls are spaced this far apart (port I/O is a VM exit).
 pub const POLL_INTERVAL_US: u64 = 500;
 
+/// A peer whose heartbeat in the ring has not moved for this long while forwarded requests wait
+/// for it has stopped serving: the owner says `peer-stalled` (once per handoff). A serving peer
+/// beats on every round of its loop; the shim's own watch of the same word waits 5 s, so the
+/// owner, which sees its requests wait, usually speaks first.
+pub const PEER_STALL_US: u64 = 3_000_000;
+
 /// The owner's handoff driver, over control link `C` and platform `P`.
 pub struct OwnerHandoff<C: ControlLink, P: OwnerPlatform> {
     ctl: Option<C>,
@@ -103,6 +109,10 @@ pub struct OwnerHandoff<C: ControlLink, P: OwnerPlatform> {
     pub replayed: u64,
     /// The shim sent `give-up`: the workload stops and reports.
     given_up: bool,
+    /// The peer's last heartbeat value and when it was first seen (µs), while requests wait.
+    peer_beat: Option<(u32, u64)>,
+    /// `peer-stalled` was sent in this handoff.
+    stall_reported: bool,
 }
 
 impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
@@ -133,6 +143,8 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             held_at_failback: 0,
             replayed: 0,
             given_up: false,
+            peer_beat: None,
+            stall_reported: false,
         }
     }
 
@@ -182,6 +194,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             _ => {}
         }
         let now = self.platform.now_us();
+        self.watch_peer(stack, now);
         if now < self.next_poll_us {
             return;
         }
@@ -204,6 +217,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
                 }
                 self.handoffs += 1;
                 self.failback_asked = false;
+                self.stall_reported = false;
                 self.armed = Some(SwitchArm {
                     failback: false,
                     n: self.handoffs,
@@ -314,6 +328,36 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
                     code: codes::UNEXPECTED_MESSAGE,
                 });
             }
+        }
+    }
+
+    /// Watches the peer's heartbeat while forwarded requests wait for it (port 2 in use, in
+    /// `Forwarding` or `FailbackDraining`); says `peer-stalled` once when it froze for
+    /// [`PEER_STALL_US`].
+    fn watch_peer<H: Hal>(&mut self, stack: &ResourceStack<H, P::Disk>, now: u64) {
+        let watching = matches!(stack.state(), State::Forwarding | State::FailbackDraining);
+        let beat = stack
+            .peer_heartbeat()
+            .filter(|&(_, waiting)| waiting && watching);
+        let Some((beat, _)) = beat else {
+            self.peer_beat = None;
+            return;
+        };
+        match self.peer_beat {
+            Some((last, since)) if last == beat => {
+                let frozen = now.saturating_sub(since);
+                if frozen >= PEER_STALL_US && !self.stall_reported {
+                    self.stall_reported = true;
+                    log::warn!(
+                        "handoff: the peer's heartbeat froze for {} ms with requests waiting",
+                        frozen / 1000
+                    );
+                    self.send(Message::PeerStalled {
+                        ms: u32::try_from(frozen / 1000).unwrap_or(u32::MAX),
+                    });
+                }
+            }
+            _ => self.peer_beat = Some((beat, now)),
         }
     }
 

@@ -1,11 +1,13 @@
-//! A handoff taken back before port 2 opened (`take-back`), and a run given up (`give-up`),
-//! against the same fakes: nothing held is lost, nothing reaches port 2, and the held requests go
-//! to port 1 after those already in flight there.
+//! A handoff taken back before port 2 opened (`take-back`), a run given up (`give-up`), and the
+//! owner's watch of the peer's heartbeat (`peer-stalled`), against the same fakes: nothing held is
+//! lost, nothing reaches port 2 after a take-back, and the held requests go to port 1 after those
+//! already in flight there.
 
 use super::*;
 use crate::fakes::blk::Taken;
 use crate::ports::Status;
 use baton_core::redirector::Port;
+use baton_core::ring::RingServer;
 
 /// The sectors of the writes of `lbas`, as a device takes them.
 fn writes(lbas: &[u64]) -> Vec<Taken> {
@@ -121,4 +123,50 @@ fn give_up_is_taken_in_any_state() {
     o.shim(Message::GiveUp);
     assert!(o.handoff.given_up());
     assert_ne!(o.sent().last(), Some(&UNEXPECTED));
+}
+
+#[test]
+fn a_peer_whose_heartbeat_froze_while_requests_wait_is_reported_once() {
+    let mut o = owner(true);
+    o.shim(Message::Redirect);
+    o.shim(Message::RingOpened { slot: 6 });
+    o.shim(Message::OpenPort2);
+    let mut server = RingServer::attach(o.ring.unwrap(), BLOCKS * SECTORS_PER_BLOCK).unwrap();
+    let stalled = |o: &Owner| {
+        o.sent()
+            .iter()
+            .filter(|m| matches!(m, Message::PeerStalled { .. }))
+            .count()
+    };
+    // Nothing waits: an idle peer's frozen heartbeat is no news (the fake clock moves 1 ms per
+    // reading).
+    for _ in 0..4_000 {
+        o.handoff.poll(&mut o.stack);
+    }
+    assert_eq!(stalled(&o), 0);
+    // A request waits and the peer beats: no news either.
+    o.write(3);
+    for _ in 0..4_000 {
+        server.heartbeat();
+        o.handoff.poll(&mut o.stack);
+    }
+    assert_eq!(stalled(&o), 0);
+    // It stops beating: after 3 s, one `peer-stalled`.
+    for _ in 0..2_900 {
+        o.handoff.poll(&mut o.stack);
+    }
+    assert_eq!(stalled(&o), 0, "not before {PEER_STALL_US} µs");
+    for _ in 0..4_000 {
+        o.handoff.poll(&mut o.stack);
+    }
+    assert_eq!(stalled(&o), 1, "once: {:?}", o.sent_names());
+    match o
+        .sent()
+        .iter()
+        .rev()
+        .find(|m| matches!(m, Message::PeerStalled { .. }))
+    {
+        Some(Message::PeerStalled { ms }) => assert!((3_000..3_100).contains(ms), "{ms}"),
+        other => panic!("{other:?}"),
+    }
 }

@@ -9,9 +9,10 @@ use crate::qemu::{DiskErrors, ErrorRule};
 
 /// errno ENOSPC ("No space left on device").
 const ENOSPC: i32 = 28;
-/// `enospc@owner`: the owner's write whose block fails, early in its first pass (which writes
-/// each block once), well before any switch point.
-const OWNER_FAULT_SEQ: u64 = 64;
+/// `enospc@owner`: the owner's write whose block fails. Its first pass writes each block once,
+/// and at the default queue depth (32) write 16 is in the first batch, submitted as the workload
+/// starts: on the disk before any switch point, however slowly a loaded host runs the guest.
+const OWNER_FAULT_SEQ: u64 = 16;
 /// 512-byte sectors per 4 KiB block (blkdebug's `sector` is in 512-byte units).
 const SECTORS_PER_BLOCK: u64 = (baton_core::tag::BLOCK_SIZE as u64) / ring::SECTOR_SIZE;
 /// `shm-full`: the size of the shim's private /dev/shm, too small for the ring ([`RING_BYTES`]).

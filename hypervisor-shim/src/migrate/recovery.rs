@@ -26,7 +26,8 @@ pub enum Inject {
     PeerHangForwarding,
     /// ENOSPC on one early write of the owner, while it still holds the disk before the handoff:
     /// a `blkdebug` filter under its boot virtio-blk with a one-shot `inject-error` rule (errno 28)
-    /// on the sector of its 64th write (the first pass writes each block once).
+    /// on the sector of its 16th write (the first pass writes each block once; at the default
+    /// queue depth the write is in the first batch, submitted as the workload starts).
     EnospcOwner,
     /// ENOSPC on the peer's first write while it serves the ring: the same rule, without a
     /// sector, in the peer's block node only (its `blockdev-add` at the first handoff).

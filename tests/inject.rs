@@ -185,3 +185,34 @@ fn a_late_save_writer_still_ends_with_a_checked_file_and_a_verified_disk() {
     );
     assert_fired_and_verified("save-writer-late", &out, &rep);
 }
+
+/// `shm-full` without root is a clear error before anything starts (exit 2). Run as root, the
+/// test drops to `nobody` with `setpriv` (util-linux) for a copy of the shim that `nobody` can
+/// run (the build directory may not be open to it).
+#[test]
+fn shm_full_without_root_is_a_clear_error() {
+    assert_eq!(
+        std::fs::metadata("/proc/self").map(|m| m.uid()).ok(),
+        Some(0),
+        "this test needs root, to run the shim as `nobody` (setpriv); run it as root (CI does)"
+    );
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::Builder::new()
+        .prefix("baton-inject-")
+        .tempdir()
+        .unwrap();
+    let shim = dir.path().join("hypervisor-shim");
+    std::fs::copy(common::SHIM, &shim).unwrap();
+    for p in [dir.path(), shim.as_path()] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let out = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(&shim)
+        .args(["migrate", "--inject", "shm-full"])
+        .output()
+        .expect("cannot start `setpriv` (util-linux)");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("--inject shm-full needs root"), "{stderr}");
+}

@@ -4,7 +4,8 @@
 //! directed: no `device_del`, no `redirect`; the owner keeps port 1 and finishes its workload at
 //! the source, the disk is verified (nothing lost or stale), and the run fails (exit 1) naming
 //! /dev/shm, the ring's size and ENOSPC. Before the reservation, the owner's QEMU died of SIGBUS
-//! after the redirect and the report blamed the switch point.
+//! after the redirect and the report blamed the switch point. (`--inject shm-full` makes the same
+//! constrained /dev/shm from inside the shim: tests/inject.rs.)
 //!
 //! Needs root (a mount namespace and a tmpfs mount): without it the test fails and says so. The
 //! accelerator comes from `BATON_TEST_ACCEL`; the workload is sized for TCG.

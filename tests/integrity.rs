@@ -91,12 +91,12 @@ fn a_killed_owner_leaves_an_integrity_checked_disk() {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let killer = kill_the_owner_while_it_forwards(&dir.path().join("work"));
     let out = shim(&args, HARD_LIMIT);
-    let killed = killer.join().unwrap();
+    let (killed, how) = killer.join().unwrap();
     let rep = report(&dir.path().join("report.json"), &out);
     let ctx = || format!("{}\n{rep:#}", out.dump());
     assert!(
         killed,
-        "the test could not kill the owner's QEMU: {}",
+        "the test could not kill the owner's QEMU ({how}): {}",
         ctx()
     );
 

@@ -278,9 +278,15 @@ pub struct MigrateArgs {
     /// `enospc@peer` (the peer's first write), under --on-io-error fail a clean failure naming
     /// ENOSPC, under wait a pause resumed at once; `shm-full` (as root: a 1 MiB /dev/shm in the
     /// shim's own mount namespace, so the handoff is not directed); `save-writer-late` (the
-    /// state-file writer syncs 2 s after QEMU closed the stream). Every ending is verified.
+    /// state-file writer syncs 2 s after QEMU closed the stream); with --cross-host,
+    /// `storage-restart@forwarding` and `destination-crash@migration`. Every ending is verified.
     #[arg(long, value_parser = parse_inject)]
     pub inject: Option<Inject>,
+    /// Migrate the owner to another host (as root): hosts are network namespaces, the disk an
+    /// NBD export of qemu-storage-daemon, the migration QEMU's stream over TCP; the disk comes
+    /// back to the owner at the destination.
+    #[arg(long)]
+    pub cross_host: bool,
     /// Test hook: start the live-migration destination without the ivshmem device, so it dies on
     /// the unknown device state while the source says `completed`.
     #[arg(long, hide = true)]
@@ -351,6 +357,7 @@ impl MigrateArgs {
                 PeerFaultArg::BadCompletion => baton_core::cmdline::Fault::BadCompletion,
             },
             inject: self.inject,
+            cross_host: self.cross_host,
             on_io_error: match self.on_io_error {
                 IoErrorArg::Fail => IoErrorPolicy::Fail,
                 IoErrorArg::Wait => {

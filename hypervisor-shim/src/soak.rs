@@ -69,6 +69,7 @@ impl SoakConfig {
             peer_fault: baton_core::cmdline::Fault::None,
             destination_fault: migrate::DestinationFault::None,
             inject: None,
+            cross_host: false,
             on_io_error: migrate::IoErrorPolicy::Fail,
             timeout: self.timeout,
             kernel: self.kernel.clone(),

@@ -111,10 +111,32 @@ impl Scenario<'_> {
     fn fail_back_steps(&mut self, p: &mut Progress) -> Result<(), Abort> {
         // The owner's block node first: `blockdev-add` takes no permission, so it succeeds while
         // the peer still holds the image's write lock (only `device_add` needs it).
-        self.vms
-            .owner
-            .exec(&BlockdevAdd(self.vms.backend.blockdev_options(DISK_ID)))?;
-        self.vms.owner_disk_node = true;
+        self.add_owner_disk_node()?;
+        self.fb_direct(p)?;
+        let mark = self.fb_release_disk()?;
+        self.fb_wait_drive_released(p, mark)?;
+        // The owner's `device_add` overlaps the wait for the peer's `released`.
+        let attempts = self.add_disk(p, Role::Owner, qemu::BOOT_DISK_SLOT)?;
+        self.fb_wait_peer_released(p)?;
+        self.fb_attach(p, attempts)?;
+        self.fb_wait_direct(p)?;
+        self.close_ring(p)
+    }
+
+    /// The disk's block node in the owner's current QEMU, unless it is there.
+    pub(super) fn add_owner_disk_node(&mut self) -> Result<(), Abort> {
+        if !self.vms.owner_disk_node {
+            self.vms
+                .owner
+                .exec(&BlockdevAdd(self.vms.backend.blockdev_options(DISK_ID)))?;
+            self.vms.owner_disk_node = true;
+        }
+        Ok(())
+    }
+
+    /// `failback` to the owner, then its `drained`: port 2 drained, new requests held (steps
+    /// `Directed`, `Drained`).
+    pub(super) fn fb_direct(&mut self, p: &mut Progress) -> Result<(), Abort> {
         let state = self.ctl.handoff.state();
         if let Err(why) = self.ctl.handoff.act(ShimAction::Failback) {
             return Err(Abort::Other(format!(
@@ -142,11 +164,24 @@ impl Scenario<'_> {
                 format!("port 2 completed {completed} requests, {held} held for port 1"),
             );
         }
-        // The peer gives the disk up: `device_del` marks the slot, the peer resets the device and
-        // ejects it.
+        Ok(())
+    }
+
+    /// The peer gives the disk up: `device_del` marks the slot, `release-disk` makes the peer
+    /// reset the device and eject it. Returns the peer's event mark for the drive's release.
+    pub(super) fn fb_release_disk(&mut self) -> Result<usize, Abort> {
         let mark = self.vms.peer.events.len();
         self.vms.peer.exec(&DeviceDel { id: DISK_ID.into() })?;
         self.send(Role::Peer, Message::ReleaseDisk)?;
+        Ok(mark)
+    }
+
+    /// The peer's QEMU released the drive (its events after `mark`): step `DriveReleased`.
+    pub(super) fn fb_wait_drive_released(
+        &mut self,
+        p: &mut Progress,
+        mark: usize,
+    ) -> Result<(), Abort> {
         let (at, what) = self.wait_device_deleted(p, Role::Peer, mark, DISK_ID, true)?;
         self.fb_record(Step::DriveReleased, at);
         self.fb_record(Step::DriveReleaseSeen, Instant::now());
@@ -154,7 +189,11 @@ impl Scenario<'_> {
             Step::DriveReleased,
             format!("DEVICE_DELETED {what} from the peer's QEMU (image unlocked)"),
         );
-        let attempts = self.add_disk(p, Role::Owner, qemu::BOOT_DISK_SLOT)?;
+        Ok(())
+    }
+
+    /// The peer's `released` (step `Released`).
+    pub(super) fn fb_wait_peer_released(&mut self, p: &mut Progress) -> Result<(), Abort> {
         let (msg, at) = self.wait_msg(p, Role::Peer, "the peer's `released`", |m| {
             matches!(m, Message::Released { .. })
         })?;
@@ -170,6 +209,12 @@ impl Scenario<'_> {
                 format!("the peer reset the device and ejected slot {slot}"),
             );
         }
+        Ok(())
+    }
+
+    /// The disk was plugged into the owner's QEMU (`attempts` `device_add`s): `disk-attached`
+    /// to the owner (step `Attached`), and the peer's block node goes.
+    pub(super) fn fb_attach(&mut self, p: &mut Progress, attempts: u32) -> Result<(), Abort> {
         self.send(
             Role::Owner,
             Message::DiskAttached {
@@ -193,6 +238,12 @@ impl Scenario<'_> {
                 qemu::BOOT_DISK_SLOT
             ),
         );
+        Ok(())
+    }
+
+    /// The owner's `direct`: port 1 open again, the held requests went first (steps `Ready`,
+    /// `PortOpen`).
+    pub(super) fn fb_wait_direct(&mut self, p: &mut Progress) -> Result<(), Abort> {
         let (_, at) = self.wait_msg(p, Role::Owner, "the owner's `direct`", |m| {
             matches!(m, Message::Direct)
         })?;
@@ -209,7 +260,7 @@ impl Scenario<'_> {
                 "the owner's disk is behind port 1 again, held requests first (failback took {took:.1} ms)"
             ),
         );
-        self.close_ring(p)
+        Ok(())
     }
 
     /// Unplugs the ring from the guests that have it — both, or only the owner once the peer was

@@ -163,6 +163,7 @@ impl Scenario<'_> {
             size: RING_BYTES,
             master: true,
             slot: RING_SLOT,
+            private: false,
         };
         self.ring.shm = Some(shm);
         for (vm, master) in [(&mut self.vms.owner, true), (&mut self.vms.peer, false)] {

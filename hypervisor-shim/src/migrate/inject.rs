@@ -29,7 +29,9 @@ impl Inject {
             Inject::PeerCrashHandoff
             | Inject::PeerCrashForwarding
             | Inject::PeerCrashFailback
-            | Inject::PeerHangForwarding => None,
+            | Inject::PeerHangForwarding
+            | Inject::StorageRestartForwarding
+            | Inject::DestinationCrashMigration => None,
             Inject::EnospcOwner => Some(
                 "a blkdebug rule under the owner's virtio-blk failed one of its writes with ENOSPC",
             ),

@@ -44,6 +44,13 @@ impl Scenario<'_> {
         if self.cfg.destination_fault == DestinationFault::WithoutRing {
             spec.ring = None;
         }
+        // Across hosts: the destination runs on host B, its ring in its own RAM.
+        if let Some(c) = &self.cross {
+            spec.netns = Some(c.hosts.destination().netns.clone());
+            if let Some(r) = spec.ring.as_mut() {
+                r.private = true;
+            }
+        }
         let vm = Vm::spawn(label, &spec, &self.dir).map_err(|e| Abort::Other(chain(&e)))?;
         self.out
             .commands

@@ -57,7 +57,7 @@ use crate::qemu::{
 };
 use crate::qmp::{
     self, BlockdevAdd, BlockdevDel, Cont, DeviceAdd, DeviceDel, HumanMonitorCommand, Migrate,
-    MigrateIncoming, MigrateSetCapabilities, MigrationCapability, MigrationInfo, ObjectAdd,
+    MigrateIncoming, MigrateSetCapabilities, MigrateSetDowntime, MigrationCapability, MigrationInfo, ObjectAdd,
     ObjectDel, QueryMigrate, QueryPci, QueryStatus, QueryVersion, Quit,
 };
 use crate::report::{GuestExit, MigrateReport, Phases, SwitchReport, VmEvent};
@@ -69,6 +69,7 @@ use crate::shm::{self, RingWatch, SharedFile};
 use crate::steps::{self, Direction, HandoffRecord, Step, ms_between};
 use crate::vm::Ending;
 
+mod crosshost;
 mod events;
 mod failback;
 mod handoff;
@@ -244,6 +245,9 @@ pub struct MigrateConfig {
     pub destination_fault: DestinationFault,
     /// Test hook: a fault the shim injects (`--inject WHAT@WHEN`).
     pub inject: Option<Inject>,
+    /// Migrate the owner to another host (network namespaces, the disk over NBD, the migration
+    /// over TCP; [`crosshost`]).
+    pub cross_host: bool,
     /// What to do when a VM pauses on an I/O error (a full disk).
     pub on_io_error: IoErrorPolicy,
     /// Hard timeout of the whole scenario.
@@ -410,6 +414,16 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
     if cfg.failback_after_ms != 0 && !cfg.failback {
         return Err(no_failback("--failback-after-ms"));
     }
+    if cfg.cross_host && (cfg.mode != Mode::Live || !cfg.failback || cfg.cycles != 1) {
+        return Err(MigrateError::Config(
+            "--cross-host runs one live cycle with its failback (--mode live, --cycles 1)".into(),
+        ));
+    }
+    if cfg.cross_host && cfg.backend != BackendKind::File {
+        return Err(MigrateError::Config(
+            "--cross-host needs --backend file (the image is exported over NBD)".into(),
+        ));
+    }
     if cfg.destination_fault != DestinationFault::None
         && !matches!(cfg.mode, Mode::Live | Mode::Save)
     {
@@ -433,10 +447,16 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
     if workdir.kept() {
         image.keep();
     }
-    let backend = match cfg.backend {
+    let mut backend = match cfg.backend {
         BackendKind::File => DiskBackend::File(image.path().to_path_buf()),
         BackendKind::Null => DiskBackend::Null { size: disk_bytes },
     };
+    // `--cross-host`: the hosts and the NBD export first; every QEMU opens the export.
+    let mut cross = crosshost::prepare(cfg, image.path(), &dir)?.map(|(c, nbd)| {
+        backend = nbd;
+        c
+    });
+    let host_a = cross.as_ref().map(|c| c.hosts.source().netns.clone());
     let t0 = Instant::now();
     let mut progress = Progress::new(t0, cfg.progress);
 
@@ -448,6 +468,7 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
         append: peer_append,
         qmp_socket: dir.join("qmp-peer.sock"),
         control_socket: Some(peer_listener.path().to_path_buf()),
+        netns: host_a.clone(),
         ..base.clone()
     };
     let mut owner_spec = MachineSpec {
@@ -455,6 +476,7 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
         qmp_socket: dir.join("qmp-owner.sock"),
         control_socket: Some(owner_listener.path().to_path_buf()),
         boot_disk: Some(backend.clone()),
+        netns: host_a,
         ..base
     };
     inject::prepare_machines(cfg, &owner_guest, &mut owner_spec, &mut peer_spec);
@@ -479,6 +501,7 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
     let started = start(cfg, &dir, t0, owner, peer, &backend, &mut progress);
     let (report, handoffs) = match started {
         Ok(mut s) => {
+            s.cross = cross.take();
             let result = s.drive(&mut progress);
             s.end_cycle();
             let records = s.records();
@@ -492,6 +515,7 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
     };
     drop(owner_listener);
     drop(peer_listener);
+    drop(cross);
     drop(image);
     Ok(MigrateOutcome {
         report,

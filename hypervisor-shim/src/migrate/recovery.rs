@@ -39,11 +39,18 @@ pub enum Inject {
     /// A slow state-file writer: at the first save, the shim's writer holds what QEMU sent for
     /// 2 s after QEMU closed the stream before it writes and syncs the file.
     SaveWriterLate,
+    /// `--cross-host`: SIGKILL the storage daemon right after the first forwarded completion and
+    /// start it again on the same address; the QEMUs' NBD clients reconnect (`reconnect-delay`)
+    /// and retry what was in flight.
+    StorageRestartForwarding,
+    /// `--cross-host`: SIGKILL the destination QEMU on host B once the pre-copy runs: the
+    /// migration fails and is rolled back at host A, where the disk goes back to the owner.
+    DestinationCrashMigration,
 }
 
 impl Inject {
     /// Every fault, in `--inject`'s order.
-    pub const ALL: [Inject; 8] = [
+    pub const ALL: [Inject; 10] = [
         Inject::PeerCrashHandoff,
         Inject::PeerCrashForwarding,
         Inject::PeerCrashFailback,
@@ -52,6 +59,8 @@ impl Inject {
         Inject::EnospcPeer,
         Inject::ShmFull,
         Inject::SaveWriterLate,
+        Inject::StorageRestartForwarding,
+        Inject::DestinationCrashMigration,
     ];
 
     /// The `WHAT@WHEN` spelling.
@@ -65,6 +74,8 @@ impl Inject {
             Inject::EnospcPeer => "enospc@peer",
             Inject::ShmFull => "shm-full",
             Inject::SaveWriterLate => "save-writer-late",
+            Inject::StorageRestartForwarding => "storage-restart@forwarding",
+            Inject::DestinationCrashMigration => "destination-crash@migration",
         }
     }
 
@@ -92,6 +103,10 @@ impl Scenario<'_> {
         self.facts.injected = true;
         if let Some(how) = when.armed_before() {
             p.say(format!("injected {}: {how}", when.as_str()));
+            return;
+        }
+        if when == Inject::StorageRestartForwarding {
+            self.restart_storage(p);
             return;
         }
         let pid = self.vms.peer.qemu.pid();
@@ -214,12 +229,7 @@ impl Scenario<'_> {
 
     fn recover_steps(&mut self, p: &mut Progress) -> Result<(), Abort> {
         // The owner's block node (it may exist already: a failback was under way).
-        if !self.owner_has_disk_node() {
-            self.vms
-                .owner
-                .exec(&BlockdevAdd(self.vms.backend.blockdev_options(DISK_ID)))?;
-            self.vms.owner_disk_node = true;
-        }
+        self.add_owner_disk_node()?;
         let state = self.ctl.handoff.state();
         if let Err(why) = self.ctl.handoff.act(ShimAction::PeerLost) {
             return Err(Abort::Other(format!(
@@ -279,12 +289,6 @@ impl Scenario<'_> {
             "the owner's disk is behind port 1 again: the abandoned requests replayed first, then the held ones",
         );
         self.close_ring(p)
-    }
-
-    /// Whether the owner's QEMU has the disk's block node (the shim added it when a failback was
-    /// directed, and deletes it at each handoff).
-    fn owner_has_disk_node(&self) -> bool {
-        self.vms.owner_disk_node
     }
 
     /// Starts a fresh peer in place of the lost one, for the cycles still to come: a new QEMU

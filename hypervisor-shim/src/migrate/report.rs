@@ -55,6 +55,11 @@ pub(super) fn failed_setup_report(
         peer_failures: 0,
         requests_replayed: 0,
         recovery: Vec::new(),
+        source_host: None,
+        destination_host: None,
+        storage: storage_kind(cfg).into(),
+        migration_transport: transport(cfg).into(),
+        cross_host: None,
         take_back: None,
         given_up: false,
         injected: cfg.inject.map(|i| i.as_str().to_owned()),
@@ -379,6 +384,11 @@ pub(super) fn build_report(
         peer_failures: s.facts.peer_failures,
         requests_replayed: s.facts.requests_replayed,
         recovery: std::mem::take(&mut s.facts.recoveries),
+        source_host: s.cross.as_ref().map(|c| c.hosts.source().name.to_owned()),
+        destination_host: s.cross.as_ref().map(|c| c.hosts.destination().name.to_owned()),
+        storage: storage_kind(cfg).into(),
+        migration_transport: transport(cfg).into(),
+        cross_host: s.cross_host_report(),
         take_back: s.facts.take_back.take(),
         given_up: s.facts.given_up,
         injected: cfg.inject.map(|i| i.as_str().to_owned()),
@@ -484,4 +494,18 @@ fn port1_after_failback(s: &Scenario<'_>, g: Option<&GuestReport>) -> Option<u64
         .find(|c| c.failback.as_ref().is_some_and(FailbackFacts::ok))?;
     let before = last.port1_at_handoff?;
     Some(g?.port1_requests.saturating_sub(before))
+}
+
+/// How the disk is reached: over NBD across hosts, else the local image (or null-co).
+fn storage_kind(cfg: &MigrateConfig) -> &'static str {
+    match (cfg.cross_host, cfg.backend) {
+        (true, _) => "nbd",
+        (false, BackendKind::File) => "file",
+        (false, BackendKind::Null) => "null-co",
+    }
+}
+
+/// How the migration stream travels.
+fn transport(cfg: &MigrateConfig) -> &'static str {
+    if cfg.cross_host { "tcp" } else { "unix" }
 }

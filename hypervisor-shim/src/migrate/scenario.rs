@@ -104,6 +104,8 @@ pub(super) struct Facts {
     pub(super) take_back: Option<crate::report::TakeBackReport>,
     /// The shim gave the run up and the owner reported after `give-up`.
     pub(super) given_up: bool,
+    /// The cross-host switchover's times ([`super::crosshost`]).
+    pub(super) cross: super::crosshost::CrossHostFacts,
 }
 
 /// What goes into the report as it is: notes, failures found while running, the QEMUs.
@@ -159,6 +161,8 @@ pub(super) struct Scenario<'a> {
     pub(super) cycles: Vec<CycleFacts>,
     pub(super) facts: Facts,
     pub(super) out: Output,
+    /// `--cross-host`: the hosts and the storage daemon (dropped: removed).
+    pub(super) cross: Option<super::crosshost::CrossHost>,
 }
 
 /// One guest to start: its machine and the control socket it connects to.
@@ -243,6 +247,7 @@ pub(super) fn start<'a>(
         failback: None,
         cycles: Vec::new(),
         facts: Facts::default(),
+        cross: None,
         out: Output {
             qemu_version: Some(version.to_string()),
             commands,
@@ -323,7 +328,9 @@ impl Scenario<'_> {
         self.await_first_completion(p)?;
         self.maybe_inject(p, recovery::Inject::PeerCrashForwarding);
         self.maybe_inject(p, recovery::Inject::PeerHangForwarding);
+        self.maybe_inject(p, recovery::Inject::StorageRestartForwarding);
         match self.cfg.mode.for_cycle(n) {
+            Mode::Live if self.cross.is_some() => return self.cross_host_migrate(p),
             Mode::Live | Mode::Mixed => self.live_migrate(p)?,
             Mode::Save => self.save_restore(p)?,
             Mode::None => p.say("no migration (--mode none): the owner stays at the source"),
@@ -533,6 +540,8 @@ impl Scenario<'_> {
         }
         self.end_cycle();
         self.collect_events();
+        // The image is read only once the storage daemon flushed it and exited.
+        self.stop_storage(p);
         self.ring.watch = None;
         self.ring.shm = None;
         build_report(self, plan, ending, p)

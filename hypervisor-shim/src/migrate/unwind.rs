@@ -132,12 +132,7 @@ impl Scenario<'_> {
             let mark = self.handoff_mark;
             self.wait_drive_released(p, mark)?;
         }
-        if !self.vms.owner_disk_node {
-            self.vms
-                .owner
-                .exec(&BlockdevAdd(self.vms.backend.blockdev_options(DISK_ID)))?;
-            self.vms.owner_disk_node = true;
-        }
+        self.add_owner_disk_node()?;
         let attempts = self.add_disk(p, Role::Owner, qemu::BOOT_DISK_SLOT)?;
         self.send(
             Role::Owner,

@@ -383,8 +383,11 @@ impl Scenario<'_> {
             Err(e) => self.note(format!("source status unknown: {}", chain(&e))),
         }
         // Refused when the migration never began in the table (its `begin-migration` was
-        // refused, noted there) or a guest's `error` moved the handoff to `Failed` meanwhile.
-        self.shim_acts(ShimAction::EndMigration);
+        // refused, noted there) or a guest's `error` moved the handoff to `Failed` meanwhile. A
+        // cross-host migration runs inside the failback and never enters `Migrating`.
+        if self.ctl.handoff.state() == baton_core::control::HandoffState::Migrating {
+            self.shim_acts(ShimAction::EndMigration);
+        }
     }
 }
 

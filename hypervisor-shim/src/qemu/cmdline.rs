@@ -149,6 +149,10 @@ pub struct RingSpec {
     pub master: bool,
     /// PCI slot of the ivshmem device.
     pub slot: u8,
+    /// The region lives in this QEMU's own memory (`memory-backend-ram`), not in `mem_path`: a
+    /// destination on another host, where the source's shared file does not exist; migration
+    /// copies the region like RAM (docs/design.md, "Across hosts").
+    pub private: bool,
 }
 
 impl RingSpec {
@@ -175,6 +179,9 @@ impl RingSpec {
 
     /// The backend as a `-object` argument.
     pub fn object_arg(&self) -> String {
+        if self.private {
+            return format!("memory-backend-ram,id={RING_MEMDEV_ID},size={}", self.size);
+        }
         format!(
             "memory-backend-file,id={RING_MEMDEV_ID},mem-path={},size={},share=on",
             escape_opt(&self.mem_path.to_string_lossy()),
@@ -419,6 +426,7 @@ mod tests {
             size: 4 << 20,
             master: true,
             slot: RING_SLOT,
+            private: false,
         });
         s.incoming = true;
         let a = args(&s);
@@ -453,6 +461,12 @@ mod tests {
             Value::Object(peer.device_props()),
             serde_json::json!({"memdev": "ring", "master": "off", "addr": "0x6"})
         );
+        // A destination on another host keeps the region in its own RAM.
+        let far = RingSpec {
+            private: true,
+            ..r.clone()
+        };
+        assert_eq!(far.object_arg(), "memory-backend-ram,id=ring,size=4194304");
     }
 
     #[test]

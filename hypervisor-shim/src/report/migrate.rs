@@ -91,6 +91,32 @@ impl FailbackReport {
     }
 }
 
+/// The owner's migration to another host (`--cross-host`; docs/design.md, "Across hosts"): the
+/// switchover's steps, in ms. The blackout spans them all: from `failback` (port 2 starts to
+/// drain while the pre-copy runs) to the first port-1 completion at the destination.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct CrossHostReport {
+    /// The network namespaces that stood for the hosts (A, B, storage); all removed at the end.
+    pub namespaces: Vec<String>,
+    /// The migration failed and was rolled back: the disk went back to the owner on the source
+    /// host.
+    pub rolled_back: bool,
+    /// `migrate` issued → the owner's port 2 drained (the pre-copy runs meanwhile).
+    pub port2_drain_ms: Option<f64>,
+    /// Port 2 drained → the peer released the disk (`released`).
+    pub peer_release_ms: Option<f64>,
+    /// The migration allowed to converge → the destination runs the owner (the last pre-copy
+    /// pass and the stop-and-copy).
+    pub switchover_ms: Option<f64>,
+    /// The stop-and-copy, as QEMU measured it (`downtime`).
+    pub downtime_ms: Option<u64>,
+    /// The destination runs → the owner's port 1 open there (`direct`): the disk's arrival.
+    pub disk_arrival_ms: Option<f64>,
+    /// The owner's blackout (its longest completion gap from `failback` to the first port-1
+    /// completion at the destination).
+    pub blackout_ms: Option<f64>,
+}
+
 /// A handoff that could not complete and was taken back by the owner (issue 9; docs/design.md,
 /// "A handoff taken back"): the report's `take_back`.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
@@ -281,6 +307,16 @@ pub struct MigrateReport {
     pub requests_replayed: u64,
     /// How each peer failure was handled.
     pub recovery: Vec<String>,
+    /// `--cross-host`: the host the owner started on (a network namespace), e.g. `host-a`.
+    pub source_host: Option<String>,
+    /// `--cross-host`: the host the owner was migrated to, e.g. `host-b`.
+    pub destination_host: Option<String>,
+    /// How the disk is reached: `file` (a local image) or `nbd` (the storage host's export).
+    pub storage: String,
+    /// How the migration stream travels: `unix` (same host) or `tcp` (across hosts).
+    pub migration_transport: String,
+    /// `--cross-host`: the switchover's steps.
+    pub cross_host: Option<CrossHostReport>,
     /// The handoff taken back, when one could not complete before port 2 opened.
     pub take_back: Option<TakeBackReport>,
     /// The shim gave the failed run up and the owner reported after `give-up` (what it had in

@@ -15,7 +15,8 @@ mod run;
 mod summary;
 
 pub use migrate::{
-    CycleReport, FailbackReport, MigrateReport, Phases, SwitchReport, TakeBackReport, VmEvent,
+    CrossHostReport, CycleReport, FailbackReport, MigrateReport, Phases, SwitchReport,
+    TakeBackReport, VmEvent,
 };
 pub use run::{EventRecord, RunReport};
 pub use summary::summary_line;

@@ -92,10 +92,7 @@ impl Hosts {
     /// Errors: [`HostsError::NotRoot`] when not root, [`HostsError::NoIp`] when `ip` is missing,
     /// [`HostsError::Ip`] (with its stderr) when an `ip` command fails.
     pub fn create() -> Result<Hosts, HostsError> {
-        // SAFETY: geteuid(2) takes no arguments and cannot fail.
-        if unsafe { libc::geteuid() } != 0 {
-            return Err(HostsError::NotRoot);
-        }
+        require_root()?;
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let ns = |suffix: &str| format!("baton-{}-{n}-{suffix}", std::process::id());
         let mut hosts = Hosts {
@@ -185,6 +182,16 @@ impl Drop for Hosts {
     }
 }
 
+/// [`HostsError::NotRoot`] unless the effective user is root (checked before anything else is
+/// set up, so the error comes first).
+pub fn require_root() -> Result<(), HostsError> {
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err(HostsError::NotRoot);
+    }
+    Ok(())
+}
+
 /// `ip netns exec <netns> argv...`.
 pub fn wrap_netns(netns: &str, argv: &[String]) -> Vec<String> {
     let mut v: Vec<String> = ["ip", "netns", "exec", netns]
@@ -213,6 +220,11 @@ fn build_commands(storage: &Host, hosts: &[&Host]) -> Vec<Vec<String>> {
         BRIDGE,
     ]);
     push(&["-n", s, "link", "set", BRIDGE, "up"]);
+    push(
+        &quickack_route(s, storage, BRIDGE)
+            .each_ref()
+            .map(String::as_str),
+    );
     for h in hosts {
         let port = format!("v{}", h.name.chars().last().unwrap_or('x'));
         push(&[
@@ -231,8 +243,34 @@ fn build_commands(storage: &Host, hosts: &[&Host]) -> Vec<Vec<String>> {
             HOST_LINK,
         ]);
         push(&["-n", &h.netns, "link", "set", HOST_LINK, "up"]);
+        push(
+            &quickack_route(&h.netns, h, HOST_LINK)
+                .each_ref()
+                .map(String::as_str),
+        );
     }
     c
+}
+
+/// The segment's route in `netns` with `quickack` (ACK every segment at once). QEMU 7.2's NBD
+/// client and server leave Nagle's algorithm on, so with several requests in flight each one
+/// waited for a delayed ACK (measured here: 107 requests/s at queue depth 4 instead of 1,300 at
+/// depth 1); ACKing at once lets Nagle release every segment after one round trip on the veth.
+fn quickack_route(netns: &str, host: &Host, dev: &str) -> [String; 11] {
+    let net = Ipv4Addr::from(u32::from(host.addr) & (u32::MAX << (32 - u32::from(PREFIX_LEN))));
+    [
+        "-n".into(),
+        netns.into(),
+        "route".into(),
+        "replace".into(),
+        format!("{net}/{PREFIX_LEN}"),
+        "dev".into(),
+        dev.into(),
+        "src".into(),
+        host.addr.to_string(),
+        "quickack".into(),
+        "1".into(),
+    ]
 }
 
 /// Runs `ip args...`; a non-zero exit is [`HostsError::Ip`] with its stderr.
@@ -349,16 +387,19 @@ mod tests {
                 "-n S link add br0 type bridge",
                 "-n S addr add 198.18.0.3/24 dev br0",
                 "-n S link set br0 up",
+                "-n S route replace 198.18.0.0/24 dev br0 src 198.18.0.3 quickack 1",
                 "-n S link add va type veth peer name eth0 netns A",
                 "-n S link set va master br0",
                 "-n S link set va up",
                 "-n A addr add 198.18.0.1/24 dev eth0",
                 "-n A link set eth0 up",
+                "-n A route replace 198.18.0.0/24 dev eth0 src 198.18.0.1 quickack 1",
                 "-n S link add vb type veth peer name eth0 netns B",
                 "-n S link set vb master br0",
                 "-n S link set vb up",
                 "-n B addr add 198.18.0.2/24 dev eth0",
                 "-n B link set eth0 up",
+                "-n B route replace 198.18.0.0/24 dev eth0 src 198.18.0.2 quickack 1",
             ]
         );
         // Every command names a namespace: nothing runs in the shim's own.

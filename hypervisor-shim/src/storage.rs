@@ -69,6 +69,10 @@ pub enum StorageError {
 
 /// qemu-storage-daemon exporting one raw image over NBD (TCP) from the storage host. Dropping it
 /// kills (SIGKILL) and reaps the daemon if it still runs.
+///
+/// Like every QEMU the shim starts, the daemon gets SIGKILL when the thread that spawned it
+/// exits (`PR_SET_PDEATHSIG`, so it never outlives a killed shim): call [`StorageDaemon::start`]
+/// and [`StorageDaemon::restart`] from a thread that lives as long as the export is needed.
 #[derive(Debug)]
 pub struct StorageDaemon {
     argv: Vec<String>,

@@ -83,6 +83,9 @@ pub struct RunOutcome {
 /// Runs the scenario. Guest failures end up in the report (`ok: false`); only set-up problems are
 /// errors.
 pub fn run(cfg: &RunConfig) -> Result<RunOutcome, SetupError> {
+    if cfg.shared_storage {
+        crate::hosts::require_root()?;
+    }
     let bins = Binaries::locate(&cfg.qemu, cfg.kernel.as_deref())?;
     let (accel, accel_reason) = cfg.accel.resolve()?;
     let guest = GuestConfig {

@@ -22,9 +22,12 @@ pub(super) struct SharedStorage {
     restarter: Option<Restarter>,
 }
 
+/// The thread that owns the daemon once a restart is armed: it restarts it, then stops it when
+/// the run ends. It must be the same thread throughout, since the daemon gets SIGKILL when the
+/// thread that spawned it exits (`PR_SET_PDEATHSIG`).
 struct Restarter {
     cancel: Arc<AtomicBool>,
-    thread: JoinHandle<(StorageDaemon, Option<String>)>,
+    thread: JoinHandle<(Option<String>, Option<String>)>,
 }
 
 impl SharedStorage {
@@ -53,21 +56,23 @@ impl SharedStorage {
         let flag = Arc::clone(&cancel);
         let thread = std::thread::spawn(move || {
             let at = Instant::now() + after;
-            while Instant::now() < at {
-                if flag.load(Ordering::SeqCst) {
-                    return (daemon, None);
+            let mut note = None;
+            while !flag.load(Ordering::SeqCst) {
+                if note.is_none() && Instant::now() >= at {
+                    note = Some(match daemon.restart() {
+                        Ok(()) => format!(
+                            "storage daemon restarted {} ms into the run (pid {})",
+                            after.as_millis(),
+                            daemon.pid()
+                        ),
+                        Err(e) => format!("storage daemon restart failed: {e}"),
+                    });
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            let note = match daemon.restart() {
-                Ok(()) => format!(
-                    "storage daemon restarted {} ms into the run (pid {})",
-                    after.as_millis(),
-                    daemon.pid()
-                ),
-                Err(e) => format!("storage daemon restart failed: {e}"),
-            };
-            (daemon, Some(note))
+            let failure = stop(daemon);
+            let failure = failure.or_else(|| note.clone().filter(|n| n.contains("failed")));
+            (note, failure)
         });
         self.restarter = Some(Restarter { cancel, thread });
     }
@@ -75,27 +80,24 @@ impl SharedStorage {
     /// Ends the export: waits for a pending restart, then stops the daemon so the image is
     /// flushed. Returns the restart's note (if it happened) and a failure, if any.
     pub(super) fn finish(&mut self) -> (Option<String>, Option<String>) {
-        let mut note = None;
         if let Some(r) = self.restarter.take() {
             r.cancel.store(true, Ordering::SeqCst);
-            match r.thread.join() {
-                Ok((d, n)) => {
-                    self.daemon = Some(d);
-                    note = n;
-                }
-                Err(_) => return (None, Some("the storage restarter panicked".into())),
-            }
+            return match r.thread.join() {
+                Ok(outcome) => outcome,
+                Err(_) => (None, Some("the storage restarter panicked".into())),
+            };
         }
-        let failure = match self.daemon.take().map(StorageDaemon::stop) {
-            Some(Ok(())) => None,
-            Some(Err(e)) => Some(format!("storage daemon did not stop cleanly: {e}")),
-            None => Some("storage daemon missing".into()),
-        };
-        let failure = failure.or_else(|| {
-            note.as_ref()
-                .filter(|n| n.contains("failed"))
-                .map(String::clone)
-        });
-        (note, failure)
+        match self.daemon.take() {
+            Some(d) => (None, stop(d)),
+            None => (None, Some("storage daemon missing".into())),
+        }
     }
+}
+
+/// Stops the daemon; a failure as the report words it.
+fn stop(daemon: StorageDaemon) -> Option<String> {
+    daemon
+        .stop()
+        .err()
+        .map(|e| format!("storage daemon did not stop cleanly: {e}"))
 }

@@ -93,6 +93,7 @@ impl Hosts {
     /// [`HostsError::Ip`] (with its stderr) when an `ip` command fails.
     pub fn create() -> Result<Hosts, HostsError> {
         require_root()?;
+        sweep_stale();
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let ns = |suffix: &str| format!("baton-{}-{n}-{suffix}", std::process::id());
         let mut hosts = Hosts {
@@ -190,6 +191,32 @@ pub fn require_root() -> Result<(), HostsError> {
         return Err(HostsError::NotRoot);
     }
     Ok(())
+}
+
+/// The pid in a namespace name this module makes (`baton-<pid>-<n>-<host>`).
+fn owner_pid(netns: &str) -> Option<u32> {
+    let mut parts = netns.strip_prefix("baton-")?.split('-');
+    let pid = parts.next()?.parse().ok()?;
+    parts.next()?.parse::<u32>().ok()?;
+    matches!(parts.next()?, "a" | "b" | "s").then_some(pid)?;
+    parts.next().is_none().then_some(pid)
+}
+
+/// Removes the namespaces a shim that was killed outright (SIGKILL skips `Drop`) left behind:
+/// those named by this module whose shim process no longer exists. Best effort.
+fn sweep_stale() {
+    let Ok(out) = ip(&["netns", "list"]) else {
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    for ns in text.lines().filter_map(|l| l.split_whitespace().next()) {
+        if let Some(pid) = owner_pid(ns)
+            && !std::path::Path::new(&format!("/proc/{pid}")).exists()
+        {
+            kill_all_in(ns);
+            let _ = ip(&["netns", "del", ns]);
+        }
+    }
 }
 
 /// `ip netns exec <netns> argv...`.
@@ -404,6 +431,21 @@ mod tests {
         );
         // Every command names a namespace: nothing runs in the shim's own.
         assert!(build_commands(&s, &[&a, &b]).iter().all(|c| c[0] == "-n"));
+    }
+
+    #[test]
+    fn only_our_namespace_names_name_an_owner() {
+        assert_eq!(owner_pid("baton-123-0-a"), Some(123));
+        assert_eq!(owner_pid("baton-123-17-s"), Some(123));
+        for other in [
+            "baton-123-0-c",
+            "baton-x-0-a",
+            "baton-1-a",
+            "other-1-0-a",
+            "baton-1-0-a-x",
+        ] {
+            assert_eq!(owner_pid(other), None, "{other}");
+        }
     }
 
     #[test]

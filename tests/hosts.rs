@@ -172,8 +172,10 @@ fn assert_verified_over_nbd(out: &Output, rep: &Value, writes: u64) {
     assert_eq!(u(rep, "writes_verified"), writes, "{}", ctx());
     let cmd = rep["qemu_command"].as_str().unwrap();
     assert!(cmd.starts_with("ip netns exec baton-"), "{cmd}");
+    // A disk present at boot is on the command line; a hot-added one went through QMP.
     assert!(
-        cmd.contains("driver=nbd,server.type=inet,server.host=198.18.0.3,server.port=10809"),
+        cmd.contains("disk=hotplug")
+            || cmd.contains("driver=nbd,server.type=inet,server.host=198.18.0.3,server.port=10809"),
         "{cmd}"
     );
     let ns = cmd.split_whitespace().nth(3).unwrap();
@@ -190,6 +192,16 @@ fn direct_io_over_nbd_from_host_a_is_verified() {
     common::require_qemu();
     let (_dir, out, rep) = shared_run(&["--blocks", "256", "--passes", "2"]);
     assert_verified_over_nbd(&out, &rep, 512);
+}
+
+/// A disk hot-added over QMP (`blockdev-add` with the NBD options) works the same way.
+#[test]
+fn a_hot_added_nbd_disk_is_verified() {
+    require_root();
+    common::require_qemu();
+    let (_dir, out, rep) = shared_run(&["--hotplug-disk", "--blocks", "128", "--passes", "2"]);
+    assert_verified_over_nbd(&out, &rep, 256);
+    assert!(!rep["hotplug_ms"].is_null(), "{rep:#}");
 }
 
 /// The storage daemon is killed and restarted while the guest writes: the NBD client reconnects

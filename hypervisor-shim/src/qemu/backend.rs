@@ -208,6 +208,14 @@ mod tests {
     }
 
     #[test]
+    fn the_schema_accepts_the_nbd_options() {
+        use crate::qmp::Command as _;
+        let add = crate::qmp::BlockdevAdd(nbd().blockdev_options("disk0"));
+        add.to_qapi()
+            .expect("blockdev-add options fit BlockdevOptionsNbd");
+    }
+
+    #[test]
     fn image_names() {
         assert_eq!(
             DiskBackend::File("/w/disk.img".into())

@@ -133,6 +133,12 @@ pub struct RunArgs {
     /// QEMU binary (name on PATH or a path).
     #[arg(long, default_value = "qemu-system-x86_64")]
     pub qemu: PathBuf,
+    /// Test hook: the disk over NBD from a storage namespace, QEMU in host A's (root only).
+    #[arg(long, hide = true)]
+    pub shared_storage: bool,
+    /// Test hook: restart the storage daemon this many ms after QEMU started.
+    #[arg(long, hide = true, requires = "shared_storage")]
+    pub restart_storage_ms: Option<u64>,
 }
 
 impl RunArgs {
@@ -157,6 +163,8 @@ impl RunArgs {
             qemu: self.qemu.clone(),
             workdir: self.workdir.clone(),
             keep: self.keep,
+            shared_storage: self.shared_storage,
+            restart_storage_after: self.restart_storage_ms.map(Duration::from_millis),
         }
     }
 }

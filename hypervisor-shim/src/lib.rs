@@ -15,13 +15,15 @@
 //! control channels, and [`shm`], the ring's shared-memory file); [`steps`] is the typed record of
 //! each handoff (which step happened when) and [`progress`] the timestamped progress display;
 //! [`report`] holds both JSON reports; [`mod@bench`] repeats `run` and `migrate` to measure;
-//! [`cli`] is the command line.
+//! [`cli`] is the command line; [`hosts`] simulates machines as network namespaces and [`storage`]
+//! exports the disk over NBD from one of them (issue 10, across hosts).
 
 pub mod bench;
 pub mod channel;
 pub mod cli;
 pub mod console;
 pub mod disk;
+pub mod hosts;
 pub mod migrate;
 pub mod progress;
 pub mod qemu;
@@ -32,4 +34,5 @@ pub mod setup;
 pub mod shm;
 pub mod soak;
 pub mod steps;
+pub mod storage;
 pub mod vm;

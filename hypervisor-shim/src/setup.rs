@@ -53,6 +53,12 @@ pub enum SetupError {
     /// the workload parameters are invalid
     #[error("invalid workload: {0}")]
     Config(String),
+    /// the simulated hosts could not be set up
+    #[error(transparent)]
+    Hosts(#[from] crate::hosts::HostsError),
+    /// the shared storage could not be set up
+    #[error(transparent)]
+    Storage(#[from] crate::storage::StorageError),
 }
 
 /// Which accelerator to use.
@@ -143,6 +149,7 @@ impl Binaries {
             incoming: false,
             disk_errors: qemu::DiskErrors::default(),
             disk_fault: None,
+            netns: None,
         }
     }
 }

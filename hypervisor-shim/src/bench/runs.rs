@@ -60,6 +60,8 @@ pub(super) fn direct(
                 qemu: cfg.qemu.clone(),
                 workdir: None,
                 keep: false,
+                shared_storage: false,
+                restart_storage_after: None,
             };
             let r: RunReport = run::run(&rc)?.report;
             if let Some(v) = &r.qemu_version {

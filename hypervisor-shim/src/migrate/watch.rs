@@ -124,10 +124,7 @@ impl Scenario<'_> {
                 vm.pump_events(Duration::from_millis(1));
             }
         }
-        let image = match &self.vms.backend {
-            DiskBackend::File(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()),
-            DiskBackend::Null { .. } => None,
-        };
+        let image = self.vms.backend.image_name();
         let mut found = None;
         let mut reported = None;
         let mut fired = false;

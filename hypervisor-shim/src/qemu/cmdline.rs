@@ -6,128 +6,10 @@ use std::path::PathBuf;
 
 use serde_json::{Map, Value};
 
-use super::{Accel, BOOT_DISK_SLOT, CONTROL_CHARDEV_ID, DISK_ID, RING_DEVICE_ID, RING_MEMDEV_ID};
-
-/// Where a virtio-blk disk's data lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DiskBackend {
-    /// A raw image file.
-    File(PathBuf),
-    /// `null-co`: discards writes, reads zeroes; `size` in bytes.
-    Null {
-        /// Size in bytes (an integer: `-blockdev` rejects suffixes).
-        size: u64,
-    },
-}
-
-impl DiskBackend {
-    /// Short name for reports: `file` or `null`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Self::File(_) => "file",
-            Self::Null { .. } => "null",
-        }
-    }
-
-    /// The block node's options as a QMP `blockdev-add` argument object.
-    pub fn blockdev_options(&self, node_name: &str) -> Map<String, Value> {
-        let mut m = Map::new();
-        match self {
-            Self::File(path) => {
-                m.insert("driver".into(), "file".into());
-                m.insert(
-                    "filename".into(),
-                    path.to_string_lossy().into_owned().into(),
-                );
-            }
-            Self::Null { size } => {
-                m.insert("driver".into(), "null-co".into());
-                m.insert("size".into(), (*size).into());
-                m.insert("read-zeroes".into(), true.into());
-            }
-        }
-        m.insert("node-name".into(), node_name.into());
-        m
-    }
-
-    /// The block node's options with an optional injected error ([`ErrorRule`]): with a rule,
-    /// node `node_name` is a `blkdebug` filter over this backend's node (the same options, no
-    /// node name of its own: QEMU names it and deletes it with the filter).
-    pub fn blockdev_options_with(
-        &self,
-        node_name: &str,
-        rule: Option<&ErrorRule>,
-    ) -> Map<String, Value> {
-        let Some(rule) = rule else {
-            return self.blockdev_options(node_name);
-        };
-        let mut image = self.blockdev_options(node_name);
-        image.remove("node-name");
-        let mut m = Map::new();
-        m.insert("driver".into(), "blkdebug".into());
-        m.insert("node-name".into(), node_name.into());
-        m.insert(
-            "inject-error".into(),
-            Value::Array(vec![Value::Object(rule.options())]),
-        );
-        m.insert("image".into(), Value::Object(image));
-        m
-    }
-
-    /// The same options as a `-blockdev` argument.
-    pub fn blockdev_arg(&self, node_name: &str) -> String {
-        match self {
-            Self::File(path) => format!(
-                "driver=file,filename={},node-name={}",
-                escape_opt(&path.to_string_lossy()),
-                node_name
-            ),
-            Self::Null { size } => {
-                format!("driver=null-co,size={size},read-zeroes=on,node-name={node_name}")
-            }
-        }
-    }
-}
-
-/// An error QEMU's `blkdebug` driver injects into the disk's writes (a test hook, `--inject
-/// enospc@...`): an `inject-error` rule on the `pwritev` event (QEMU 7.2's `BlkdebugEvent`, raised
-/// for every write that reaches the filter) for writes only (`iotype: write`), `once` (the rule is
-/// removed after it fired, so a retried write succeeds). virtio-blk then sees the request fail
-/// with `errno`, as if the image's file system had returned it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ErrorRule {
-    /// The errno the write fails with (28: ENOSPC).
-    pub errno: i32,
-    /// The 512-byte sector the failing write covers; `None`: the first write, wherever it goes.
-    pub sector: Option<u64>,
-}
-
-impl ErrorRule {
-    /// The `inject-error` list element of `blkdebug`'s options.
-    pub fn options(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("event".into(), "pwritev".into());
-        m.insert("iotype".into(), "write".into());
-        m.insert("errno".into(), self.errno.into());
-        if let Some(s) = self.sector {
-            m.insert("sector".into(), s.into());
-        }
-        m.insert("once".into(), true.into());
-        m
-    }
-}
-
-/// What virtio-blk does with a request that failed on the host (its `werror`/`rerror`).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum DiskErrors {
-    /// QEMU's default (`werror=enospc`, `rerror=report`): a write that finds no room pauses the
-    /// VM (`BLOCK_IO_ERROR`, action `stop`) until `cont` retries it; other errors go to the guest.
-    #[default]
-    PauseOnNoSpace,
-    /// `werror=report,rerror=report`: every failed request completes in the guest with
-    /// VIRTIO_BLK_S_IOERR (`BLOCK_IO_ERROR`, action `report`); the VM is never paused.
-    Report,
-}
+use super::{
+    Accel, BOOT_DISK_SLOT, CONTROL_CHARDEV_ID, DISK_ID, DiskBackend, DiskErrors, ErrorRule,
+    RING_DEVICE_ID, RING_MEMDEV_ID,
+};
 
 /// `device_add` properties of a virtio-blk-pci disk on `node` in PCI `slot`.
 pub fn virtio_blk_device_props(node: &str, slot: u8) -> Map<String, Value> {
@@ -240,6 +122,10 @@ pub struct MachineSpec {
     pub disk_errors: DiskErrors,
     /// An error injected into the boot disk's writes: its `-blockdev` is a `blkdebug` filter.
     pub disk_fault: Option<ErrorRule>,
+    /// The network namespace the QEMU process runs in (a simulated host, [`crate::hosts`]); `None`:
+    /// the shim's own. QMP, COM1 and COM2 are Unix sockets and pipes either way (the file system
+    /// is shared).
+    pub netns: Option<String>,
 }
 
 impl MachineSpec {
@@ -317,12 +203,30 @@ impl MachineSpec {
         a
     }
 
+    /// The program and its arguments as spawned: QEMU's own, prefixed with `ip netns exec NS`
+    /// when [`MachineSpec::netns`] is set.
+    pub fn argv(&self) -> Vec<OsString> {
+        let mut v: Vec<OsString> = Vec::new();
+        if let Some(ns) = &self.netns {
+            v.extend(
+                crate::hosts::wrap_netns(ns, &[])
+                    .into_iter()
+                    .map(OsString::from),
+            );
+        }
+        v.push(self.qemu.clone().into_os_string());
+        v.extend(self.args());
+        v
+    }
+
     /// The whole command line as one shell-like string (for logs).
     pub fn display(&self) -> String {
-        let mut s = self.qemu.to_string_lossy().into_owned();
-        for a in self.args() {
+        let mut s = String::new();
+        for a in self.argv() {
             let a = a.to_string_lossy();
-            s.push(' ');
+            if !s.is_empty() {
+                s.push(' ');
+            }
             if a.contains(' ') || a.is_empty() {
                 s.push('\'');
                 s.push_str(&a);
@@ -355,6 +259,7 @@ mod tests {
             incoming: false,
             disk_errors: DiskErrors::default(),
             disk_fault: None,
+            netns: None,
         }
     }
 
@@ -525,6 +430,45 @@ mod tests {
         assert_eq!(
             Value::Object(virtio_blk_device_props("disk0", HOTPLUG_DISK_SLOT)),
             serde_json::json!({"drive": "disk0", "addr": "0x5"})
+        );
+    }
+
+    #[test]
+    fn a_qemu_in_a_namespace_runs_under_ip_netns_exec() {
+        let mut s = spec(Some(DiskBackend::Nbd {
+            host: "198.18.0.3".parse().unwrap(),
+            port: 10809,
+            export: "disk".into(),
+        }));
+        let plain: Vec<String> = s
+            .argv()
+            .iter()
+            .map(|a| a.to_string_lossy().into())
+            .collect();
+        assert_eq!(plain[0], "qemu-system-x86_64");
+        assert_eq!(plain[1..], args(&s)[..]);
+        s.netns = Some("baton-7-0-a".into());
+        let v: Vec<String> = s
+            .argv()
+            .iter()
+            .map(|a| a.to_string_lossy().into())
+            .collect();
+        assert_eq!(
+            v[..5],
+            ["ip", "netns", "exec", "baton-7-0-a", "qemu-system-x86_64"]
+        );
+        assert_eq!(v[5..], plain[1..]);
+        assert!(
+            s.display()
+                .starts_with("ip netns exec baton-7-0-a qemu-system-x86_64 -machine pc")
+        );
+        // QMP and the disk are as outside a namespace: Unix sockets and the NBD address.
+        assert_eq!(
+            after(&v, "-blockdev"),
+            [
+                "driver=nbd,server.type=inet,server.host=198.18.0.3,server.port=10809,\
+                 export=disk,reconnect-delay=10,node-name=disk0"
+            ]
         );
     }
 }

@@ -1,5 +1,5 @@
 //! QEMU for baton: the one place where QEMU command lines (and the QMP options of hot-plugged
-//! disks) are built ([`MachineSpec`], in `cmdline`), and the RAII guard that owns a running QEMU
+//! disks) are built ([`MachineSpec`], in `cmdline`; [`DiskBackend`], in `backend`), and the RAII guard that owns a running QEMU
 //! process ([`QemuProcess`], in `process`); here, the fixed ids and slots, the accelerator and
 //! finding QEMU and its firmware.
 //!
@@ -11,13 +11,14 @@
 use std::fs::OpenOptions;
 use std::path::{Path, PathBuf};
 
+mod backend;
 mod cmdline;
 mod process;
 
-pub use cmdline::{
-    DiskBackend, DiskErrors, ErrorRule, MachineSpec, RingSpec, escape_opt, virtio_blk_device_props,
-};
+pub use backend::{DiskBackend, DiskErrors, ErrorRule, NBD_RECONNECT_DELAY_S};
+pub use cmdline::{MachineSpec, RingSpec, escape_opt, virtio_blk_device_props};
 pub use process::QemuProcess;
+pub(crate) use process::kill_with_parent;
 
 /// Firmware shipped by Debian's `qemu-system-x86` (fast: first serial byte after ~0.2 s).
 pub const QBOOT_ROM: &str = "/usr/share/qemu/qboot.rom";

@@ -8,9 +8,15 @@ use super::{MachineSpec, QemuError};
 
 impl MachineSpec {
     /// Starts QEMU with stdin closed and stdout (the guest's COM1) and stderr piped.
+    /// Inside [`MachineSpec::netns`] when set (`ip netns exec` execs QEMU: the pid is QEMU's).
     pub fn spawn(&self) -> Result<QemuProcess, QemuError> {
-        let mut cmd = Command::new(&self.qemu);
-        cmd.args(self.args())
+        let argv = self.argv();
+        let (prog, args) = argv.split_first().ok_or_else(|| QemuError::Spawn {
+            qemu: self.qemu.display().to_string(),
+            source: std::io::Error::other("empty command line"),
+        })?;
+        let mut cmd = Command::new(prog);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -33,7 +39,7 @@ impl MachineSpec {
 
 /// Makes the child get SIGKILL when the thread that spawned it dies, so a QEMU never outlives a shim
 /// that was killed outright (SIGKILL skips the RAII guard).
-fn kill_with_parent(cmd: &mut Command) {
+pub(crate) fn kill_with_parent(cmd: &mut Command) {
     use std::os::unix::process::CommandExt;
     let hook = || {
         // SAFETY: prctl(PR_SET_PDEATHSIG) takes a plain signal number, no pointers, and is

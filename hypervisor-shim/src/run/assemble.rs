@@ -58,33 +58,34 @@ fn check_disk(
     schedule: &Schedule,
 ) -> (DiskCheck, String) {
     let skipped = |c: DiskCheck, note: &str| (c, note.to_owned());
-    match (backend, image, acks) {
-        (DiskBackend::Null { .. }, _, _) => skipped(
+    if let DiskBackend::Null { .. } = backend {
+        return skipped(
             DiskCheck::NullBackend,
             "skipped: the null-co backend keeps no data (guest read-back was off too)",
-        ),
-        (DiskBackend::File(_), None, _) => skipped(DiskCheck::NoImage, "skipped: no image"),
-        (DiskBackend::File(_), Some(_), None) => skipped(
+        );
+    }
+    // A file, or an NBD export of one (the image is read after its daemon flushed and exited).
+    match (image, acks) {
+        (None, _) => skipped(DiskCheck::NoImage, "skipped: no image"),
+        (Some(_), None) => skipped(
             DiskCheck::NoUsableReport,
             "skipped: no usable guest report, so the acknowledged writes are unknown",
         ),
-        (DiskBackend::File(_), Some(_), Some(None)) => skipped(
+        (Some(_), Some(None)) => skipped(
             DiskCheck::IncompleteErrorSeqs,
             "skipped: the guest report does not name every failed write",
         ),
-        (DiskBackend::File(_), Some(img), Some(Some(acks))) => {
-            match disk::verify_image(img.path(), schedule, acks) {
-                Ok(v) => {
-                    let n = format!(
-                        "host read {} blocks of {} and checked every tag and payload against the schedule",
-                        v.blocks_checked,
-                        img.path().display()
-                    );
-                    (DiskCheck::Verified(v), n)
-                }
-                Err(e) => (DiskCheck::Failed(e.to_string()), format!("failed: {e}")),
+        (Some(img), Some(Some(acks))) => match disk::verify_image(img.path(), schedule, acks) {
+            Ok(v) => {
+                let n = format!(
+                    "host read {} blocks of {} and checked every tag and payload against the schedule",
+                    v.blocks_checked,
+                    img.path().display()
+                );
+                (DiskCheck::Verified(v), n)
             }
-        }
+            Err(e) => (DiskCheck::Failed(e.to_string()), format!("failed: {e}")),
+        },
     }
 }
 

@@ -24,6 +24,7 @@ use crate::setup::{self, Binaries, SetupError, Workdir};
 
 mod assemble;
 mod session;
+mod shared;
 mod verdict;
 
 use crate::setup::{AccelChoice, BackendKind};
@@ -63,6 +64,11 @@ pub struct RunConfig {
     pub workdir: Option<PathBuf>,
     /// Keep the disk image, socket and (temporary) workdir after the run.
     pub keep: bool,
+    /// Test hook: the image is exported over NBD from a simulated storage host and the guest's
+    /// QEMU runs in host A (network namespaces, root only; `run/shared.rs`). File backend only.
+    pub shared_storage: bool,
+    /// Test hook (with `shared_storage`): restart the storage daemon this long after QEMU started.
+    pub restart_storage_after: Option<Duration>,
 }
 
 /// A finished run: its report and its working directory (removed when this is dropped, unless kept).
@@ -77,6 +83,9 @@ pub struct RunOutcome {
 /// Runs the scenario. Guest failures end up in the report (`ok: false`); only set-up problems are
 /// errors.
 pub fn run(cfg: &RunConfig) -> Result<RunOutcome, SetupError> {
+    if cfg.shared_storage {
+        crate::hosts::require_root()?;
+    }
     let bins = Binaries::locate(&cfg.qemu, cfg.kernel.as_deref())?;
     let (accel, accel_reason) = cfg.accel.resolve()?;
     let guest = GuestConfig {
@@ -119,10 +128,32 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, SetupError> {
     {
         img.keep();
     }
-    let spec = qemu_spec(&bins, accel, append, &dir, cfg, &backend);
+    let mut shared = match (&image, cfg.shared_storage) {
+        (Some(img), true) => Some(shared::SharedStorage::start(img.path(), &dir)?),
+        (None, true) => {
+            return Err(SetupError::Config(
+                "--shared-storage needs the file backend".into(),
+            ));
+        }
+        (_, false) => None,
+    };
+    let backend = match shared.as_ref().and_then(shared::SharedStorage::backend) {
+        Some(nbd) => nbd,
+        None => backend,
+    };
+    let mut spec = qemu_spec(&bins, accel, append, &dir, cfg, &backend);
+    spec.netns = shared.as_ref().map(|s| s.hosts.source().netns.clone());
 
     let mut session = Session::start(&spec, &dir, cfg.timeout)?;
+    if let (Some(s), Some(after)) = (shared.as_mut(), cfg.restart_storage_after) {
+        s.restart_after(after);
+    }
     let outcome = session.drive(cfg.hotplug_disk.then_some(&backend));
+    // The image is read only after the export flushed and exited.
+    let (storage_note, storage_failure) = match shared.as_mut() {
+        Some(s) => s.finish(),
+        None => (None, None),
+    };
     let plan = Plan {
         cfg,
         spec: &spec,
@@ -134,8 +165,14 @@ pub fn run(cfg: &RunConfig) -> Result<RunOutcome, SetupError> {
         workdir: &workdir,
         image: image.as_ref(),
     };
-    let report = build_report(&plan, session, outcome);
+    let mut report = build_report(&plan, session, outcome);
+    report.notes.extend(storage_note);
+    if let Some(f) = storage_failure {
+        report.failures.push(f);
+        report.ok = false;
+    }
     drop(image);
+    drop(shared);
     Ok(RunOutcome { report, workdir })
 }
 

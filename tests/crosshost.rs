@@ -68,7 +68,9 @@ fn assert_verified_and_clean(out: &Output, rep: &Value) {
     for ns in ours {
         let ns = ns.as_str().unwrap();
         assert!(
-            !left.lines().any(|l| l.split_whitespace().next() == Some(ns)),
+            !left
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(ns)),
             "namespace {ns} left behind: {left}"
         );
     }
@@ -86,7 +88,12 @@ fn the_disk_comes_back_to_the_owner_on_the_other_host() {
     assert_eq!(rep["cross_host"]["rolled_back"], false, "{}", ctx());
     assert_eq!(rep["owner_finished_at_destination"], true, "{}", ctx());
     assert!(u(&rep, "port1_requests_after_failback") > 0, "{}", ctx());
-    for k in ["port2_drain_ms", "peer_release_ms", "switchover_ms", "disk_arrival_ms"] {
+    for k in [
+        "port2_drain_ms",
+        "peer_release_ms",
+        "switchover_ms",
+        "disk_arrival_ms",
+    ] {
         assert!(
             rep["cross_host"][k].as_f64().is_some_and(|v| v >= 0.0),
             "{k}: {}",
@@ -121,6 +128,11 @@ fn a_destination_killed_mid_migration_is_rolled_back_at_the_source() {
     assert_eq!(rep["failback"][0]["ok"], true, "{}", ctx());
     assert_eq!(rep["owner_finished_at_destination"], false, "{}", ctx());
     assert_eq!(rep["guest_exit"], "success", "{}", ctx());
-    assert_eq!(u(&rep, "writes_verified"), u(&rep, "writes_total"), "{}", ctx());
+    assert_eq!(
+        u(&rep, "writes_verified"),
+        u(&rep, "writes_total"),
+        "{}",
+        ctx()
+    );
     assert_verified_and_clean(&out, &rep);
 }

@@ -237,7 +237,7 @@ pub fn run(plan: &Plan, common: &Common) -> Result<Outcome, MigrateError> {
         peer_fault: baton_core::cmdline::Fault::None,
         destination_fault: DestinationFault::None,
         inject: None,
-            cross_host: false,
+        cross_host: false,
         on_io_error: crate::migrate::IoErrorPolicy::Fail,
         timeout: common.timeout,
         kernel: common.kernel.clone(),

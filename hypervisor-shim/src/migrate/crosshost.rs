@@ -106,7 +106,7 @@ impl Scenario<'_> {
             self.vms.owner.exec(&MigrateSetDowntime {
                 downtime_limit_ms: 0,
             })?;
-            self.vms.owner.exec(&Migrate { uri: uri.clone() })
+            self.vms.owner.exec(&Migrate { uri: uri.clone() }).map(drop)
         })();
         if let Err(e) = setup {
             return self.cross_host_rolled_back(p, e, Some(dest));
@@ -254,10 +254,7 @@ impl Scenario<'_> {
             port2_drain_ms: between(c.migrate_at, at(Step::Drained)),
             peer_release_ms: between(at(Step::Drained), at(Step::Released)),
             switchover_ms: between(c.converge_at, c.running_at),
-            downtime_ms: self
-                .cycles
-                .first()
-                .and_then(|c| c.migration.downtime_ms),
+            downtime_ms: self.cycles.first().and_then(|c| c.migration.downtime_ms),
             disk_arrival_ms: between(c.running_at, at(Step::PortOpen)),
             blackout_ms: self.switch_gap_ms(true, 1),
         })

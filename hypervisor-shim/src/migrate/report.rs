@@ -246,6 +246,7 @@ pub(super) fn build_report(
     // Before the owner's lines are taken: the blackouts come from its `BATON switch` lines.
     let cycle_reports = cycle_reports(&s);
     let failback_reports = failback_reports(&s);
+    let cross_host = s.cross_host_report();
     // The top-level migration fields: the last migration attempted (a later cycle that stopped
     // before its migration does not blank them).
     let mut migration = s
@@ -385,10 +386,13 @@ pub(super) fn build_report(
         requests_replayed: s.facts.requests_replayed,
         recovery: std::mem::take(&mut s.facts.recoveries),
         source_host: s.cross.as_ref().map(|c| c.hosts.source().name.to_owned()),
-        destination_host: s.cross.as_ref().map(|c| c.hosts.destination().name.to_owned()),
+        destination_host: s
+            .cross
+            .as_ref()
+            .map(|c| c.hosts.destination().name.to_owned()),
         storage: storage_kind(cfg).into(),
         migration_transport: transport(cfg).into(),
-        cross_host: s.cross_host_report(),
+        cross_host,
         take_back: s.facts.take_back.take(),
         given_up: s.facts.given_up,
         injected: cfg.inject.map(|i| i.as_str().to_owned()),

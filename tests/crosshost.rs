@@ -91,7 +91,7 @@ fn the_disk_comes_back_to_the_owner_on_the_other_host() {
     for k in [
         "port2_drain_ms",
         "peer_release_ms",
-        "switchover_ms",
+        "migration_ms",
         "disk_arrival_ms",
     ] {
         assert!(

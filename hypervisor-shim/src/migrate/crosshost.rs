@@ -32,8 +32,6 @@ use crate::storage::StorageDaemon;
 const MIGRATION_PORT: u16 = 4444;
 /// The NBD export's port on the storage host.
 pub(super) const NBD_PORT: u16 = 10809;
-/// The downtime limit that lets the migration converge once port 2 drained (QEMU's default).
-const CONVERGE_DOWNTIME_MS: u64 = 300;
 
 /// The hosts and the storage of a cross-host run; dropping it removes them.
 pub(super) struct CrossHost {
@@ -45,10 +43,8 @@ pub(super) struct CrossHost {
 /// When the cross-host switchover's steps happened (for the report).
 #[derive(Debug, Clone, Default)]
 pub(super) struct CrossHostFacts {
-    /// `migrate` issued (pre-copy starts; the failback is directed right after).
+    /// `migrate` issued, once port 2 drained.
     pub(super) migrate_at: Option<Instant>,
-    /// The downtime limit raised: the migration may converge.
-    pub(super) converge_at: Option<Instant>,
     /// The owner's QEMU on the other host runs.
     pub(super) running_at: Option<Instant>,
     /// The migration was rolled back: the disk went back to the owner on the source host.
@@ -96,62 +92,41 @@ impl Scenario<'_> {
                 return self.cross_host_rolled_back(p, e, Some(vm));
             }
         };
-        p.say(format!(
-            "destination QEMU started on host B (pid {}, -incoming defer, the ring in its own RAM)",
-            dest.qemu.pid()
-        ));
         let uri = format!("tcp:{b}:{MIGRATION_PORT}");
-        let setup = (|| -> Result<(), Abort> {
-            dest.exec(&MigrateIncoming { uri: uri.clone() })?;
-            self.vms.owner.exec(&MigrateSetDowntime {
-                downtime_limit_ms: 0,
-            })?;
-            self.vms.owner.exec(&Migrate { uri: uri.clone() }).map(drop)
-        })();
-        if let Err(e) = setup {
+        if let Err(e) = dest.exec(&MigrateIncoming { uri: uri.clone() }) {
             return self.cross_host_rolled_back(p, e, Some(dest));
         }
-        if self.cfg.inject == Some(recovery::Inject::DestinationCrashMigration)
-            && !self.facts.injected
-        {
-            self.facts.injected = true;
-            let pid = dest.qemu.pid();
-            dest.kill();
-            p.say(format!(
-                "injected destination-crash@migration: SIGKILL to the destination QEMU on host B (pid {pid})"
-            ));
+        p.say(format!(
+            "destination QEMU on host B (pid {}, the ring in its own RAM) listens on {uri}",
+            dest.qemu.pid()
+        ));
+        // Port 2 drains first: nothing may be in flight on the ring when the owner leaves it.
+        self.failback = Some(FailbackFacts::new());
+        if let Err(e) = self.fb_direct(p) {
+            return self.cross_host_stopped(dest, e);
+        }
+        if let Err(e) = self.vms.owner.exec(&Migrate { uri: uri.clone() }) {
+            return self.cross_host_attach_after(p, Err((chain(&e), dest)));
         }
         let now = Instant::now();
         self.record.record(Step::MigrationStarted, now);
         self.facts.cross.migrate_at = Some(now);
         p.say(format!(
-            "migrate {uri}: pre-copy to host B over TCP, held from converging (downtime limit 0)"
+            "migrate {uri}: the owner, holding its requests, goes to host B over TCP"
         ));
-        // Port 2 drains and the peer lets the disk go while the pre-copy runs.
-        self.failback = Some(FailbackFacts::new());
-        let drained = (|| -> Result<(), Abort> {
-            self.fb_direct(p)?;
+        self.maybe_kill_destination(p, &mut dest);
+        // The peer lets the disk go while the migration runs.
+        let released = (|| -> Result<(), Abort> {
             let mark = self.fb_release_disk()?;
             self.fb_wait_drive_released(p, mark)?;
             self.fb_wait_peer_released(p)
         })();
-        if let Err(e) = drained {
-            dest.kill();
-            self.vms.retired.push(dest);
-            if let Some(f) = self.failback.as_mut() {
-                f.error = Some(chain(&e));
-            }
-            return Err(e);
+        if let Err(e) = released {
+            return self.cross_host_stopped(dest, e);
         }
-        self.vms.owner.exec(&MigrateSetDowntime {
-            downtime_limit_ms: CONVERGE_DOWNTIME_MS,
-        })?;
-        self.facts.cross.converge_at = Some(Instant::now());
-        p.say(format!(
-            "port 2 drained and the peer released the disk: the migration may converge (downtime limit {CONVERGE_DOWNTIME_MS} ms)"
-        ));
         let info = match self.poll_migration(p) {
             Ok(i) => i,
+            Err(Abort::Interrupted) => return self.cross_host_stopped(dest, Abort::Interrupted),
             Err(e) => return self.cross_host_attach_after(p, Err((chain(&e), dest))),
         };
         self.facts.migration.status = info.status.clone();
@@ -193,6 +168,30 @@ impl Scenario<'_> {
                 )
             }
         }
+    }
+
+    /// `--inject destination-crash@migration`: B's QEMU killed once the migration runs.
+    fn maybe_kill_destination(&mut self, p: &mut Progress, dest: &mut Vm) {
+        if self.cfg.inject == Some(recovery::Inject::DestinationCrashMigration)
+            && !self.facts.injected
+        {
+            self.facts.injected = true;
+            let pid = dest.qemu.pid();
+            dest.kill();
+            p.say(format!(
+                "injected destination-crash@migration: SIGKILL to the destination QEMU on host B (pid {pid})"
+            ));
+        }
+    }
+
+    /// The failback's first half failed (`e`): the destination goes, the run stops with `e`.
+    fn cross_host_stopped(&mut self, mut dest: Vm, e: Abort) -> Result<(), Abort> {
+        dest.kill();
+        self.vms.retired.push(dest);
+        if let Some(f) = self.failback.as_mut() {
+            f.error = Some(chain(&e));
+        }
+        Err(e)
     }
 
     /// Step 5 on whichever host runs the owner now: after a migration that completed (`Ok`), on
@@ -251,9 +250,9 @@ impl Scenario<'_> {
         Some(crate::report::CrossHostReport {
             namespaces,
             rolled_back: c.rolled_back,
-            port2_drain_ms: between(c.migrate_at, at(Step::Drained)),
+            port2_drain_ms: between(at(Step::Directed), at(Step::Drained)),
             peer_release_ms: between(at(Step::Drained), at(Step::Released)),
-            switchover_ms: between(c.converge_at, c.running_at),
+            migration_ms: between(c.migrate_at, c.running_at),
             downtime_ms: self.cycles.first().and_then(|c| c.migration.downtime_ms),
             disk_arrival_ms: between(c.running_at, at(Step::PortOpen)),
             blackout_ms: self.switch_gap_ms(true, 1),

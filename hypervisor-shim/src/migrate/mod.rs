@@ -57,8 +57,8 @@ use crate::qemu::{
 };
 use crate::qmp::{
     self, BlockdevAdd, BlockdevDel, Cont, DeviceAdd, DeviceDel, HumanMonitorCommand, Migrate,
-    MigrateIncoming, MigrateSetCapabilities, MigrateSetDowntime, MigrationCapability,
-    MigrationInfo, ObjectAdd, ObjectDel, QueryMigrate, QueryPci, QueryStatus, QueryVersion, Quit,
+    MigrateIncoming, MigrateSetCapabilities, MigrationCapability, MigrationInfo, ObjectAdd,
+    ObjectDel, QueryMigrate, QueryPci, QueryStatus, QueryVersion, Quit,
 };
 use crate::report::{GuestExit, MigrateReport, Phases, SwitchReport, VmEvent};
 use crate::setup::{

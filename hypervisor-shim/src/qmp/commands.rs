@@ -467,28 +467,6 @@ impl Command for MigrateSetCapabilities {
     }
 }
 
-/// `migrate-set-parameters` with only the downtime limit: the longest stop-and-copy, in ms, QEMU
-/// may plan when it decides to converge. 0 keeps a live migration iterating while the guest dirties
-/// any memory (the cross-host switchover waits for the owner's port 2 to drain that way).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MigrateSetDowntime {
-    /// The limit, in milliseconds (QEMU's default is 300).
-    pub downtime_limit_ms: u64,
-}
-impl Command for MigrateSetDowntime {
-    type Qapi = q::migrate_set_parameters;
-    type Ok = Empty;
-    fn to_qapi(&self) -> Result<Self::Qapi, serde_json::Error> {
-        Ok(q::migrate_set_parameters(q::MigrateSetParameters {
-            downtime_limit: Some(self.downtime_limit_ms),
-            ..q::MigrateSetParameters::default()
-        }))
-    }
-    fn reply(ok: Empty) -> Empty {
-        ok
-    }
-}
-
 /// `human-monitor-command`: one HMP command line (used only for the QEMU 7.2 BAR2 workaround).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HumanMonitorCommand {

@@ -571,13 +571,3 @@ fn migrate_cancel_and_a_block_io_error() {
         assert!(!info(s).in_progress(), "{s:?}");
     }
 }
-
-#[test]
-fn the_downtime_limit_alone_is_set() {
-    let cmd = MigrateSetDowntime {
-        downtime_limit_ms: 0,
-    };
-    assert_eq!(MigrateSetDowntime::NAME, "migrate-set-parameters");
-    let args = serde_json::to_value(cmd.to_qapi().unwrap()).unwrap();
-    assert_eq!(args, json!({"downtime-limit": 0}));
-}

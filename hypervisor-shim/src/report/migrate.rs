@@ -101,13 +101,13 @@ pub struct CrossHostReport {
     /// The migration failed and was rolled back: the disk went back to the owner on the source
     /// host.
     pub rolled_back: bool,
-    /// `migrate` issued → the owner's port 2 drained (the pre-copy runs meanwhile).
+    /// `failback` sent → the owner's port 2 drained (new requests held from then on).
     pub port2_drain_ms: Option<f64>,
-    /// Port 2 drained → the peer released the disk (`released`).
+    /// Port 2 drained → the peer released the disk (`released`), while the migration runs.
     pub peer_release_ms: Option<f64>,
-    /// The migration allowed to converge → the destination runs the owner (the last pre-copy
-    /// pass and the stop-and-copy).
-    pub switchover_ms: Option<f64>,
+    /// `migrate` issued (at the drain's end) → the destination runs the owner: the pre-copy
+    /// and the stop-and-copy.
+    pub migration_ms: Option<f64>,
     /// The stop-and-copy, as QEMU measured it (`downtime`).
     pub downtime_ms: Option<u64>,
     /// The destination runs → the owner's port 1 open there (`direct`): the disk's arrival.

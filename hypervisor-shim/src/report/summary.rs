@@ -96,6 +96,29 @@ impl MigrateReport {
         };
         line(f, "handoff", format!("{when}: {outcome}"))?;
         line(f, "migration", self.migration_story())?;
+        if let (Some(from), Some(to), Some(x)) =
+            (&self.source_host, &self.destination_host, &self.cross_host)
+        {
+            let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |v| format!("{v:.1} ms"));
+            line(
+                f,
+                "hosts",
+                format!(
+                    "{from} → {to}{}; disk over {}, migration over {}; drain {}, peer release {}, migration {}, disk arrival {}",
+                    if x.rolled_back {
+                        " (rolled back to the source)"
+                    } else {
+                        ""
+                    },
+                    self.storage,
+                    self.migration_transport,
+                    ms(x.port2_drain_ms),
+                    ms(x.peer_release_ms),
+                    ms(x.migration_ms),
+                    ms(x.disk_arrival_ms),
+                ),
+            )?;
+        }
         self.fmt_failbacks(f)?;
         if self.peer_failures > 0 || self.injected.is_some() {
             let injected = self

@@ -21,6 +21,8 @@ use std::time::Duration;
 
 use common::{Output, accel, report, run_args, shim, u};
 use hypervisor_shim::hosts::{Host, Hosts, netns_exists};
+use hypervisor_shim::qemu::DiskBackend;
+use hypervisor_shim::storage::{StorageDaemon, StorageError};
 use serde_json::Value;
 
 /// The shim's own timeout for a guest run.
@@ -142,6 +144,45 @@ fn hosts_are_removed_after_a_panic() {
     let names = names.into_inner().unwrap();
     assert_eq!(names.len(), 3);
     assert_gone(&names);
+}
+
+/// The daemon alone: a missing image is an error carrying its stderr; a good one is exported,
+/// restarted under a new pid on the same address, and stopped cleanly.
+#[test]
+fn storage_daemon_starts_restarts_and_stops() {
+    require_root();
+    let hosts = Hosts::create().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let e = StorageDaemon::start(
+        hosts.storage(),
+        &dir.path().join("missing.img"),
+        10809,
+        dir.path(),
+    )
+    .unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, StorageError::Daemon { .. }), "{msg}");
+    assert!(msg.contains("missing.img"), "no stderr in: {msg}");
+    let image = dir.path().join("disk.img");
+    std::fs::write(&image, vec![0u8; 1 << 20]).unwrap();
+    let mut d = StorageDaemon::start(hosts.storage(), &image, 10809, dir.path()).unwrap();
+    assert_eq!(
+        d.backend(),
+        DiskBackend::Nbd {
+            host: hosts.storage().addr,
+            port: 10809,
+            export: "disk".into()
+        }
+    );
+    let before = d.pid();
+    d.restart().unwrap();
+    assert_ne!(d.pid(), before);
+    let addr = SocketAddr::from((hosts.storage().addr, 10809));
+    in_netns(hosts.source(), move || {
+        TcpStream::connect_timeout(&addr, Duration::from_secs(5)).unwrap();
+    });
+    d.stop().unwrap();
+    hosts.remove().unwrap();
 }
 
 /// `run --shared-storage` with `extra`: its temporary directory, output and report.

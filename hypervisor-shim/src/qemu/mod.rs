@@ -1,7 +1,8 @@
 //! QEMU for baton: the one place where QEMU command lines (and the QMP options of hot-plugged
-//! disks) are built ([`MachineSpec`], in `cmdline`; [`DiskBackend`], in `backend`), and the RAII guard that owns a running QEMU
-//! process ([`QemuProcess`], in `process`); here, the fixed ids and slots, the accelerator and
-//! finding QEMU and its firmware.
+//! disks) are built ([`MachineSpec`], in `cmdline`; [`DiskBackend`], in `backend`), and the RAII
+//! guard that owns a running QEMU process ([`QemuProcess`], in `process`); here, the fixed ids and
+//! slots, the accelerator and finding QEMU and its firmware. A QEMU can run inside a simulated
+//! host's network namespace ([`MachineSpec::netns`], [`crate::hosts`]).
 //!
 //! Machine choices follow docs/design.md ("QEMU 7.2 facts the design rests on"): `-machine pc`
 //! (i440fx + PIIX4, whose ACPI PCI hotplug register block works without an ACPI interpreter), qboot

@@ -6,7 +6,8 @@
 //! - the cross-host cycle: handoff on A, pre-copy to B while port 2 drains, the disk plugged into
 //!   the owner at B (the failback at the destination);
 //! - the storage daemon restarted while the owner forwards (the NBD clients reconnect);
-//! - the destination QEMU killed during the pre-copy: rolled back at A, the disk back there.
+//! - the destination QEMU killed during the migration: rolled back at A, the disk back there;
+//! - three cycles: the owner moves A → B → A → B, each cycle's peer on the owner's host.
 //!
 //! The accelerator comes from `BATON_TEST_ACCEL`.
 
@@ -131,6 +132,36 @@ fn a_destination_killed_mid_migration_is_rolled_back_at_the_source() {
     assert_eq!(
         u(&rep, "writes_verified"),
         u(&rep, "writes_total"),
+        "{}",
+        ctx()
+    );
+    assert_verified_and_clean(&out, &rep);
+}
+
+#[test]
+fn three_cycles_move_the_owner_back_and_forth() {
+    let (_dir, out, rep) = cross_host(&["--cycles", "3"]);
+    let ctx = || format!("{}\n{rep:#}", out.dump());
+    assert_eq!(out.code(), Some(0), "{}", ctx());
+    assert_eq!(u(&rep, "cycles_completed"), 3, "{}", ctx());
+    let visited: Vec<&str> = rep["hosts_visited"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|h| h.as_str().unwrap())
+        .collect();
+    assert_eq!(
+        visited,
+        ["host-a", "host-b", "host-a", "host-b"],
+        "{}",
+        ctx()
+    );
+    for f in rep["failback"].as_array().unwrap() {
+        assert_eq!(f["ok"], true, "{}", ctx());
+    }
+    assert!(
+        out.stderr
+            .contains("the peer for this cycle runs on host-b"),
         "{}",
         ctx()
     );

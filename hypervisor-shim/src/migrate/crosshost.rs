@@ -24,7 +24,7 @@
 
 use super::failback::FailbackFacts;
 use super::*;
-use crate::hosts::Hosts;
+use crate::hosts::{Host, Hosts};
 use crate::storage::StorageDaemon;
 
 /// The TCP port the destination listens on for the migration stream (on host B's address; each
@@ -38,6 +38,30 @@ pub(super) struct CrossHost {
     pub(super) hosts: Hosts,
     /// Stopped (flushed) before the host verifies the image.
     pub(super) storage: Option<StorageDaemon>,
+    /// The owner runs on host B now (it starts on A; each completed cycle moves it).
+    pub(super) owner_on_b: bool,
+    /// The hosts the owner ran on, in order (the report's `hosts_visited`).
+    pub(super) visited: Vec<&'static str>,
+}
+
+impl CrossHost {
+    /// The host the owner runs on now.
+    pub(super) fn here(&self) -> &Host {
+        if self.owner_on_b {
+            self.hosts.destination()
+        } else {
+            self.hosts.source()
+        }
+    }
+
+    /// The host the owner's next migration goes to.
+    pub(super) fn there(&self) -> &Host {
+        if self.owner_on_b {
+            self.hosts.source()
+        } else {
+            self.hosts.destination()
+        }
+    }
 }
 
 /// When the cross-host switchover's steps happened (for the report).
@@ -65,10 +89,13 @@ pub(super) fn prepare(
     let storage = StorageDaemon::start(hosts.storage(), image, NBD_PORT, dir)
         .map_err(|e| MigrateError::Config(chain(&e)))?;
     let backend = storage.backend();
+    let first = hosts.source().name;
     Ok(Some((
         CrossHost {
             hosts,
             storage: Some(storage),
+            owner_on_b: false,
+            visited: vec![first],
         },
         backend,
     )))
@@ -78,7 +105,11 @@ impl Scenario<'_> {
     /// Steps 2-5 (see the module docs): the owner migrates to host B while port 2 drains, and
     /// gets the disk back there — or, the migration rolled back, on host A.
     pub(super) fn cross_host_migrate(&mut self, p: &mut Progress) -> Result<(), Abort> {
-        let Some(b) = self.cross.as_ref().map(|c| c.hosts.destination().addr) else {
+        let Some((b, there)) = self
+            .cross
+            .as_ref()
+            .map(|c| (c.there().addr, c.there().name))
+        else {
             return Err(Abort::Other("--cross-host without hosts".into()));
         };
         let connected = match self.launch_destination(self.cycle_label("destination")) {
@@ -97,7 +128,7 @@ impl Scenario<'_> {
             return self.cross_host_rolled_back(p, e, Some(dest));
         }
         p.say(format!(
-            "destination QEMU on host B (pid {}, the ring in its own RAM) listens on {uri}",
+            "destination QEMU on {there} (pid {}, the ring in its own RAM) listens on {uri}",
             dest.qemu.pid()
         ));
         // Port 2 drains first: nothing may be in flight on the ring when the owner leaves it.
@@ -112,7 +143,7 @@ impl Scenario<'_> {
         self.record.record(Step::MigrationStarted, now);
         self.facts.cross.migrate_at = Some(now);
         p.say(format!(
-            "migrate {uri}: the owner, holding its requests, goes to host B over TCP"
+            "migrate {uri}: the owner, holding its requests, goes to {there} over TCP"
         ));
         self.maybe_kill_destination(p, &mut dest);
         // The peer lets the disk go while the migration runs.
@@ -150,7 +181,7 @@ impl Scenario<'_> {
                 p.step(
                     Step::Migrated,
                     format!(
-                        "completed, downtime {} ms, total {} ms; host B runs the owner",
+                        "completed, downtime {} ms, total {} ms; {there} runs the owner",
                         info.downtime.map_or_else(|| "?".into(), |d| d.to_string()),
                         info.total_time
                             .map_or_else(|| "?".into(), |d| d.to_string()),
@@ -158,6 +189,11 @@ impl Scenario<'_> {
                 );
                 self.take_over(p, dest, stream);
                 drop(listener);
+                if let Some(c) = self.cross.as_mut() {
+                    c.owner_on_b = !c.owner_on_b;
+                    let here = c.here().name;
+                    c.visited.push(here);
+                }
                 self.cross_host_attach_after(p, Ok(()))
             }
             Err(why) => {
@@ -168,6 +204,33 @@ impl Scenario<'_> {
                 )
             }
         }
+    }
+
+    /// Before cross-host cycle 2 and later: the peer must share the owner's host (the ring is
+    /// shared memory), so the last cycle's peer (idle: it released the disk and the ring) quits
+    /// and a fresh one starts on the owner's current host.
+    pub(super) fn peer_to_owner_host(&mut self, p: &mut Progress) -> Result<(), Abort> {
+        let Some(here) = self
+            .cross
+            .as_ref()
+            .map(|c| (c.here().netns.clone(), c.here().name))
+        else {
+            return Ok(());
+        };
+        if self.vms.peer_spec.netns.as_deref() == Some(here.0.as_str()) && !self.vms.peer_lost {
+            return Ok(());
+        }
+        if !self.vms.peer_lost {
+            self.vms.peer_lost = true;
+            match self.vms.peer.quit() {
+                Ok(_) => p.say("the last cycle's peer quit: the next one runs on the owner's host"),
+                Err(e) => self.note(format!("peer: {e}")),
+            }
+        }
+        self.vms.peer_spec.netns = Some(here.0);
+        self.replace_peer(p)?;
+        p.say(format!("the peer for this cycle runs on {}", here.1));
+        Ok(())
     }
 
     /// `--inject destination-crash@migration`: B's QEMU killed once the migration runs.

@@ -46,7 +46,7 @@ impl Scenario<'_> {
         }
         // Across hosts: the destination runs on host B, its ring in its own RAM.
         if let Some(c) = &self.cross {
-            spec.netns = Some(c.hosts.destination().netns.clone());
+            spec.netns = Some(c.there().netns.clone());
             if let Some(r) = spec.ring.as_mut() {
                 r.private = true;
             }

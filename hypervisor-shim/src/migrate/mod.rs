@@ -414,9 +414,9 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
     if cfg.failback_after_ms != 0 && !cfg.failback {
         return Err(no_failback("--failback-after-ms"));
     }
-    if cfg.cross_host && (cfg.mode != Mode::Live || !cfg.failback || cfg.cycles != 1) {
+    if cfg.cross_host && (cfg.mode != Mode::Live || !cfg.failback) {
         return Err(MigrateError::Config(
-            "--cross-host runs one live cycle with its failback (--mode live, --cycles 1)".into(),
+            "--cross-host runs live cycles, each with its failback (--mode live)".into(),
         ));
     }
     if cfg.cross_host && cfg.backend != BackendKind::File {

@@ -57,6 +57,7 @@ pub(super) fn failed_setup_report(
         recovery: Vec::new(),
         source_host: None,
         destination_host: None,
+        hosts_visited: Vec::new(),
         storage: storage_kind(cfg).into(),
         migration_transport: transport(cfg).into(),
         cross_host: None,
@@ -390,6 +391,11 @@ pub(super) fn build_report(
             .cross
             .as_ref()
             .map(|c| c.hosts.destination().name.to_owned()),
+        hosts_visited: s
+            .cross
+            .as_ref()
+            .map(|c| c.visited.iter().map(|h| (*h).to_owned()).collect())
+            .unwrap_or_default(),
         storage: storage_kind(cfg).into(),
         migration_transport: transport(cfg).into(),
         cross_host,

@@ -310,8 +310,12 @@ impl Scenario<'_> {
                 Err(e) => return Err(e),
             }
             self.end_cycle();
-            if self.vms.peer_lost && n < self.cfg.cycles {
-                self.replace_peer(p)?;
+            if n < self.cfg.cycles {
+                if self.cross.is_some() {
+                    self.peer_to_owner_host(p)?;
+                } else if self.vms.peer_lost {
+                    self.replace_peer(p)?;
+                }
             }
         }
         self.wait_owner_exit(p)

@@ -311,6 +311,8 @@ pub struct MigrateReport {
     pub source_host: Option<String>,
     /// `--cross-host`: the host the owner was migrated to, e.g. `host-b`.
     pub destination_host: Option<String>,
+    /// `--cross-host`: every host the owner ran on, in order (`--cycles N` moves it A → B → A …).
+    pub hosts_visited: Vec<String>,
     /// How the disk is reached: `file` (a local image) or `nbd` (the storage host's export).
     pub storage: String,
     /// How the migration stream travels: `unix` (same host) or `tcp` (across hosts).

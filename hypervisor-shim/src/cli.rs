@@ -52,6 +52,12 @@ pub enum Cmd {
     /// blackout and phases over repeated handoffs, migration downtime, QEMU start to first I/O,
     /// idle guest CPU, and the redirector's host bench; a table, JSON and a timeline plot.
     Bench(BenchArgs),
+    /// One host against two: the same live cycle (handoff, migration, failback) on one host and
+    /// across hosts (`--cross-host`, as root), repeated and interleaved, then the cross-host
+    /// migration's downtime against guest RAM (128 MiB, 512 MiB, 2 GiB); a table and JSON.
+    ///
+    /// Exits 0 when every run succeeded; 1 otherwise; 2 when it could not be set up.
+    BenchHosts(crate::bench::hosts::HostsBenchArgs),
     /// Check the host: QEMU, its firmware, KVM, and the guest kernel.
     Check(CheckArgs),
 }
@@ -295,6 +301,10 @@ pub struct MigrateArgs {
     /// back to the owner at the destination.
     #[arg(long)]
     pub cross_host: bool,
+    /// The owner's guest RAM, in MiB (the migration copies it).
+    #[arg(long, default_value_t = 128,
+          value_parser = clap::value_parser!(u32).range(64..=4096))]
+    pub guest_ram_mib: u32,
     /// Test hook: start the live-migration destination without the ivshmem device, so it dies on
     /// the unknown device state while the source says `completed`.
     #[arg(long, hide = true)]
@@ -366,6 +376,7 @@ impl MigrateArgs {
             },
             inject: self.inject,
             cross_host: self.cross_host,
+            guest_memory_mib: self.guest_ram_mib,
             on_io_error: match self.on_io_error {
                 IoErrorArg::Fail => IoErrorPolicy::Fail,
                 IoErrorArg::Wait => {

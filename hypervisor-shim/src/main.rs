@@ -21,6 +21,7 @@ fn main() -> ExitCode {
         Cmd::Migrate(args) => cmd_migrate(&args),
         Cmd::Bench(args) => cmd_bench(&args),
         Cmd::Soak(args) => cmd_soak(&args),
+        Cmd::BenchHosts(args) => cmd_bench_hosts(&args),
         Cmd::Check(args) => cmd_check(&args),
     };
     result.unwrap_or_else(|e| {
@@ -142,6 +143,22 @@ fn cmd_soak(args: &SoakArgs) -> anyhow::Result<ExitCode> {
     if let Some(path) = &args.report {
         report
             .write_json(path)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+    }
+    println!("{report}");
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+fn cmd_bench_hosts(args: &bench::hosts::HostsBenchArgs) -> anyhow::Result<ExitCode> {
+    setup::install_interrupt_handler();
+    let report = bench::hosts::bench_hosts(&args.config())?;
+    if let Some(path) = &args.report {
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n")
             .with_context(|| format!("cannot write the report to {}", path.display()))?;
     }
     println!("{report}");

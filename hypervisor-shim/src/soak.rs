@@ -70,6 +70,7 @@ impl SoakConfig {
             destination_fault: migrate::DestinationFault::None,
             inject: None,
             cross_host: false,
+            guest_memory_mib: crate::setup::GUEST_MEMORY_MIB,
             on_io_error: migrate::IoErrorPolicy::Fail,
             timeout: self.timeout,
             kernel: self.kernel.clone(),

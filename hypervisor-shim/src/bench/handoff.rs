@@ -238,6 +238,7 @@ pub fn run(plan: &Plan, common: &Common) -> Result<Outcome, MigrateError> {
         destination_fault: DestinationFault::None,
         inject: None,
         cross_host: false,
+        guest_memory_mib: crate::setup::GUEST_MEMORY_MIB,
         on_io_error: crate::migrate::IoErrorPolicy::Fail,
         timeout: common.timeout,
         kernel: common.kernel.clone(),

@@ -29,6 +29,7 @@ use crate::progress::Progress;
 use crate::setup::{self, AccelChoice, GUEST_MEMORY_MIB, SetupError};
 
 pub mod handoff;
+pub mod hosts;
 pub mod idle;
 pub mod plot;
 pub mod redirector;

@@ -248,6 +248,8 @@ pub struct MigrateConfig {
     /// Migrate the owner to another host (network namespaces, the disk over NBD, the migration
     /// over TCP; [`crosshost`]).
     pub cross_host: bool,
+    /// The owner's guest RAM in MiB (the peer keeps [`setup::GUEST_MEMORY_MIB`]).
+    pub guest_memory_mib: u32,
     /// What to do when a VM pauses on an I/O error (a full disk).
     pub on_io_error: IoErrorPolicy,
     /// Hard timeout of the whole scenario.
@@ -477,6 +479,7 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
         control_socket: Some(owner_listener.path().to_path_buf()),
         boot_disk: Some(backend.clone()),
         netns: host_a,
+        memory_mib: cfg.guest_memory_mib,
         ..base
     };
     inject::prepare_machines(cfg, &owner_guest, &mut owner_spec, &mut peer_spec);

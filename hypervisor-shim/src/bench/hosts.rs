@@ -311,19 +311,31 @@ impl fmt::Display for HostsBenchReport {
             self.qemu_version.as_deref().unwrap_or("?")
         )?;
         writeln!(f, "{:<26} {:>24} {:>24}", "", "one host", "two hosts")?;
-        let rows: [(&str, &dyn Fn(&SideFigures) -> String); 4] = [
-            ("failback blackout", &|x| s(&x.failback_blackout_ms)),
-            ("handoff blackout", &|x| s(&x.handoff_blackout_ms)),
-            ("migration downtime", &|x| s(&x.migration_downtime_ms)),
-            ("migration total", &|x| s(&x.migration_total_ms)),
+        let (a, b) = (&self.same_host, &self.cross_host);
+        let rows = [
+            (
+                "failback blackout",
+                s(&a.failback_blackout_ms),
+                s(&b.failback_blackout_ms),
+            ),
+            (
+                "handoff blackout",
+                s(&a.handoff_blackout_ms),
+                s(&b.handoff_blackout_ms),
+            ),
+            (
+                "migration downtime",
+                s(&a.migration_downtime_ms),
+                s(&b.migration_downtime_ms),
+            ),
+            (
+                "migration total",
+                s(&a.migration_total_ms),
+                s(&b.migration_total_ms),
+            ),
         ];
-        for (name, get) in rows {
-            writeln!(
-                f,
-                "{name:<26} {:>24} {:>24}",
-                get(&self.same_host),
-                get(&self.cross_host)
-            )?;
+        for (name, one, two) in rows {
+            writeln!(f, "{name:<26} {one:>24} {two:>24}")?;
         }
         writeln!(
             f,

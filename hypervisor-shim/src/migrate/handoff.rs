@@ -218,6 +218,13 @@ impl Scenario<'_> {
             "{why}; nothing was sent to the owner, which keeps port 1"
         ));
         self.out.failures.push(why);
+        self.owner_finishes_on_port1(p)
+    }
+
+    /// A cycle that ended with the owner on port 1 (the handoff not directed, or taken back):
+    /// the owner finishes its workload there, and the scenario stops with its exit
+    /// ([`Abort::OwnerExited`]); the failure was recorded by the caller.
+    pub(super) fn owner_finishes_on_port1(&mut self, p: &mut Progress) -> Result<(), Abort> {
         self.wait_owner_exit(p)?;
         let status = self
             .vms

@@ -263,22 +263,9 @@ impl Scenario<'_> {
             _ => {}
         }
         // The dead peer's QEMU held the image's lock; it is gone with the process.
-        let attempts = self.add_disk(p, Role::Owner, qemu::BOOT_DISK_SLOT)?;
-        self.send(
-            Role::Owner,
-            Message::DiskAttached {
-                slot: qemu::BOOT_DISK_SLOT,
-            },
-        )?;
+        let what = self.plug_owner_disk(p)?;
         self.fb_record(Step::Attached, Instant::now());
-        self.vms.owner_spec.boot_disk = Some(self.vms.backend.clone());
-        p.fb_step(
-            Step::Attached,
-            format!(
-                "device_add virtio-blk-pci (slot {}) in the owner ({attempts} attempt(s)), disk-attached sent",
-                qemu::BOOT_DISK_SLOT
-            ),
-        );
+        p.fb_step(Step::Attached, what);
         let (_, at) = self.wait_msg(p, Role::Owner, "the owner's `direct`", |m| {
             matches!(m, Message::Direct)
         })?;
@@ -289,6 +276,24 @@ impl Scenario<'_> {
             "the owner's disk is behind port 1 again: the abandoned requests replayed first, then the held ones",
         );
         self.close_ring(p)
+    }
+
+    /// The disk plugged into the owner's current QEMU whose previous holder is gone (a lost
+    /// peer, or a handoff taken back): `device_add` (retried while the image is still locked),
+    /// then `disk-attached`. Returns what was done, for the progress line.
+    pub(super) fn plug_owner_disk(&mut self, p: &mut Progress) -> Result<String, Abort> {
+        let attempts = self.add_disk(p, Role::Owner, qemu::BOOT_DISK_SLOT)?;
+        self.send(
+            Role::Owner,
+            Message::DiskAttached {
+                slot: qemu::BOOT_DISK_SLOT,
+            },
+        )?;
+        self.vms.owner_spec.boot_disk = Some(self.vms.backend.clone());
+        Ok(format!(
+            "device_add virtio-blk-pci (slot {}) in the owner ({attempts} attempt(s)), disk-attached sent",
+            qemu::BOOT_DISK_SLOT
+        ))
     }
 
     /// Starts a fresh peer in place of the lost one, for the cycles still to come: a new QEMU

@@ -73,13 +73,7 @@ impl Scenario<'_> {
             .failures
             .push(format!("the handoff was taken back: {why}"));
         r?;
-        self.wait_owner_exit(p)?;
-        let status = self
-            .vms
-            .owner
-            .poll_exit()
-            .map_or_else(|| "exited".to_owned(), describe_exit);
-        Err(Abort::OwnerExited(status))
+        self.owner_finishes_on_port1(p)
     }
 
     fn take_back_steps(
@@ -133,18 +127,8 @@ impl Scenario<'_> {
             self.wait_drive_released(p, mark)?;
         }
         self.add_owner_disk_node()?;
-        let attempts = self.add_disk(p, Role::Owner, qemu::BOOT_DISK_SLOT)?;
-        self.send(
-            Role::Owner,
-            Message::DiskAttached {
-                slot: qemu::BOOT_DISK_SLOT,
-            },
-        )?;
-        self.vms.owner_spec.boot_disk = Some(self.vms.backend.clone());
-        p.say(format!(
-            "device_add virtio-blk-pci (slot {}) in the owner ({attempts} attempt(s)), disk-attached sent",
-            qemu::BOOT_DISK_SLOT
-        ));
+        let what = self.plug_owner_disk(p)?;
+        p.say(what);
         Ok(())
     }
 

@@ -261,7 +261,11 @@ pub(super) fn build_report(
     let any_migration_failed =
         s.cycles.iter().any(|c| c.migration.error.is_some()) || s.facts.migration.error.is_some();
     let lines = std::mem::take(&mut s.facts.owner_lines);
-    let (guest_exit, reason, qemu_exit_code) = classify(&ending, lines.panic.as_ref(), cfg.timeout);
+    let (guest_exit, mut reason, qemu_exit_code) =
+        classify(&ending, lines.panic.as_ref(), cfg.timeout);
+    if s.facts.given_up {
+        reason.push_str(" (it had reported first, after `give-up`)");
+    }
     let exited = matches!(ending, Ending::Exited(_));
     let where_ = exited.then(|| {
         if s.vms.owner_is_destination {

@@ -115,6 +115,34 @@ fn migrate_rejects_a_migrate_at_outside_the_workload() {
 }
 
 #[test]
+fn cross_host_options_are_checked_before_anything_starts() {
+    common::require_qemu();
+    let kernel = common::kernel();
+    let kernel = kernel.to_str().unwrap();
+    for (extra, says) in [
+        (
+            &["--inject", "destination-crash@migration"][..],
+            "needs --cross-host",
+        ),
+        (
+            &["--inject", "storage-restart@forwarding"][..],
+            "needs --cross-host",
+        ),
+        (
+            &["--cross-host", "--mode", "save"][..],
+            "--cross-host runs live cycles",
+        ),
+        (&["--cross-host", "--backend", "null"][..], "--backend file"),
+    ] {
+        let mut args = vec!["migrate", "--kernel", kernel, "--accel", "tcg"];
+        args.extend_from_slice(extra);
+        let out = shim(&args, LIMIT);
+        assert_eq!(out.code(), Some(2), "{extra:?}: {}", out.dump());
+        assert!(out.stderr.contains(says), "{extra:?}: {}", out.dump());
+    }
+}
+
+#[test]
 fn missing_kernel_says_how_to_build_it() {
     common::require_qemu();
     let out = shim(

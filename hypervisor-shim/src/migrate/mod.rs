@@ -421,6 +421,17 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
             "--cross-host runs live cycles, each with its failback (--mode live)".into(),
         ));
     }
+    if !cfg.cross_host
+        && matches!(
+            cfg.inject,
+            Some(Inject::StorageRestartForwarding | Inject::DestinationCrashMigration)
+        )
+    {
+        return Err(MigrateError::Config(format!(
+            "--inject {} needs --cross-host",
+            cfg.inject.map_or("", Inject::as_str)
+        )));
+    }
     if cfg.cross_host && cfg.backend != BackendKind::File {
         return Err(MigrateError::Config(
             "--cross-host needs --backend file (the image is exported over NBD)".into(),

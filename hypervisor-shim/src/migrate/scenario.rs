@@ -306,6 +306,13 @@ impl Scenario<'_> {
                 Ok(()) => {}
                 Err(Abort::PeerExited(why)) if self.peer_loss_recoverable() => {
                     self.recover_peer_loss(p, why)?;
+                    if self.cross.is_some() {
+                        // The ring cannot follow the owner to the other host, and its disk is
+                        // back: this cycle's migration is off (a fresh handoff would be needed).
+                        self.out.failures.push(format!(
+                            "cycle {n}: the peer was lost before the owner left its host; the disk went back to the owner, which stayed there (no cross-host migration in this cycle)"
+                        ));
+                    }
                 }
                 Err(e) => return Err(e),
             }

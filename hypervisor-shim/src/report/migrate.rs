@@ -92,7 +92,7 @@ impl FailbackReport {
 }
 
 /// The owner's migration to another host (`--cross-host`; docs/design.md, "Across hosts"): the
-/// switchover's steps, in ms. The blackout spans them all: from `failback` (port 2 starts to
+/// first cycle's switchover steps, in ms (`hosts_visited` lists every cycle's host). The blackout spans them all: from `failback` (port 2 starts to
 /// drain while the pre-copy runs) to the first port-1 completion at the destination.
 #[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct CrossHostReport {

@@ -171,12 +171,17 @@ impl Vm {
         r
     }
 
-    /// Reads the QMP socket for up to `wait` and moves the events into [`Vm::events`]. A closed or
+    /// Reads the QMP socket for up to `wait` (zero: only what has arrived, without blocking) and
+    /// moves the events into [`Vm::events`]. A closed or
     /// broken session is dropped, and the error that ended it returned (the process checks report
     /// the rest).
     pub fn pump_events(&mut self, wait: Duration) -> Option<QmpError> {
         let q = self.qmp.as_mut()?;
-        let r = q.pump(wait);
+        let r = if wait.is_zero() {
+            q.pump_available()
+        } else {
+            q.pump(wait)
+        };
         self.take_events();
         let e = r.err()?;
         self.qmp = None;

@@ -244,6 +244,15 @@ impl ControlChannel {
         self.endpoint.stats().into()
     }
 
+    /// The socket's descriptor while connected, to wait on with `poll(2)`.
+    pub fn raw_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        self.stream
+            .as_ref()
+            .filter(|_| !self.disconnected)
+            .map(AsRawFd::as_raw_fd)
+    }
+
     /// Whether the current connection ended.
     pub fn disconnected(&self) -> bool {
         self.disconnected

@@ -278,6 +278,7 @@ impl Scenario<'_> {
         self.add_owner_disk_node()?;
         let attempts = self.add_disk(p, Role::Owner, qemu::BOOT_DISK_SLOT)?;
         self.fb_attach(p, attempts)?;
+        self.fb_del_peer_node()?;
         self.fb_wait_direct(p)?;
         self.close_ring(p)
     }

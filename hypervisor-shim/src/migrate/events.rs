@@ -4,6 +4,8 @@
 
 use baton_core::console::{GuestLine, Kind, LineError, SwitchKind, SwitchLine};
 
+use std::os::fd::AsRawFd;
+
 use super::*;
 use crate::report::CompletionTimeline;
 
@@ -269,7 +271,41 @@ impl Scenario<'_> {
                     waited: start.elapsed(),
                 });
             }
-            std::thread::sleep(TICK);
+            self.wait_io(TICK);
+        }
+    }
+
+    /// Sleeps until a control frame or a QMP message arrives from either guest, or `max` passes
+    /// (`poll(2)` on the sockets; no fixed poll period in the handoff's path).
+    pub(super) fn wait_io(&self, max: Duration) {
+        let mut fds: Vec<libc::pollfd> = [&self.ctl.owner, &self.ctl.peer]
+            .into_iter()
+            .filter_map(|c| c.raw_fd())
+            .chain(
+                [&self.vms.owner, &self.vms.peer]
+                    .into_iter()
+                    .filter_map(|vm| vm.qmp.as_ref().map(|q| q.stream().as_raw_fd())),
+            )
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let ts = libc::timespec {
+            tv_sec: max.as_secs() as libc::time_t,
+            tv_nsec: libc::c_long::from(max.subsec_nanos() as i32),
+        };
+        // SAFETY: `fds` is a live, exclusively borrowed array of `fds.len()` pollfd structs and
+        // `ts` a valid timespec; ppoll only writes the `revents` fields. An error (EINTR) just ends
+        // the sleep early.
+        unsafe {
+            libc::ppoll(
+                fds.as_mut_ptr(),
+                fds.len() as libc::nfds_t,
+                &ts,
+                std::ptr::null(),
+            );
         }
     }
 

@@ -114,13 +114,25 @@ impl Scenario<'_> {
         self.add_owner_disk_node()?;
         self.fb_direct(p)?;
         let mark = self.fb_release_disk()?;
-        self.fb_wait_drive_released(p, mark)?;
-        // The owner's `device_add` overlaps the wait for the peer's `released`.
-        let attempts = self.add_disk(p, Role::Owner, qemu::BOOT_DISK_SLOT)?;
+        // The peer's `released` (device reset, slot ejected: it no longer writes) is what the
+        // owner's `device_add` waits for; every virtio-blk shares the image's write permission
+        // (`share-rw=on`), so QEMU's teardown of the peer's device stays off the blackout
+        // (docs/design.md, "Where the blackout goes").
         self.fb_wait_peer_released(p)?;
+        let attempts = self.add_disk(p, Role::Owner, qemu::BOOT_DISK_SLOT)?;
         self.fb_attach(p, attempts)?;
         self.fb_wait_direct(p)?;
+        self.fb_wait_drive_released(p, mark)?;
+        self.fb_del_peer_node()?;
         self.close_ring(p)
+    }
+
+    /// The peer's block node goes, once its QEMU released the drive.
+    pub(super) fn fb_del_peer_node(&mut self) -> Result<(), Abort> {
+        self.vms.peer.exec(&BlockdevDel {
+            node_name: DISK_ID.into(),
+        })?;
+        Ok(())
     }
 
     /// The disk's block node in the owner's current QEMU, unless it is there.
@@ -213,7 +225,8 @@ impl Scenario<'_> {
     }
 
     /// The disk was plugged into the owner's QEMU (`attempts` `device_add`s): `disk-attached`
-    /// to the owner (step `Attached`), and the peer's block node goes.
+    /// to the owner (step `Attached`). The peer's block node goes later
+    /// ([`Scenario::fb_del_peer_node`]), once its QEMU released the drive.
     pub(super) fn fb_attach(&mut self, p: &mut Progress, attempts: u32) -> Result<(), Abort> {
         self.send(
             Role::Owner,
@@ -222,9 +235,6 @@ impl Scenario<'_> {
             },
         )?;
         self.fb_record(Step::Attached, Instant::now());
-        self.vms.peer.exec(&BlockdevDel {
-            node_name: DISK_ID.into(),
-        })?;
         self.vms.owner_spec.boot_disk = Some(self.vms.backend.clone());
         let retried = if attempts > 1 {
             format!(" after {attempts} attempts (image still locked)")
@@ -234,7 +244,7 @@ impl Scenario<'_> {
         p.fb_step(
             Step::Attached,
             format!(
-                "device_add virtio-blk-pci (slot {}) in the owner{retried}, disk-attached sent; blockdev-del in the peer",
+                "device_add virtio-blk-pci (slot {}) in the owner{retried}, disk-attached sent",
                 qemu::BOOT_DISK_SLOT
             ),
         );

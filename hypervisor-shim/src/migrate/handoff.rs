@@ -28,10 +28,11 @@ impl Scenario<'_> {
                 format!("port 1 completed {completed} requests, {held} held at port 2"),
             );
         }
-        // QEMU's DEVICE_DELETED (the drive released) usually comes before the owner's
-        // `released` frame: the peer's `device_add` overlaps the wait for it.
-        self.wait_drive_released(p, mark)?;
-        let attempts = self.add_disk(p, Role::Peer, PEER_DISK_SLOT)?;
+        // The owner's `released` (device reset, slot ejected: it no longer writes) is what the
+        // peer's `device_add` waits for; every virtio-blk shares the image's write permission
+        // (`share-rw=on`), so QEMU's teardown of the owner's device (`DEVICE_DELETED`, which
+        // came 1-10 ms after the eject) stays off the blackout (docs/design.md, "Where the
+        // blackout goes").
         let (msg, at) = self.wait_msg(p, Role::Owner, "the owner's `released`", |m| {
             matches!(m, Message::Released { .. })
         })?;
@@ -48,6 +49,7 @@ impl Scenario<'_> {
                 format!("the owner reset the device and ejected slot {slot}"),
             );
         }
+        let attempts = self.add_disk(p, Role::Peer, PEER_DISK_SLOT)?;
         self.move_disk(p, attempts)?;
         let (msg, at) = self.wait_msg(p, Role::Peer, "the peer's `peer-ready`", |m| {
             matches!(m, Message::PeerReady { .. })
@@ -75,6 +77,13 @@ impl Scenario<'_> {
                 self.record.span_ms(&steps::HANDOFF).unwrap_or(0.0)
             ),
         );
+        // Off the blackout: the owner's QEMU finishes tearing the device down; its block node
+        // goes after that.
+        self.wait_drive_released(p, mark)?;
+        self.vms.owner.exec(&BlockdevDel {
+            node_name: DISK_ID.into(),
+        })?;
+        self.vms.owner_disk_node = false;
         Ok(())
     }
 
@@ -321,8 +330,8 @@ impl Scenario<'_> {
     }
 
     /// Step 2: the disk has moved from the owner's QEMU to the peer's (block node added when the
-    /// handoff was directed, device after `attempts` `device_add`s): `disk-attached` to the peer;
-    /// the owner's node goes once the peer has the disk.
+    /// handoff was directed, device after `attempts` `device_add`s): `disk-attached` to the peer.
+    /// The owner's node goes once port 2 is open and its QEMU released the drive.
     pub(super) fn move_disk(&mut self, p: &mut Progress, attempts: u32) -> Result<(), Abort> {
         self.send(
             Role::Peer,
@@ -331,10 +340,6 @@ impl Scenario<'_> {
             },
         )?;
         self.record.record(Step::Attached, Instant::now());
-        self.vms.owner.exec(&BlockdevDel {
-            node_name: DISK_ID.into(),
-        })?;
-        self.vms.owner_disk_node = false;
         let retried = if attempts > 1 {
             format!(" after {attempts} attempts (image still locked)")
         } else {
@@ -343,7 +348,7 @@ impl Scenario<'_> {
         p.step(
             Step::Attached,
             format!(
-                "device_add virtio-blk-pci (slot {PEER_DISK_SLOT}) in the peer{retried}, disk-attached sent; blockdev-del in the owner"
+                "device_add virtio-blk-pci (slot {PEER_DISK_SLOT}) in the peer{retried}, disk-attached sent"
             ),
         );
         Ok(())

@@ -105,8 +105,12 @@ pub const DISK_IMAGE_FILE: &str = "disk.img";
 
 /// Longest wait for a QEMU to connect its control socket and for its QMP socket to answer.
 const CONNECT_TIMEOUT: Duration = setup::QMP_CONNECT_TIMEOUT;
-/// Read timeout of the QMP sockets here: bounds how long an event poll blocks.
-const QMP_POLL: Duration = Duration::from_millis(2);
+/// Read timeout of the QMP sockets here: bounds how long a blocking event read waits.
+const QMP_READ_TIMEOUT: Duration = Duration::from_millis(2);
+/// How long a wait's own event poll blocks: not at all. The waits take in what has arrived and
+/// then sleep in `poll(2)` on every socket at once ([`Scenario::wait_io`]), so a QMP event or a
+/// control frame ends the sleep as it arrives.
+const QMP_POLL: Duration = Duration::ZERO;
 /// Longest wait for both guests' `hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(60);
 /// Longest wait for each handoff step (drained, released, DEVICE_DELETED, peer-ready, forwarding).
@@ -121,7 +125,8 @@ const MIGRATION_TIMEOUT: Duration = Duration::from_secs(90);
 const DEST_RUN_TIMEOUT: Duration = Duration::from_secs(15);
 /// Longest wait for a QEMU to exit after `quit`.
 const QUIT_TIMEOUT: Duration = Duration::from_secs(10);
-/// Main loop period.
+/// Longest sleep of a wait between rounds when nothing arrives on a socket (the ring watch and
+/// the consoles are checked at least this often).
 const TICK: Duration = Duration::from_millis(1);
 /// Period of `query-migrate` polls.
 const MIGRATE_POLL: Duration = Duration::from_millis(5);

@@ -34,7 +34,7 @@ impl Vm {
                 source,
             })?;
         if let Some(q) = &self.qmp {
-            let _ = q.stream().set_read_timeout(Some(QMP_POLL));
+            let _ = q.stream().set_read_timeout(Some(QMP_READ_TIMEOUT));
         }
         Ok(())
     }

@@ -11,11 +11,16 @@ use super::{
     RING_DEVICE_ID, RING_MEMDEV_ID,
 };
 
-/// `device_add` properties of a virtio-blk-pci disk on `node` in PCI `slot`.
+/// `device_add` properties of a virtio-blk-pci disk on `node` in PCI `slot`. Every virtio-blk
+/// of baton shares the image's write permission (`share-rw=on`): which guest writes is decided
+/// by the handoff, whose `released` (the device reset, its slot ejected) comes before the next
+/// holder's `device_add`, not by QEMU's image lock, which QEMU drops only when it finalises the
+/// old device, 1-10 ms later (docs/design.md, "Where the blackout goes").
 pub fn virtio_blk_device_props(node: &str, slot: u8) -> Map<String, Value> {
     let mut m = Map::new();
     m.insert("drive".into(), node.into());
     m.insert("addr".into(), format!("{slot:#x}").into());
+    m.insert("share-rw".into(), true.into());
     m
 }
 
@@ -183,7 +188,7 @@ impl MachineSpec {
             }
             push("-device");
             push(&format!(
-                "virtio-blk-pci,drive={DISK_ID},id={DISK_ID},addr={BOOT_DISK_SLOT:#x}"
+                "virtio-blk-pci,drive={DISK_ID},id={DISK_ID},addr={BOOT_DISK_SLOT:#x},share-rw=on"
             ));
         }
         if let Some(ring) = &self.ring {
@@ -295,7 +300,7 @@ mod tests {
             after(&a, "-device"),
             [
                 "isa-debug-exit,iobase=0xf4,iosize=0x04",
-                "virtio-blk-pci,drive=disk0,id=disk0,addr=0x4"
+                "virtio-blk-pci,drive=disk0,id=disk0,addr=0x4,share-rw=on"
             ]
         );
         assert_eq!(

@@ -375,6 +375,39 @@ impl<S: Read + Write> Qmp<S> {
     }
 }
 
+impl Qmp<UnixStream> {
+    /// Takes in what QEMU has sent so far without waiting: reads the socket until it would block,
+    /// then queues the events among the complete messages (a partial one stays buffered). For
+    /// loops that wait on the socket with `poll(2)` themselves and must not sit out a read timeout.
+    /// Errors: [`QmpError::Closed`], [`QmpError::Io`], and those of the messages' parsing.
+    pub fn pump_available(&mut self) -> Result<(), QmpError> {
+        self.stream.set_nonblocking(true).map_err(QmpError::Io)?;
+        let read = self.read_available();
+        self.stream.set_nonblocking(false).map_err(QmpError::Io)?;
+        read?;
+        // The deadline has passed already: only complete buffered messages are taken.
+        self.pump(Duration::ZERO)
+    }
+
+    fn read_available(&mut self) -> Result<(), QmpError> {
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Err(QmpError::Closed),
+                Ok(n) => {
+                    self.buf.extend_from_slice(&chunk[..n]);
+                    if self.buf.len() > MAX_MESSAGE {
+                        return Err(QmpError::TooLong);
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err(QmpError::Io(e)),
+            }
+        }
+    }
+}
+
 /// The error reply `msg` to `command`, decoded as the schema's `qapi::Error` (class and
 /// description); an error whose class the schema does not list keeps QEMU's strings.
 fn rejection(command: &'static str, msg: Map<String, Value>) -> QmpError {

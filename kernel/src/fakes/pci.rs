@@ -32,6 +32,8 @@ struct Function {
 #[derive(Debug, Default)]
 pub struct Space {
     functions: BTreeMap<u8, Function>,
+    /// Every configuration write, in order: `(slot, offset, data)`.
+    writes: Vec<(u8, u8, u32)>,
 }
 
 /// A configuration space; clones share it (the test keeps one to hot-add devices).
@@ -87,6 +89,11 @@ impl FakeConfigSpace {
             .map_or(u32::MAX, |f| f.regs[usize::from(offset / 4)])
     }
 
+    /// Every configuration write so far, in order: `(slot, offset, data)`.
+    pub fn writes(&self) -> Vec<(u8, u8, u32)> {
+        self.0.borrow().writes.clone()
+    }
+
     /// Sets configuration word `offset` of the function in `slot` directly (firmware's doing).
     pub fn set_word(&self, slot: u8, offset: u8, value: u32) {
         if let Some(f) = self.0.borrow_mut().functions.get_mut(&slot) {
@@ -108,6 +115,7 @@ impl ConfigurationAccess for FakeConfigSpace {
             return;
         }
         let mut space = self.0.borrow_mut();
+        space.writes.push((df.device, offset, data));
         let Some(f) = space.functions.get_mut(&df.device) else {
             return;
         };

@@ -7,7 +7,7 @@
 
 use baton_core::console::{Kind, PREFIX};
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use spin::Once;
 use x86_64::VirtAddr;
 use x86_64::instructions::port::Port;
@@ -29,6 +29,17 @@ pub const IDLE_TICK_HZ: u64 = 100;
 const SLOW_AFTER_US: u64 = 50_000;
 
 static CURRENT_HZ: AtomicU64 = AtomicU64::new(0);
+
+/// Set by the wake stub when COM2 interrupted (bytes from the shim arrived), cleared by
+/// [`take_wake`]. A byte store from the stub and an atomic swap here: both are single
+/// instructions on x86_64, so the flag needs no lock.
+static WAKE_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// Whether COM2 interrupted since the last call: a loop that polls the control channel only now
+/// and then (port I/O is a VM exit) polls at once when this says bytes arrived.
+pub fn take_wake() -> bool {
+    WAKE_PENDING.swap(false, Ordering::Relaxed)
+}
 
 static IDT: Once<InterruptDescriptorTable> = Once::new();
 
@@ -64,10 +75,11 @@ global_asm!(
     "baton_stub 19, 0",
     "baton_stub 20, 0",
     "baton_stub 21, 1",
-    // A device IRQ on the master PIC whose only purpose is to end a `hlt`: acknowledge it; the
-    // poll loop that resumes reads the device.
+    // A device IRQ on the master PIC (COM2's): note it for `take_wake`, acknowledge it; the poll
+    // loop that resumes reads the device.
     ".global baton_wake_entry",
     "baton_wake_entry:",
+    "mov byte ptr [rip + {wake}], 1",
     "push rax",
     "mov al, 0x20",
     "out 0x20, al",
@@ -107,6 +119,7 @@ global_asm!(
     "iretq",
     handler = sym exception_handler,
     timer = sym timer_tick,
+    wake = sym WAKE_PENDING,
 );
 
 unsafe extern "C" {

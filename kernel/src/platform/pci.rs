@@ -10,9 +10,19 @@
 //! Space is reused: a guest that takes part in many handoff and failback cycles places a
 //! virtio-blk and an ivshmem device per cycle and ejects them again, far more BARs than either
 //! window holds. Placement searches forward from where the last BAR went and, when that finds no
-//! room, once more from the window's start; what it must stay clear of is read from the bus at
-//! each [`setup_device`] (an ejected device's BARs are gone from it) plus the BARs that call
-//! already placed.
+//! room, once more from the window's start. What it must stay clear of is the allocator's own
+//! record of bus 0 ([`BarAllocator`]): read from the bus once ([`learn_bus`], at boot), then kept
+//! by [`setup_device`], which forgets a slot's old BARs when a new function is set up in it (a
+//! device is only ever set up in a slot after the one before it was ejected).
+//!
+//! Why a record and not a fresh read each time: sizing a BAR means writing all-ones to it, and on
+//! a function whose decoding is on, each sizing toggles the command register, which makes QEMU
+//! rebuild the guest's memory map twice (a memory transaction, about 0.1–0.3 ms each under TCG).
+//! Reading the whole bus at every hot-plug cost the peer 3.7 ms of the handoff's blackout, and the
+//! transport's own sizing of the new device another 6.3 ms while its decoding was on. So a
+//! hot-plugged device is sized with its decoding off, only its own slot is touched, and
+//! [`enable`] turns decoding on once the virtio transport has read its BARs (docs/design.md,
+//! "Where the blackout goes").
 
 use virtio_drivers::transport::pci::bus::{
     BarInfo, Command, ConfigurationAccess, DeviceFunction, DeviceFunctionInfo, PciError, PciRoot,
@@ -28,21 +38,26 @@ pub const VIRTIO_VENDOR: u16 = 0x1af4;
 /// virtio-blk's device ids: transitional (0x1001) and modern (0x1042).
 pub const VIRTIO_BLK_DEVICES: [u16; 2] = [0x1001, 0x1042];
 
-/// Where the next search of each BAR window starts: just after the BAR placed last. The
-/// allocator keeps no list of what it placed: the bus says what is still assigned, so the space
-/// of a removed device is reused once the search wraps around.
+/// BAR placement state: where the next search of each window starts (just after the BAR placed
+/// last), and the BAR ranges assigned on bus 0 with the slot of their function. The record starts
+/// empty and is filled from the bus by [`learn_bus`] (or the first [`setup_device`]); after that
+/// only [`setup_device`] changes it, so the space of an ejected device is reused once a new device
+/// is set up in its slot.
 #[derive(Debug)]
 pub struct BarAllocator {
     next_mmio: u64,
     next_io: u64,
+    /// `(slot, range)` of every assigned BAR on bus 0; `None` until the bus was read.
+    assigned: Option<heapless::Vec<(u8, Range), MAX_RANGES>>,
 }
 
 impl BarAllocator {
-    /// Both windows empty.
+    /// Both windows empty, the bus not read yet.
     pub const fn new() -> Self {
         BarAllocator {
             next_mmio: MMIO_WINDOW.0,
             next_io: IO_WINDOW.0,
+            assigned: None,
         }
     }
 }
@@ -79,10 +94,14 @@ type Range = (bool, u64, u64);
 /// Ranges of BARs in use.
 type Taken = heapless::Vec<Range, MAX_RANGES>;
 
-/// Every assigned (non-zero) BAR range on bus 0, to keep new BARs clear of them. Errors:
-/// [`PciSetupError::TooManyBars`] (some could not be recorded, so none may be placed).
-fn assigned_ranges<C: ConfigurationAccess>(root: &mut PciRoot<C>) -> Result<Taken, PciSetupError> {
-    let mut out = Taken::new();
+/// Every assigned (non-zero) BAR range on bus 0 with its function's slot, to keep new BARs clear
+/// of them. Sizes every BAR of every function: slow on a running guest (see the module's docs),
+/// so it runs once. Errors: [`PciSetupError::TooManyBars`] (some could not be recorded, so none
+/// may be placed).
+fn assigned_ranges<C: ConfigurationAccess>(
+    root: &mut PciRoot<C>,
+) -> Result<heapless::Vec<(u8, Range), MAX_RANGES>, PciSetupError> {
+    let mut out = heapless::Vec::new();
     let mut devices = heapless::Vec::<DeviceFunction, MAX_FUNCTIONS>::new();
     for (df, _) in root.enumerate_bus(0) {
         devices.push(df).map_err(|_| PciSetupError::TooManyBars)?;
@@ -96,7 +115,7 @@ fn assigned_ranges<C: ConfigurationAccess>(root: &mut PciRoot<C>) -> Result<Take
                 };
                 if addr != 0 && size != 0 {
                     let end = addr.saturating_add(size);
-                    out.push((io, addr, end))
+                    out.push((df.device, (io, addr, end)))
                         .map_err(|_| PciSetupError::TooManyBars)?;
                 }
             }
@@ -135,54 +154,91 @@ fn first_fit(from: u64, window_end: u64, size: u64, io: bool, taken: &[Range]) -
     }
 }
 
-/// Gives every unprogrammed BAR of `df` an address from `alloc`, clear of every BAR assigned on
-/// bus 0 and of each other, then enables I/O, memory decoding and bus mastering. Errors:
-/// [`PciSetupError::Bar`] (a BAR reads back malformed), [`PciSetupError::WindowFull`],
+/// Reads which BAR ranges bus 0 has assigned into `alloc`'s record, once (later calls do
+/// nothing). Call it at boot, before any hot-plug, so that no handoff pays for it. Errors:
 /// [`PciSetupError::TooManyBars`].
+pub fn learn_bus<C: ConfigurationAccess>(
+    root: &mut PciRoot<C>,
+    alloc: &mut BarAllocator,
+) -> Result<(), PciSetupError> {
+    if alloc.assigned.is_none() {
+        alloc.assigned = Some(assigned_ranges(root)?);
+    }
+    Ok(())
+}
+
+/// The BARs of a function after [`setup_device`]: `(is_io, address, size)` per BAR index (the
+/// second entry of a 64-bit BAR is `None`).
+pub type PlacedBars = [Option<Range>; 6];
+
+/// Gives every unprogrammed BAR of `df` an address, clear of every BAR recorded for bus 0 and of
+/// each other, with the function's decoding off; returns all its BARs. Touches only `df`'s
+/// configuration space once the bus was learnt ([`learn_bus`], done here if it was not). Decoding
+/// stays off until [`enable`], so that the virtio transport can size the BARs again without QEMU
+/// remapping them each time. Errors: [`PciSetupError::Bar`] (a BAR reads back malformed),
+/// [`PciSetupError::WindowFull`], [`PciSetupError::TooManyBars`].
 pub fn setup_device<C: ConfigurationAccess>(
     root: &mut PciRoot<C>,
     alloc: &mut BarAllocator,
     df: DeviceFunction,
-) -> Result<(), PciSetupError> {
-    let mut taken = assigned_ranges(root)?;
+) -> Result<PlacedBars, PciSetupError> {
+    learn_bus(root, alloc)?;
+    let assigned = alloc.assigned.get_or_insert_with(heapless::Vec::new);
+    // Whatever was in this slot before was ejected: its space is free again.
+    assigned.retain(|&(slot, _)| slot != df.device);
+    let mut taken: Taken = assigned.iter().map(|&(_, r)| r).collect();
+    root.set_command(df, Command::empty());
     let bars = root.bars(df).map_err(PciSetupError::Bar)?;
+    let mut placed: PlacedBars = [None; 6];
     for (index, bar) in bars.iter().enumerate() {
         let Some(bar) = bar else { continue };
+        let (io, address, size) = match *bar {
+            BarInfo::IO { address, size } => (true, u64::from(address), u64::from(size)),
+            BarInfo::Memory { address, size, .. } => (false, address, size),
+        };
+        if size == 0 {
+            continue;
+        }
+        let addr = if address != 0 {
+            address
+        } else if io {
+            place(&mut alloc.next_io, IO_WINDOW, size, true, &taken)
+                .ok_or(PciSetupError::WindowFull)?
+        } else {
+            place(&mut alloc.next_mmio, MMIO_WINDOW, size, false, &taken)
+                .ok_or(PciSetupError::WindowFull)?
+        };
+        let range = (io, addr, addr + size);
+        taken.push(range).map_err(|_| PciSetupError::TooManyBars)?;
+        assigned
+            .push((df.device, range))
+            .map_err(|_| PciSetupError::TooManyBars)?;
+        placed[index] = Some(range);
+        if address != 0 {
+            continue;
+        }
         let index = index as u8;
-        match *bar {
-            BarInfo::IO { address: 0, size } if size > 0 => {
-                let size = u64::from(size);
-                let addr = place(&mut alloc.next_io, IO_WINDOW, size, true, &taken)
-                    .ok_or(PciSetupError::WindowFull)?;
-                taken
-                    .push((true, addr, addr + size))
-                    .map_err(|_| PciSetupError::TooManyBars)?;
-                root.set_bar_32(df, index, addr as u32 | 1);
-                log::debug!("pci {df}: BAR{index} I/O {addr:#x} +{size:#x}");
+        if io {
+            root.set_bar_32(df, index, addr as u32 | 1);
+            log::debug!("pci {df}: BAR{index} I/O {addr:#x} +{size:#x}");
+        } else {
+            if bar.takes_two_entries() {
+                root.set_bar_64(df, index, addr);
+            } else {
+                root.set_bar_32(df, index, addr as u32);
             }
-            BarInfo::Memory {
-                address: 0, size, ..
-            } if size > 0 => {
-                let addr = place(&mut alloc.next_mmio, MMIO_WINDOW, size, false, &taken)
-                    .ok_or(PciSetupError::WindowFull)?;
-                taken
-                    .push((false, addr, addr + size))
-                    .map_err(|_| PciSetupError::TooManyBars)?;
-                if bar.takes_two_entries() {
-                    root.set_bar_64(df, index, addr);
-                } else {
-                    root.set_bar_32(df, index, addr as u32);
-                }
-                log::debug!("pci {df}: BAR{index} memory {addr:#x} +{size:#x}");
-            }
-            _ => {}
+            log::debug!("pci {df}: BAR{index} memory {addr:#x} +{size:#x}");
         }
     }
+    Ok(placed)
+}
+
+/// Turns on `df`'s I/O and memory decoding and bus mastering (after [`setup_device`]).
+pub fn enable<C: ConfigurationAccess>(root: &mut PciRoot<C>, df: DeviceFunction) {
     root.set_command(
         df,
         Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER,
     );
-    Ok(())
 }
 
 /// Finds the first function on bus 0 for which `pred` holds.

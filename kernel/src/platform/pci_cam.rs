@@ -53,10 +53,26 @@ pub fn root() -> PciRoot<PortCam> {
     PciRoot::new(PortCam)
 }
 
-/// Places the unprogrammed BARs of `df` from the guest's allocator and enables the function
-/// ([`pci::setup_device`]).
-pub fn setup_device(root: &mut PciRoot<PortCam>, df: DeviceFunction) -> Result<(), PciSetupError> {
+/// Places the unprogrammed BARs of `df` from the guest's allocator, decoding left off
+/// ([`pci::setup_device`]); returns its BARs. Turn decoding on with [`enable`].
+pub fn setup_device(
+    root: &mut PciRoot<PortCam>,
+    df: DeviceFunction,
+) -> Result<pci::PlacedBars, PciSetupError> {
     pci::setup_device(root, &mut BARS.lock(), df)
+}
+
+/// Turns on `df`'s decoding and bus mastering ([`pci::enable`]).
+pub fn enable(root: &mut PciRoot<PortCam>, df: DeviceFunction) {
+    pci::enable(root, df);
+}
+
+/// Records the BARs bus 0 has assigned ([`pci::learn_bus`]): at boot, so that no hot-plug later
+/// sizes another device's BARs. A failure is logged; the first [`setup_device`] then tries again.
+pub fn learn_bus(root: &mut PciRoot<PortCam>) {
+    if let Err(e) = pci::learn_bus(root, &mut BARS.lock()) {
+        log::warn!("pci: cannot record bus 0's BARs: {e}");
+    }
 }
 
 /// PIIX4 ACPI PCI hotplug registers (hw/acpi/pcihp.c): 32-bit accesses only.

@@ -63,6 +63,12 @@ fn every_bar_of_a_boot_device_is_sized_aligned_and_placed_in_its_window() {
         "BAR4 stays a 64-bit BAR"
     );
     assert_eq!(space.word(4, 0x24), 0, "upper half below 4 GiB");
+    assert_eq!(
+        space.word(4, 0x04) & 0xffff,
+        0,
+        "decoding stays off until enable"
+    );
+    enable(&mut root, df(4));
     let command = space.word(4, 0x04) & 0xffff;
     let want = Command::IO_SPACE | Command::MEMORY_SPACE | Command::BUS_MASTER;
     assert_eq!(command, u32::from(want.bits()));
@@ -308,4 +314,56 @@ fn the_hotplug_register_finds_the_new_disk_among_the_added_slots() {
     assert_eq!(hotplugged_blk(&root, 1 << 5), None, "ivshmem is not a disk");
     space.remove(9);
     assert_eq!(hotplugged_blk(&root, 1 << 9), None, "gone again");
+}
+
+#[test]
+fn setup_returns_the_placed_bars() {
+    let space = FakeConfigSpace::new();
+    add_blk(&space, 4);
+    let mut root = PciRoot::new(space.clone());
+    let placed = setup_device(&mut root, &mut BarAllocator::new(), df(4)).unwrap();
+    let (addr, size) = bar(&mut root, 4, 4);
+    assert_eq!(placed[4], Some((false, addr, addr + size)));
+    assert_eq!(placed[0].map(|r| r.0), Some(true));
+    assert_eq!(placed[2], None);
+}
+
+#[test]
+fn after_learning_the_bus_a_hot_plug_touches_only_its_own_slot() {
+    let space = FakeConfigSpace::new();
+    space.add(2, 0x8086, 0x100e, &[FakeBar::Mem32(128 * 1024)]);
+    space.set_word(2, 0x10, MMIO_WINDOW.0 as u32);
+    add_blk(&space, 4);
+    let mut root = PciRoot::new(space.clone());
+    let mut alloc = BarAllocator::new();
+    learn_bus(&mut root, &mut alloc).unwrap();
+    setup_device(&mut root, &mut alloc, df(4)).unwrap();
+    enable(&mut root, df(4));
+    let before = space.writes();
+    let ivshmem = [FakeBar::Mem32(256), FakeBar::None, FakeBar::Mem64(4 << 20)];
+    space.add(6, IVSHMEM.0, IVSHMEM.1, &ivshmem);
+    setup_device(&mut root, &mut alloc, df(6)).unwrap();
+    let slots: Vec<u8> = space.writes()[before.len()..].iter().map(|w| w.0).collect();
+    assert!(!slots.is_empty());
+    assert!(
+        slots.iter().all(|&s| s == 6),
+        "config writes went to {slots:?}"
+    );
+    assert_disjoint_in_windows(&bars_of(&mut root, &[2, 4, 6]));
+}
+
+#[test]
+fn a_slot_set_up_again_frees_what_its_ejected_device_had() {
+    let space = FakeConfigSpace::new();
+    let mut root = PciRoot::new(space.clone());
+    let mut alloc = BarAllocator::new();
+    learn_bus(&mut root, &mut alloc).unwrap();
+    // A BAR as large as half the window, placed again and again in the same slot: without
+    // forgetting the old one the third placement would not fit.
+    let half = (MMIO_WINDOW.1 - MMIO_WINDOW.0).next_power_of_two() / 4;
+    for _ in 0..4 {
+        space.add(6, IVSHMEM.0, IVSHMEM.1, &[FakeBar::Mem64(half)]);
+        setup_device(&mut root, &mut alloc, df(6)).unwrap();
+        space.remove(6);
+    }
 }

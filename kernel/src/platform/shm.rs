@@ -5,7 +5,7 @@
 use super::pci::{self, PciSetupError};
 use super::pci_cam::{self, PortCam};
 use baton_core::ring::SharedRegion;
-use virtio_drivers::transport::pci::bus::{BarInfo, PciRoot};
+use virtio_drivers::transport::pci::bus::PciRoot;
 
 /// ivshmem's PCI vendor and device ids.
 const IVSHMEM_ID: (u16, u16) = (0x1af4, 0x1110);
@@ -33,13 +33,12 @@ pub fn open(root: &mut PciRoot<PortCam>, slot: u8) -> Result<SharedRegion<'stati
         df.device == slot && (i.vendor_id, i.device_id) == IVSHMEM_ID
     })
     .ok_or(ShmError::NotFound(slot))?;
-    pci_cam::setup_device(root, df).map_err(ShmError::Setup)?;
-    let bar = root
-        .bar_info(df, 2)
-        .map_err(|e| ShmError::Setup(PciSetupError::Bar(e)))?;
-    let Some(BarInfo::Memory { address, size, .. }) = bar else {
+    let bars = pci_cam::setup_device(root, df).map_err(ShmError::Setup)?;
+    pci_cam::enable(root, df);
+    let Some((false, address, end)) = bars[2] else {
         return Err(ShmError::NoSharedMemory);
     };
+    let size = end - address;
     if address == 0 || address.saturating_add(size) > 1 << 32 {
         return Err(ShmError::NoSharedMemory);
     }

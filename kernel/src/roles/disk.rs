@@ -49,13 +49,17 @@ pub fn open_blk(root: &mut PciRoot<PortCam>, df: DeviceFunction) -> GuestBlk {
     if let Err(e) = pci_cam::setup_device(root, df) {
         panic!("pci {df}: cannot place BARs: {e:?}");
     }
+    // The transport sizes the BARs again: with decoding still off that costs QEMU no remapping.
     let transport = match PciTransport::new::<BatonHal, _>(root, df) {
         Ok(t) => t,
         Err(e) => panic!("pci {df}: not a usable virtio device: {e:?}"),
     };
+    pci_cam::enable(root, df);
     match BlkDevice::new(transport) {
         Ok(dev) => {
-            log::info!(
+            // Debug only: a hot-plugged disk is brought up inside a blackout, where a console line
+            // (a VM exit per byte) costs time; the roles log the disk once they have reported.
+            log::debug!(
                 "pci {df}: virtio-blk, {} blocks of 4 KiB",
                 dev.capacity_blocks()
             );

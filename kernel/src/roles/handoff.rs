@@ -185,8 +185,8 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         }
     }
 
-    /// One step: finish a drain if it is done, and act on at most one control message
-    /// (messages are read at most every [`POLL_INTERVAL_US`]).
+    /// One step: finish a drain if it is done, and act on at most one control message (the link
+    /// is read when its interrupt says bytes arrived, and at least every [`POLL_INTERVAL_US`]).
     pub fn poll<H: Hal>(&mut self, stack: &mut ResourceStack<H, P::Disk>) {
         match stack.state() {
             State::Drained => self.release_device(stack),
@@ -195,13 +195,15 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         }
         let now = self.platform.now_us();
         self.watch_peer(stack, now);
-        if now < self.next_poll_us {
-            return;
-        }
-        self.next_poll_us = now + POLL_INTERVAL_US;
         let Some(ctl) = self.ctl.as_mut() else {
             return;
         };
+        // Bytes that arrived are read at once; otherwise the link is polled every
+        // POLL_INTERVAL_US (acks, retransmissions).
+        if now < self.next_poll_us && !ctl.arrived() {
+            return;
+        }
+        self.next_poll_us = now + POLL_INTERVAL_US;
         let Some(msg) = ctl.poll() else { return };
         self.on_message(stack, msg);
     }
@@ -311,10 +313,12 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             }
             (Message::OpenPort2, State::Released) if stack.has_port2() => {
                 match stack.open_port2() {
-                    Ok(state) => log::info!("handoff: port 2 open, redirector {state:?}"),
+                    Ok(state) => {
+                        self.send(Message::Forwarding);
+                        log::info!("handoff: port 2 open, redirector {state:?}");
+                    }
                     Err(e) => panic!("handoff: {e}"),
                 }
-                self.send(Message::Forwarding);
             }
             (Message::OpenPort2, _) => {
                 log::warn!("handoff: open-port2 in state {state:?}");
@@ -393,14 +397,14 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         let held = stack.held();
         self.held_at_failback = u64::from(held);
         self.failback_drained_sent = true;
-        log::info!(
-            "handoff: port 2 drained ({} requests forwarded), {held} held for port 1",
-            stack.port2_requests
-        );
         self.send(Message::Drained {
             completed: stack.port2_requests,
             held: u32::from(held),
         });
+        log::info!(
+            "handoff: port 2 drained ({} requests forwarded), {held} held for port 1",
+            stack.port2_requests
+        );
     }
 
     /// The failback's disk arrived in `slot`: bring it up behind port 1, send the held requests
@@ -441,10 +445,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         if let Err(e) = stack.device_released() {
             panic!("handoff: {e}");
         }
-        log::info!(
-            "handoff: port 1 drained ({completed} requests), {held} held, slot {} ejected",
-            self.disk_slot
-        );
+        // The frames first: a console line costs a VM exit per byte, inside the blackout.
         self.send(Message::Drained {
             completed,
             held: u32::from(held),
@@ -452,6 +453,10 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         self.send(Message::Released {
             slot: self.disk_slot,
         });
+        log::info!(
+            "handoff: port 1 drained ({completed} requests), {held} held, slot {} ejected",
+            self.disk_slot
+        );
     }
 
     fn send(&mut self, msg: Message) {

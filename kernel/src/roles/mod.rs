@@ -31,6 +31,13 @@ pub trait ControlLink {
 
     /// Whether every queued message was acknowledged.
     fn idle(&self) -> bool;
+
+    /// Whether bytes from the shim arrived since the last call (in the guest: COM2 interrupted),
+    /// so that a loop that polls the link only every so often polls now. `false` where nothing
+    /// signals arrivals (the host tests' links).
+    fn arrived(&mut self) -> bool {
+        false
+    }
 }
 
 /// What the owner's handoff needs from the machine.

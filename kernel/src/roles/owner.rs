@@ -10,12 +10,14 @@ use crate::platform::control::ControlChannel;
 use crate::platform::exit::{ExitCode, exit};
 use crate::platform::hal::BatonHal;
 use crate::platform::pci_cam::{self, PortCam};
-use crate::platform::{clock, serial, shm};
+use crate::platform::{clock, interrupts, serial, shm};
+use crate::ports::BlockPort;
 use crate::stack::ResourceStack;
 use crate::workload::{Clock, Workload};
 use baton_core::cmdline::{DiskMode, GuestConfig};
 use baton_core::console::GuestLine;
 use baton_core::control::Message;
+use baton_core::redirector::State;
 use baton_core::ring::SharedRegion;
 use virtio_drivers::transport::pci::bus::PciRoot;
 
@@ -33,6 +35,10 @@ impl ControlLink for ControlChannel {
 
     fn idle(&self) -> bool {
         ControlChannel::idle(self)
+    }
+
+    fn arrived(&mut self) -> bool {
+        crate::platform::interrupts::take_wake()
     }
 }
 
@@ -88,6 +94,7 @@ impl OwnerPlatform for GuestPlatform {
 /// intact, with failure otherwise.
 pub fn run(cfg: &GuestConfig) -> ! {
     let mut root = pci_cam::root();
+    pci_cam::learn_bus(&mut root);
     let df = match cfg.disk {
         DiskMode::Boot => {
             disk::find_blk(&root, None).unwrap_or_else(|| panic!("no virtio-blk disk"))
@@ -95,6 +102,10 @@ pub fn run(cfg: &GuestConfig) -> ! {
         DiskMode::Hotplug => disk::wait_for_hotplugged_blk(&root),
     };
     let dev = disk::open_blk(&mut root, df);
+    log::info!(
+        "pci {df}: virtio-blk, {} blocks of 4 KiB",
+        dev.capacity_blocks()
+    );
     let mut stack = GuestStack::new();
     stack.attach_port1(dev);
     let platform = GuestPlatform { root };
@@ -108,6 +119,13 @@ pub fn run(cfg: &GuestConfig) -> ! {
             Ok(true) => break,
             Ok(false) => {}
             Err(e) => panic!("workload failed: {e:?}"),
+        }
+        // No port can complete anything while the device is away and port 2 not yet open (or,
+        // in a failback, until the disk is back): halt until the shim's next frame (COM2's
+        // interrupt) or the next tick, leaving the host CPU to the QEMUs, the shim and the peer,
+        // which have the handoff's work to do.
+        if matches!(stack.state(), State::Released | State::FailbackDrained) {
+            interrupts::wait_for_interrupt();
         }
     }
     let mut report = workload.into_report();

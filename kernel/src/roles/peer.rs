@@ -52,14 +52,17 @@ pub fn run(cfg: &GuestConfig) -> ! {
         version: PROTOCOL_VERSION,
     });
     let mut root = pci_cam::root();
+    pci_cam::learn_bus(&mut root);
     for cycle in 1u32.. {
         let deadline = Deadline::after_us(SETUP_WAIT_US);
         let (region, ring_slot, disk, disk_slot) =
             wait_for_ring_and_disk(&mut ctl, &mut root, deadline, cycle);
         let capacity_sectors = disk.capacity_blocks() * SECTORS_PER_BLOCK;
         let server = attach_when_formatted(region, capacity_sectors, deadline);
-        log::info!("peer: serving the ring, disk {capacity_sectors} sectors (cycle {cycle})");
         ctl.send(Message::PeerReady { capacity_sectors });
+        log::info!(
+            "peer: serving the ring, disk in slot {disk_slot}, {capacity_sectors} sectors (cycle {cycle})"
+        );
         let disk = serve(cfg, server, disk, &mut ctl, region);
         // The failback: the owner's port 2 drained, so nothing is at the device; reset it (no DMA
         // after this) and complete the removal the shim's `device_del` asked for.

@@ -57,7 +57,9 @@ impl Scenario<'_> {
         self.watch_peer_heartbeat(p);
         for vm in [&mut self.vms.owner, &mut self.vms.peer] {
             vm.poll_exit();
-            vm.take_events();
+            // What QEMU sent so far, without blocking: a socket left readable would end every
+            // `wait_io` at once and turn the wait into a busy loop.
+            vm.pump_events(Duration::ZERO);
         }
         self.watch_vms(p)?;
         Ok(())

@@ -22,6 +22,9 @@ pub struct Shim {
     pub from_guest: Vec<Message>,
     /// Messages the guest sent that are not acknowledged yet (cleared by `ack_all`).
     pub unacked: usize,
+    /// Acknowledge nothing by itself: by default the shim acknowledges every frame by the
+    /// guest's next poll, as the real one does within a round trip.
+    pub withhold_acks: bool,
 }
 
 impl Shim {
@@ -56,7 +59,11 @@ impl ControlLink for FakeLink {
     }
 
     fn poll(&mut self) -> Option<Message> {
-        self.0.borrow_mut().to_guest.pop_front()
+        let mut shim = self.0.borrow_mut();
+        if !shim.withhold_acks {
+            shim.ack_all();
+        }
+        shim.to_guest.pop_front()
     }
 
     fn idle(&self) -> bool {

@@ -6,9 +6,10 @@
 //! 1. `redirect` from the shim (step `Directed`, sent when the operator directs a save/migrate, or
 //!    after this guest asked with `migrate-request`): the redirector switches; new requests are
 //!    held for port 2 while port 1 drains.
-//! 2. When port 1 has nothing in flight (redirector `Drained`): the device is reset and its slot
-//!    ejected through the ACPI hotplug register, the redirector moves to `Released`, and the guest
-//!    reports `drained` and `released` (steps `Drained` and `Released`).
+//! 2. When port 1 has nothing in flight (redirector `Drained`): the device is reset, the
+//!    redirector moves to `Released`, and the guest reports `drained` and `released` (steps
+//!    `Drained` and `Released`); once the shim acknowledged them, the slot is ejected through the
+//!    ACPI hotplug register.
 //! 3. `ring-opened <slot>` (step `RingOpened`; may arrive any time after `redirect`): the ivshmem
 //!    device is set up and the ring formatted; it becomes port 2.
 //! 4. `open-port2`: the held requests, then all new ones, are forwarded over the ring in order;
@@ -113,6 +114,8 @@ pub struct OwnerHandoff<C: ControlLink, P: OwnerPlatform> {
     peer_beat: Option<(u32, u64)>,
     /// `peer-stalled` was sent in this handoff.
     stall_reported: bool,
+    /// The slot of a released disk whose eject waits until the shim acknowledged `released`.
+    eject_pending: Option<u8>,
 }
 
 impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
@@ -145,6 +148,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             given_up: false,
             peer_beat: None,
             stall_reported: false,
+            eject_pending: None,
         }
     }
 
@@ -193,6 +197,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             State::FailbackDrained if !self.failback_drained_sent => self.failback_drained(stack),
             _ => {}
         }
+        self.eject_released();
         let now = self.platform.now_us();
         self.watch_peer(stack, now);
         let Some(ctl) = self.ctl.as_mut() else {
@@ -204,8 +209,12 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             return;
         }
         self.next_poll_us = now + POLL_INTERVAL_US;
-        let Some(msg) = ctl.poll() else { return };
-        self.on_message(stack, msg);
+        let msg = ctl.poll();
+        // The poll may have brought the acknowledgement the eject waits for.
+        self.eject_released();
+        if let Some(msg) = msg {
+            self.on_message(stack, msg);
+        }
     }
 
     /// Acts on one message from the shim in the redirector's current state.
@@ -431,7 +440,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         }
     }
 
-    /// Port 1 drained: quiesce the device, eject it, tell the shim.
+    /// Port 1 drained: quiesce the device, tell the shim, eject it once the shim has the frames.
     fn release_device<H: Hal>(&mut self, stack: &mut ResourceStack<H, P::Disk>) {
         let held = stack.held();
         if self.handoffs <= 1 {
@@ -441,11 +450,14 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         if let Some(dev) = stack.detach_port1() {
             dev.release();
         }
-        self.platform.eject(self.disk_slot);
         if let Err(e) = stack.device_released() {
             panic!("handoff: {e}");
         }
-        // The frames first: a console line costs a VM exit per byte, inside the blackout.
+        // The device is reset (no request at it, no DMA): `released` may go. The eject waits
+        // until the shim has the frame: QEMU tears the device down inside the eject's port write,
+        // holding its big lock for milliseconds, and the frames' bytes need that lock too
+        // (docs/design.md, "Where the blackout goes"). A console line costs a VM exit per byte,
+        // so it comes after the frames.
         self.send(Message::Drained {
             completed,
             held: u32::from(held),
@@ -453,10 +465,24 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         self.send(Message::Released {
             slot: self.disk_slot,
         });
+        self.eject_pending = Some(self.disk_slot);
+        self.eject_released();
         log::info!(
-            "handoff: port 1 drained ({completed} requests), {held} held, slot {} ejected",
+            "handoff: port 1 drained ({completed} requests), {held} held, slot {} released",
             self.disk_slot
         );
+    }
+
+    /// Ejects the released disk's slot once the shim acknowledged every frame (`released` among
+    /// them), or at once without a control channel.
+    fn eject_released(&mut self) {
+        let Some(slot) = self.eject_pending else {
+            return;
+        };
+        if self.ctl.as_ref().is_none_or(|c| c.idle()) {
+            self.eject_pending = None;
+            self.platform.eject(slot);
+        }
     }
 
     fn send(&mut self, msg: Message) {

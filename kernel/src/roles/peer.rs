@@ -67,9 +67,10 @@ pub fn run(cfg: &GuestConfig) -> ! {
         // The failback: the owner's port 2 drained, so nothing is at the device; reset it (no DMA
         // after this) and complete the removal the shim's `device_del` asked for.
         disk.release();
+        // `released` first: its bytes leave before QEMU tears the device down inside the eject.
+        ctl.send(Message::Released { slot: disk_slot });
         pci_cam::hotplug::eject(disk_slot);
         log::info!("peer: disk reset, slot {disk_slot} ejected");
-        ctl.send(Message::Released { slot: disk_slot });
         close_ring(&mut ctl, ring_slot);
     }
     unreachable!("a peer serves cycles until the shim stops it")

@@ -175,21 +175,26 @@ impl Scenario<'_> {
             private: false,
         };
         self.ring.shm = Some(shm);
-        for (vm, master) in [(&mut self.vms.owner, true), (&mut self.vms.peer, false)] {
+        // Port 1 drains meanwhile, and its `drained` may come while these commands run: a round
+        // after each one acknowledges it at once, so that the owner's `released` is not held
+        // back behind the ring's set-up.
+        for role in [Role::Owner, Role::Peer] {
             let r = RingSpec {
-                master,
+                master: role == Role::Owner,
                 ..ring.clone()
             };
-            vm.exec(&ObjectAdd {
+            self.vms.of(role).exec(&ObjectAdd {
                 qom_type: "memory-backend-file".into(),
                 id: RING_MEMDEV_ID.into(),
                 props: r.backend_props(),
             })?;
-            vm.exec(&DeviceAdd {
+            self.step(p)?;
+            self.vms.of(role).exec(&DeviceAdd {
                 driver: "ivshmem-plain".into(),
                 id: RING_DEVICE_ID.into(),
                 props: r.device_props(),
             })?;
+            self.step(p)?;
         }
         let slot = RING_SLOT;
         self.send(Role::Owner, Message::RingOpened { slot })?;

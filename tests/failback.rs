@@ -88,10 +88,10 @@ fn assert_cycles_ok(out: &Output, rep: &Value, cycles: u64) -> Vec<Value> {
         for needle in [
             "failback directed:",
             "failback drained:",
-            "failback drive released:",
             "failback released:",
             "failback attached:",
             "failback port open:",
+            "failback drive released:",
             "ring closed:",
         ] {
             let at = e[from..]

@@ -144,6 +144,15 @@ impl<H: Hal, P: BlockPort> ResourceStack<H, P> {
         self.port2.is_some()
     }
 
+    /// Whether the peer has attached to port 2's ring: its state word says `Ready`, which the
+    /// peer writes only once the disk is up behind it (untrusted, like every word of the ring:
+    /// it only lets the owner open port 2 early, and a peer that lies serves nothing).
+    pub fn peer_attached(&self) -> bool {
+        self.port2
+            .as_ref()
+            .is_some_and(|c| c.peer_state() == Some(baton_core::ring::SideState::Ready))
+    }
+
     /// The peer's heartbeat counter in the ring (untrusted: compare successive values only) and
     /// whether forwarded requests wait for it; `None` without port 2.
     pub fn peer_heartbeat(&self) -> Option<(u32, bool)> {

@@ -12,8 +12,9 @@
 //!    ACPI hotplug register.
 //! 3. `ring-opened <slot>` (step `RingOpened`; may arrive any time after `redirect`): the ivshmem
 //!    device is set up and the ring formatted; it becomes port 2.
-//! 4. `open-port2`: the held requests, then all new ones, are forwarded over the ring in order;
-//!    the guest reports `forwarding` (step `PortOpen`).
+//! 4. `open-port2`, or before it the peer's `Ready` in the ring (it attaches once the disk is up
+//!    behind it): the held requests, then all new ones, are forwarded over the ring in order; the
+//!    guest reports `forwarding` (step `PortOpen`) in answer to `open-port2`.
 //!
 //! The failback (docs/design.md, "Failback"), the same steps in reverse:
 //! 5. `failback` (the owner runs at its destination, or asked with `failback-request`): new
@@ -116,6 +117,9 @@ pub struct OwnerHandoff<C: ControlLink, P: OwnerPlatform> {
     stall_reported: bool,
     /// The slot of a released disk whose eject waits until the shim acknowledged `released`.
     eject_pending: Option<u8>,
+    /// Port 2 was opened when the peer attached to the ring, before `open-port2` came; the
+    /// `forwarding` report waits for it.
+    opened_early: bool,
 }
 
 impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
@@ -149,6 +153,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             peer_beat: None,
             stall_reported: false,
             eject_pending: None,
+            opened_early: false,
         }
     }
 
@@ -198,6 +203,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             _ => {}
         }
         self.eject_released();
+        self.open_when_peer_attached(stack);
         let now = self.platform.now_us();
         self.watch_peer(stack, now);
         let Some(ctl) = self.ctl.as_mut() else {
@@ -237,7 +243,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
                     self.release_device(stack);
                 }
             }
-            (Message::Failback, State::Forwarding) => {
+            (Message::Failback, State::Forwarding) if !self.opened_early => {
                 match stack.begin_failback() {
                     Ok(state) => log::info!("handoff: failback directed, redirector {state:?}"),
                     Err(e) => panic!("handoff: {e}"),
@@ -281,6 +287,26 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             (Message::TakeBack, State::Draining | State::Drained | State::Released) => {
                 self.take_back(stack, state);
             }
+            (Message::TakeBack, State::Forwarding) if self.opened_early => {
+                // Port 2 opened on the ring before the shim gave up on the handoff (it fenced
+                // the peer first): as for a lost peer, what was forwarded is replayed on port 1
+                // once the disk is back, after the held requests.
+                self.opened_early = false;
+                let (replay, held) = match stack.peer_lost() {
+                    Ok(counts) => counts,
+                    Err(e) => panic!("handoff: {e}"),
+                };
+                log::warn!(
+                    "handoff: taken back after port 2 opened; {replay} forwarded requests to replay, {held} held"
+                );
+                self.held_at_failback = u64::from(held);
+                self.replayed += u64::from(replay);
+                self.failback_drained_sent = true;
+                self.send(Message::Abandoned {
+                    replay: u32::from(replay),
+                    held: u32::from(held),
+                });
+            }
             (Message::GiveUp, _) => {
                 log::warn!("handoff: the shim gave the run up in state {state:?}");
                 self.given_up = true;
@@ -319,6 +345,10 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
                         code: codes::RING_UNUSABLE,
                     }),
                 }
+            }
+            (Message::OpenPort2, State::Forwarding) if self.opened_early => {
+                self.opened_early = false;
+                self.send(Message::Forwarding);
             }
             (Message::OpenPort2, State::Released) if stack.has_port2() => {
                 match stack.open_port2() {
@@ -471,6 +501,21 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             "handoff: port 1 drained ({completed} requests), {held} held, slot {} released",
             self.disk_slot
         );
+    }
+
+    /// Opens port 2 as soon as the peer attached to the ring after the device was released: the
+    /// peer attaches only once the disk is up behind it, which is what `open-port2` would say a
+    /// frame's round trip through the shim later (docs/design.md, "Where the blackout goes").
+    /// The `forwarding` report still answers `open-port2`, so the shim's view of the handoff
+    /// keeps its order (I2).
+    fn open_when_peer_attached<H: Hal>(&mut self, stack: &mut ResourceStack<H, P::Disk>) {
+        if stack.state() != State::Released || !stack.peer_attached() {
+            return;
+        }
+        match stack.open_port2() {
+            Ok(_) => self.opened_early = true,
+            Err(e) => panic!("handoff: {e}"),
+        }
     }
 
     /// Ejects the released disk's slot once the shim acknowledged every frame (`released` among

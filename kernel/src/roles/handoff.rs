@@ -185,7 +185,9 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
 
     /// Asks the shim to give the disk back (once per handoff; only while forwarding).
     pub fn request_failback(&mut self, state: State) {
-        if !self.failback_asked && state == State::Forwarding {
+        // Not before `forwarding` was reported: the shim takes the request only once it knows
+        // port 2 is open.
+        if !self.failback_asked && state == State::Forwarding && !self.opened_early {
             self.failback_asked = true;
             if let Some(ctl) = self.ctl.as_mut() {
                 log::info!("handoff: asking for the disk back");

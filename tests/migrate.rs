@@ -61,6 +61,63 @@ fn f(v: &Value, k: &str) -> f64 {
         .unwrap_or_else(|| panic!("report field `{k}` is not a number: {v:#}"))
 }
 
+/// Each guest accounted for the first handoff in `guest_steps` (`BATON steps`), with its steps
+/// in the order they happen and its clock never going back.
+fn assert_guest_steps(rep: &Value, ctx: &dyn Fn() -> String) {
+    let lines = rep["guest_steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{}", ctx()));
+    for (role, want) in [
+        (
+            "owner",
+            &[
+                "redirect",
+                "drained",
+                "released",
+                "port2-open",
+                "first-completion",
+            ][..],
+        ),
+        (
+            "peer",
+            &[
+                "disk-attached",
+                "pci",
+                "transport",
+                "disk-up",
+                "ring-attached",
+                "peer-ready",
+            ][..],
+        ),
+    ] {
+        let line = lines
+            .iter()
+            .find(|l| l["role"] == role && l["kind"] == "handoff" && l["n"] == 1)
+            .unwrap_or_else(|| panic!("no {role} handoff steps: {}", ctx()));
+        let steps = line["steps"]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}", ctx()));
+        let names: Vec<&str> = steps.iter().filter_map(|s| s["step"].as_str()).collect();
+        let mut at = 0;
+        for w in want {
+            let i = names[at..]
+                .iter()
+                .position(|n| n == w)
+                .unwrap_or_else(|| panic!("{role}: step {w} missing or out of order: {}", ctx()));
+            at += i + 1;
+        }
+        let times: Vec<u64> = steps.iter().filter_map(|s| s["at_us"].as_u64()).collect();
+        assert!(times.windows(2).all(|w| w[0] <= w[1]), "{role}: {}", ctx());
+        assert!(
+            steps
+                .iter()
+                .all(|s| ["spin", "irq", "tick"].contains(&s["wake"].as_str().unwrap_or(""))),
+            "{}",
+            ctx()
+        );
+    }
+}
+
 /// What every successful handoff must show.
 fn assert_handoff_ok(out: &Output, rep: &Value, mode: &str, qd32: bool) {
     let ctx = || format!("{}\n{rep:#}", out.dump());
@@ -94,6 +151,7 @@ fn assert_handoff_ok(out: &Output, rep: &Value, mode: &str, qd32: bool) {
     assert_eq!(rep["destination_status"], "running", "{}", ctx());
     assert!(rep["migration_downtime_ms"].as_u64().is_some(), "{}", ctx());
     assert!(f(rep, "blackout_ms") > 0.0, "{}", ctx());
+    assert_guest_steps(rep, &ctx);
     let ph = &rep["phases"];
     for k in [
         "directed_to_drained_ms",

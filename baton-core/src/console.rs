@@ -13,6 +13,7 @@
 //! was bad and how.
 
 use crate::cmdline::Role;
+use crate::guest_steps::{self, StepsError, StepsLine};
 use crate::report::{self, GuestReport, ReportError};
 use crate::stats::{self, PortStats, StatsError};
 use crate::text::{ShortStr, parse_u64};
@@ -41,6 +42,9 @@ pub enum Kind {
     /// `switch kind=<handoff|failback> n=<n> gap_us=<µs>`: the owner's completion gap around one
     /// switch of the device ([`SwitchLine`]).
     Switch,
+    /// `steps role=.. kind=.. n=.. at=..`: when and how a guest took each step of one switch
+    /// ([`crate::guest_steps`]).
+    Steps,
     /// `result ...`: the workload's report ([`crate::report`]).
     Result,
     /// `panic <message>`: the guest panicked (it then exits with failure).
@@ -49,7 +53,7 @@ pub enum Kind {
 
 impl Kind {
     /// Every kind, in the order docs/guest-interface.md lists them.
-    pub const ALL: [Kind; 10] = [
+    pub const ALL: [Kind; 11] = [
         Kind::Ready,
         Kind::WaitingForDisk,
         Kind::FirstIo,
@@ -58,6 +62,7 @@ impl Kind {
         Kind::PeerFault,
         Kind::FaultInjected,
         Kind::Switch,
+        Kind::Steps,
         Kind::Result,
         Kind::Panic,
     ];
@@ -74,6 +79,7 @@ impl Kind {
             Kind::PeerFault => "peer-fault",
             Kind::FaultInjected => "fault-injected",
             Kind::Switch => "switch",
+            Kind::Steps => "steps",
             Kind::Result => "result",
             Kind::Panic => "panic",
         }
@@ -116,6 +122,8 @@ pub enum GuestLine<'a> {
     FaultInjected,
     /// `BATON switch kind=.. n=.. gap_us=..`.
     Switch(SwitchLine),
+    /// `BATON steps role=.. kind=.. n=.. at=..`.
+    Steps(StepsLine),
     /// `BATON result key=value ...`.
     Result(GuestReport),
     /// `BATON panic <message>` (the message may be empty).
@@ -149,6 +157,9 @@ impl<'a> GuestLine<'a> {
         Some(match kind {
             Kind::Ready => parse_ready(args),
             Kind::Switch => parse_switch(args).map(GuestLine::Switch),
+            Kind::Steps => guest_steps::parse_args(args)
+                .map(GuestLine::Steps)
+                .map_err(LineError::Steps),
             Kind::WaitingForDisk => bare(GuestLine::WaitingForDisk),
             Kind::FirstIo => bare(GuestLine::FirstIo),
             Kind::FaultInjected => bare(GuestLine::FaultInjected),
@@ -178,6 +189,7 @@ impl<'a> GuestLine<'a> {
             GuestLine::PeerFault(_) => Kind::PeerFault,
             GuestLine::FaultInjected => Kind::FaultInjected,
             GuestLine::Switch(_) => Kind::Switch,
+            GuestLine::Steps(_) => Kind::Steps,
             GuestLine::Result(_) => Kind::Result,
             GuestLine::Panic(_) => Kind::Panic,
             GuestLine::Unknown(_) => return None,
@@ -317,6 +329,7 @@ impl core::fmt::Display for GuestLine<'_> {
             GuestLine::FirstIo => write!(f, "{PREFIX}{}", word(Kind::FirstIo)),
             GuestLine::FaultInjected => write!(f, "{PREFIX}{}", word(Kind::FaultInjected)),
             GuestLine::Switch(s) => write!(f, "{s}"),
+            GuestLine::Steps(s) => write!(f, "{s}"),
             GuestLine::PortStats(s) => write!(f, "{s}"),
             GuestLine::Timeline(t) => write!(f, "{t}"),
             GuestLine::Result(r) => write!(f, "{r}"),
@@ -366,6 +379,8 @@ pub enum LineError {
     PortStats(StatsError),
     /// A malformed `BATON timeline` line.
     Timeline(TimelineError),
+    /// A malformed `BATON steps` line.
+    Steps(StepsError),
 }
 
 impl LineError {
@@ -379,6 +394,7 @@ impl LineError {
             LineError::Result(_) => Kind::Result,
             LineError::PortStats(_) => Kind::PortStats,
             LineError::Timeline(_) => Kind::Timeline,
+            LineError::Steps(_) => Kind::Steps,
         }
     }
 }
@@ -400,6 +416,7 @@ impl core::fmt::Display for LineError {
             LineError::Result(e) => write!(f, "{e}"),
             LineError::PortStats(e) => write!(f, "{e}"),
             LineError::Timeline(e) => write!(f, "{e}"),
+            LineError::Steps(e) => write!(f, "steps: {e}"),
         }
     }
 }

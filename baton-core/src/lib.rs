@@ -9,6 +9,7 @@
 //! - [`workload`]: the deterministic write schedule.
 //! - [`cmdline`]: the guest kernel command line.
 //! - [`console`]: every `BATON` line the guest prints, typed, with one parser.
+//! - [`guest_steps`]: the `BATON steps` line: when and how a guest took each step of a switch.
 //! - [`report`]: the guest's `BATON result` line.
 //! - [`redirector`]: the lock-free port redirector (port 1 = device, port 2 = ring).
 //! - [`stats`]: latency histograms and the per-port `BATON port-stats` line.
@@ -21,6 +22,7 @@ pub mod control;
 pub mod crc32;
 #[doc(hidden)]
 pub mod fuzz_entry;
+pub mod guest_steps;
 pub mod redirector;
 pub mod report;
 pub mod ring;

@@ -26,6 +26,7 @@ pub mod platform;
 pub mod ports;
 pub mod roles;
 pub mod stack;
+pub mod steps;
 pub mod workload;
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crate::ports::{BlockPort, MAX_INFLIGHT, Op, Status};
 use crate::stack::{Completion, ResourceStack, StackError, Tag};
 use baton_core::cmdline::GuestConfig;
 use baton_core::console::{GuestLine, SwitchKind, SwitchLine};
+use baton_core::guest_steps::StepName;
 use baton_core::redirector::Port;
 use baton_core::report::GuestReport;
 use baton_core::stats::{Histogram, PortStats};
@@ -280,7 +281,11 @@ impl<'a, C: Clock, W: Write> Workload<'a, C, W> {
         let gap = self.gaps.tick(self.clock.ticks());
         let per_us = self.clock.ticks_per_us();
         if let Some(line) = self.switch.completion(port, gap, per_us) {
+            crate::steps::mark(StepName::FirstCompletion);
             self.print(&GuestLine::Switch(line));
+            if let Some(steps) = crate::steps::take() {
+                self.print(&GuestLine::Steps(steps));
+            }
         }
     }
 

@@ -112,6 +112,7 @@ impl Scenario<'_> {
                     p.say(format!("the peer panicked: {m}"));
                     self.note(format!("peer panic: {m}"));
                 }
+                Some(Ok(GuestLine::Steps(l))) => self.on_steps_line(l),
                 _ => {}
             }
         }
@@ -169,6 +170,7 @@ impl Scenario<'_> {
             }
             // The per-switch blackout; the report does not carry it yet.
             Ok(GuestLine::Switch(l)) => self.on_switch_line(p, l, at),
+            Ok(GuestLine::Steps(l)) => self.on_steps_line(l),
             Ok(l @ (GuestLine::WaitingForDisk | GuestLine::FaultInjected)) => {
                 let word = l.kind().map_or("", Kind::word);
                 self.note(format!("unexpected owner line `BATON {word}`"));
@@ -211,6 +213,13 @@ impl Scenario<'_> {
                     l.gap_us as f64 / 1000.0
                 ),
             );
+        }
+    }
+
+    /// A guest's account of a switch ([`baton_core::guest_steps`]), kept for the report.
+    fn on_steps_line(&mut self, l: baton_core::guest_steps::StepsLine) {
+        if self.facts.guest_steps.len() < super::scenario::MAX_STEPS_LINES {
+            self.facts.guest_steps.push(l);
         }
     }
 

@@ -106,7 +106,12 @@ pub(super) struct Facts {
     pub(super) given_up: bool,
     /// The cross-host switchover's times ([`super::crosshost`]).
     pub(super) cross: super::crosshost::CrossHostFacts,
+    /// The guests' `BATON steps` lines, in arrival order (at most [`MAX_STEPS_LINES`]).
+    pub(super) guest_steps: Vec<baton_core::guest_steps::StepsLine>,
 }
+
+/// Most `BATON steps` lines kept (two per guest and cycle; `soak` runs 100 cycles).
+pub(super) const MAX_STEPS_LINES: usize = 512;
 
 /// What goes into the report as it is: notes, failures found while running, the QEMUs.
 #[derive(Debug, Default)]

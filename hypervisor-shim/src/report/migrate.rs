@@ -321,6 +321,9 @@ pub struct MigrateReport {
     pub cross_host: Option<CrossHostReport>,
     /// The handoff taken back, when one could not complete before port 2 opened.
     pub take_back: Option<TakeBackReport>,
+    /// Each guest's own account of each switch (`BATON steps`, in the order the lines came): when,
+    /// by its clock, it took each step and how it got there (issue 12, item 1).
+    pub guest_steps: Vec<GuestStepsReport>,
     /// The shim gave the failed run up and the owner reported after `give-up` (what it had in
     /// flight counted as failed), so every acknowledged write could still be checked.
     pub given_up: bool,
@@ -422,5 +425,58 @@ mod tests {
         keys_sorted.sort_unstable();
         table.sort_unstable();
         assert_eq!(keys_sorted, table);
+    }
+}
+
+/// One guest's steps in one switch, from its `BATON steps` line ([`baton_core::guest_steps`]).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GuestStepsReport {
+    /// `owner` or `peer`.
+    pub role: &'static str,
+    /// `handoff` or `failback`.
+    pub kind: &'static str,
+    /// Which switch of that kind, as the guest counts them (from 1; the peer counts cycles).
+    pub n: u32,
+    /// The steps in the order taken.
+    pub steps: Vec<GuestStepReport>,
+}
+
+/// One step of a [`GuestStepsReport`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct GuestStepReport {
+    /// The step's word (docs/guest-interface.md, `BATON steps`).
+    pub step: &'static str,
+    /// The guest's clock at the step, µs since its boot.
+    pub at_us: u64,
+    /// µs since the guest's previous step of the switch (0 for the first).
+    pub after_us: u64,
+    /// How the guest got there: `spin` (running since the step before), `irq` (woken from `hlt`
+    /// by the control channel: it waited for a frame), `tick` (woken by the timer: it waited for
+    /// a tick).
+    pub wake: &'static str,
+}
+
+impl From<&baton_core::guest_steps::StepsLine> for GuestStepsReport {
+    fn from(l: &baton_core::guest_steps::StepsLine) -> Self {
+        let mut prev = None;
+        let steps = l
+            .steps()
+            .map(|s| {
+                let after_us = prev.map_or(0, |p: u64| s.at_us.saturating_sub(p));
+                prev = Some(s.at_us);
+                GuestStepReport {
+                    step: s.name.word(),
+                    at_us: s.at_us,
+                    after_us,
+                    wake: s.wake.word(),
+                }
+            })
+            .collect();
+        GuestStepsReport {
+            role: l.role.as_str(),
+            kind: l.kind.word(),
+            n: l.n,
+            steps,
+        }
     }
 }

@@ -233,7 +233,12 @@ impl Session {
             // The completion timeline is for the handoff plot (`migrate`); a direct run has none
             // to show.
             Ok(GuestLine::Timeline(_)) | Err(LineError::Timeline(_)) => {}
-            Ok(l @ (GuestLine::PeerFault(_) | GuestLine::FaultInjected | GuestLine::Switch(_))) => {
+            Ok(
+                l @ (GuestLine::PeerFault(_)
+                | GuestLine::FaultInjected
+                | GuestLine::Switch(_)
+                | GuestLine::Steps(_)),
+            ) => {
                 let word = l.kind().map_or("", Kind::word);
                 lines.note(format!(
                     "unexpected guest line `BATON {word}` (no peer in this run)"

@@ -6,8 +6,9 @@
 //! `hlt` instead of spinning; its handler only acknowledges the PIC.
 
 use baton_core::console::{Kind, PREFIX};
+use baton_core::guest_steps::Wake;
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
 use spin::Once;
 use x86_64::VirtAddr;
 use x86_64::instructions::port::Port;
@@ -34,6 +35,23 @@ static CURRENT_HZ: AtomicU64 = AtomicU64::new(0);
 /// [`take_wake`]. A byte store from the stub and an atomic swap here: both are single
 /// instructions on x86_64, so the flag needs no lock.
 static WAKE_PENDING: AtomicBool = AtomicBool::new(false);
+
+/// COM2 interrupts so far (incremented by the wake stub).
+static COM2_WAKES: AtomicU32 = AtomicU32::new(0);
+/// How the last `hlt` ended (a [`Wake`] as `u8`: 1 COM2, 2 timer), 0 when the CPU has not halted
+/// since [`take_last_wake`] last read it.
+static LAST_WAKE: AtomicU8 = AtomicU8::new(0);
+
+/// How the CPU came to run since the last call: [`Wake::Spin`] if it has not halted since, else
+/// what ended the last `hlt` (COM2's interrupt or a timer tick). For the step log
+/// (`crate::steps`).
+pub fn take_last_wake() -> Wake {
+    match LAST_WAKE.swap(0, Ordering::Relaxed) {
+        1 => Wake::Irq,
+        2 => Wake::Tick,
+        _ => Wake::Spin,
+    }
+}
 
 /// Whether COM2 interrupted since the last call: a loop that polls the control channel only now
 /// and then (port I/O is a VM exit) polls at once when this says bytes arrived.
@@ -80,6 +98,7 @@ global_asm!(
     ".global baton_wake_entry",
     "baton_wake_entry:",
     "mov byte ptr [rip + {wake}], 1",
+    "lock inc dword ptr [rip + {wakes}]",
     "push rax",
     "mov al, 0x20",
     "out 0x20, al",
@@ -120,6 +139,7 @@ global_asm!(
     handler = sym exception_handler,
     timer = sym timer_tick,
     wake = sym WAKE_PENDING,
+    wakes = sym COM2_WAKES,
 );
 
 unsafe extern "C" {
@@ -302,9 +322,13 @@ fn set_tick_hz(hz: u64) {
     }
 }
 
-/// Sleeps until the next interrupt (the timer fires every millisecond).
+/// Sleeps until the next interrupt (the timer fires every millisecond), and notes which one it
+/// was ([`take_last_wake`]).
 pub fn wait_for_interrupt() {
+    let before = COM2_WAKES.load(Ordering::Relaxed);
     x86_64::instructions::interrupts::enable_and_hlt();
+    let by_com2 = COM2_WAKES.load(Ordering::Relaxed) != before;
+    LAST_WAKE.store(if by_com2 { 1 } else { 2 }, Ordering::Relaxed);
 }
 
 /// Sleeps until the next interrupt after `idle_us` without work: at the fast tick for a while,

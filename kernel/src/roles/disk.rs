@@ -9,6 +9,7 @@ use crate::platform::{interrupts, serial};
 use crate::ports::BlockPort;
 use crate::ports::blk::BlkDevice;
 use baton_core::console::GuestLine;
+use baton_core::guest_steps::StepName;
 use virtio_drivers::transport::pci::PciTransport;
 use virtio_drivers::transport::pci::bus::{DeviceFunction, PciRoot};
 
@@ -49,14 +50,17 @@ pub fn open_blk(root: &mut PciRoot<PortCam>, df: DeviceFunction) -> GuestBlk {
     if let Err(e) = pci_cam::setup_device(root, df) {
         panic!("pci {df}: cannot place BARs: {e:?}");
     }
+    crate::steps::mark(StepName::Pci);
     // The transport sizes the BARs again: with decoding still off that costs QEMU no remapping.
     let transport = match PciTransport::new::<BatonHal, _>(root, df) {
         Ok(t) => t,
         Err(e) => panic!("pci {df}: not a usable virtio device: {e:?}"),
     };
     pci_cam::enable(root, df);
+    crate::steps::mark(StepName::Transport);
     match BlkDevice::new(transport) {
         Ok(dev) => {
+            crate::steps::mark(StepName::DiskUp);
             // Debug only: a hot-plugged disk is brought up inside a blackout, where a console line
             // (a VM exit per byte) costs time; the roles log the disk once they have reported.
             log::debug!(

@@ -47,7 +47,11 @@
 use super::{ControlLink, OwnerPlatform};
 use crate::ports::BlockPort;
 use crate::stack::ResourceStack;
+use crate::steps;
+use baton_core::cmdline::Role as GuestRole;
+use baton_core::console::SwitchKind;
 use baton_core::control::{Message, PROTOCOL_VERSION, Role};
+use baton_core::guest_steps::StepName;
 use baton_core::redirector::State;
 use baton_core::ring::RingClient;
 use virtio_drivers::Hal;
@@ -235,6 +239,8 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
                     Err(e) => panic!("handoff: {e}"),
                 }
                 self.handoffs += 1;
+                steps::begin(GuestRole::Owner, SwitchKind::Handoff, self.handoffs);
+                steps::mark(StepName::Redirect);
                 self.failback_asked = false;
                 self.stall_reported = false;
                 self.armed = Some(SwitchArm {
@@ -251,6 +257,8 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
                     Err(e) => panic!("handoff: {e}"),
                 }
                 self.failbacks += 1;
+                steps::begin(GuestRole::Owner, SwitchKind::Failback, self.failbacks);
+                steps::mark(StepName::Failback);
                 self.failback_drained_sent = false;
                 self.armed = Some(SwitchArm {
                     failback: true,
@@ -355,6 +363,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             (Message::OpenPort2, State::Released) if stack.has_port2() => {
                 match stack.open_port2() {
                     Ok(state) => {
+                        steps::mark(StepName::Port2Open);
                         self.send(Message::Forwarding);
                         log::info!("handoff: port 2 open, redirector {state:?}");
                     }
@@ -435,6 +444,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
 
     /// Port 2 drained during a failback: tell the shim, which moves the disk back.
     fn failback_drained<H: Hal>(&mut self, stack: &mut ResourceStack<H, P::Disk>) {
+        steps::mark(StepName::Drained);
         let held = stack.held();
         self.held_at_failback = u64::from(held);
         self.failback_drained_sent = true;
@@ -451,6 +461,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
     /// The failback's disk arrived in `slot`: bring it up behind port 1, send the held requests
     /// to it first, tell the shim.
     fn reattach<H: Hal>(&mut self, stack: &mut ResourceStack<H, P::Disk>, slot: u8) {
+        steps::mark(StepName::DiskAttached);
         let Some(dev) = self.platform.open_disk(slot) else {
             self.send(Message::Error {
                 code: codes::DISK_UNUSABLE,
@@ -463,6 +474,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         // `direct` goes out before the held requests do, so that the shim hears of port 1's
         // reopening before the first port-1 completion is reported on the console.
         self.send(Message::Direct);
+        steps::mark(StepName::Direct);
         match stack.device_attached() {
             Ok(state) => log::info!(
                 "handoff: disk back in slot {slot}, {} held requests sent to port 1, redirector {state:?}",
@@ -474,6 +486,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
 
     /// Port 1 drained: quiesce the device, tell the shim, eject it once the shim has the frames.
     fn release_device<H: Hal>(&mut self, stack: &mut ResourceStack<H, P::Disk>) {
+        steps::mark(StepName::Drained);
         let held = stack.held();
         if self.handoffs <= 1 {
             self.held_at_switch = u64::from(held);
@@ -497,6 +510,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         self.send(Message::Released {
             slot: self.disk_slot,
         });
+        steps::mark(StepName::Released);
         self.eject_pending = Some(self.disk_slot);
         self.eject_released();
         log::info!(
@@ -515,7 +529,10 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             return;
         }
         match stack.open_port2() {
-            Ok(_) => self.opened_early = true,
+            Ok(_) => {
+                self.opened_early = true;
+                steps::mark(StepName::Port2Open);
+            }
             Err(e) => panic!("handoff: {e}"),
         }
     }
@@ -529,6 +546,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         if self.ctl.as_ref().is_none_or(|c| c.idle()) {
             self.eject_pending = None;
             self.platform.eject(slot);
+            steps::mark(StepName::Ejected);
         }
     }
 

@@ -20,9 +20,12 @@ use crate::platform::hal::BatonHal;
 use crate::platform::pci_cam::{self, PortCam};
 use crate::platform::{interrupts, shm};
 use crate::ports::{BlockPort, SECTORS_PER_BLOCK};
+use crate::steps;
+use baton_core::cmdline::Role as GuestRole;
 use baton_core::cmdline::{Fault, GuestConfig};
-use baton_core::console::GuestLine;
+use baton_core::console::{GuestLine, SwitchKind};
 use baton_core::control::{Message, PROTOCOL_VERSION, Role};
+use baton_core::guest_steps::StepName;
 use baton_core::ring::{self, RingServer, SharedRegion};
 use virtio_drivers::transport::pci::bus::PciRoot;
 
@@ -55,21 +58,27 @@ pub fn run(cfg: &GuestConfig) -> ! {
     pci_cam::learn_bus(&mut root);
     for cycle in 1u32.. {
         let deadline = Deadline::after_us(SETUP_WAIT_US);
+        steps::begin(GuestRole::Peer, SwitchKind::Handoff, cycle);
         let (region, ring_slot, disk, disk_slot) =
             wait_for_ring_and_disk(&mut ctl, &mut root, deadline, cycle);
         let capacity_sectors = disk.capacity_blocks() * SECTORS_PER_BLOCK;
         let server = attach_when_formatted(region, capacity_sectors, deadline);
+        steps::mark(StepName::RingAttached);
         ctl.send(Message::PeerReady { capacity_sectors });
+        steps::mark(StepName::PeerReady);
         log::info!(
             "peer: serving the ring, disk in slot {disk_slot}, {capacity_sectors} sectors (cycle {cycle})"
         );
-        let disk = serve(cfg, server, disk, &mut ctl, region);
+        let disk = serve(cfg, server, disk, &mut ctl, region, cycle);
         // The failback: the owner's port 2 drained, so nothing is at the device; reset it (no DMA
         // after this) and complete the removal the shim's `device_del` asked for.
         disk.release();
         // `released` first: its bytes leave before QEMU tears the device down inside the eject.
         ctl.send(Message::Released { slot: disk_slot });
+        steps::mark(StepName::PeerReleased);
         pci_cam::hotplug::eject(disk_slot);
+        steps::mark(StepName::PeerEjected);
+        print_steps();
         log::info!("peer: disk reset, slot {disk_slot} ejected");
         close_ring(&mut ctl, ring_slot);
     }
@@ -101,11 +110,15 @@ fn wait_for_ring_and_disk(
             continue;
         };
         match msg {
-            Message::RingOpened { slot } => match shm::open(root, slot) {
-                Ok(r) => region = Some((r, slot)),
-                Err(e) => panic!("peer: ring in slot {slot}: {e:?}"),
-            },
+            Message::RingOpened { slot } => {
+                steps::mark(StepName::RingOpened);
+                match shm::open(root, slot) {
+                    Ok(r) => region = Some((r, slot)),
+                    Err(e) => panic!("peer: ring in slot {slot}: {e:?}"),
+                }
+            }
             Message::DiskAttached { slot } => {
+                steps::mark(StepName::DiskAttached);
                 let Some(df) = disk::find_blk(root, Some(slot)) else {
                     panic!("peer: no virtio-blk in slot {slot}");
                 };
@@ -159,6 +172,7 @@ fn serve(
     disk: GuestBlk,
     ctl: &mut ControlChannel,
     region: SharedRegion<'static>,
+    cycle: u32,
 ) -> GuestBlk {
     let fault_after = (cfg.fault == Fault::BadCompletion).then_some(GOOD_COMPLETIONS_BEFORE_FAULT);
     let mut service: RingService<'_, BatonHal, GuestBlk> =
@@ -166,9 +180,16 @@ fn serve(
     let now_us = clock::uptime_us;
     let mut idle = Stopwatch::start();
     let mut release: Option<Deadline> = None;
+    let (mut requested, mut served) = (false, false);
     loop {
         match ctl.poll() {
-            Some(Message::ReleaseDisk) => release = Some(Deadline::after_us(RELEASE_WAIT_US)),
+            Some(Message::ReleaseDisk) => {
+                // The handoff's steps first, if the peer was never idle to print them.
+                print_steps();
+                steps::begin(GuestRole::Peer, SwitchKind::Failback, cycle);
+                steps::mark(StepName::ReleaseDisk);
+                release = Some(Deadline::after_us(RELEASE_WAIT_US));
+            }
             Some(msg) => log::warn!("peer: ignoring {} while serving", msg.name()),
             None => {}
         }
@@ -177,6 +198,18 @@ fn serve(
             Step::Busy => true,
             Step::Idle => false,
         };
+        if busy && !requested && release.is_none() {
+            requested = true;
+            steps::mark(StepName::FirstRequest);
+        }
+        if !served && service.completed() > 0 && release.is_none() {
+            served = true;
+            steps::mark(StepName::FirstServed);
+        }
+        // The handoff's steps go out once the peer has nothing to do, off the owner's blackout.
+        if served && !busy && release.is_none() && steps::current().is_some() {
+            print_steps();
+        }
         if let Some(deadline) = release {
             if service.idle() {
                 log::info!(
@@ -223,5 +256,12 @@ fn inject_bad_completion(region: SharedRegion<'static>) -> ! {
     crate::platform::serial::print_line(&GuestLine::FaultInjected);
     loop {
         interrupts::wait_for_interrupt();
+    }
+}
+
+/// Prints the `BATON steps` line of the switch under way, if any, and ends it.
+fn print_steps() {
+    if let Some(line) = steps::take() {
+        crate::platform::serial::print_line(&GuestLine::Steps(line));
     }
 }

@@ -89,7 +89,11 @@
 //! (0.1 s + 0.2 s per case, runs of at least 20,000 requests, 7 paired rounds), for smoke
 //! checks. Criterion's usual arguments work (`-- direct/` runs the direct criterion cases only;
 //! the paired pass always runs all; `-- --profile-time 5 forwarding/baton/1` runs one case for
-//! a profiler and skips the paired pass). On a shared machine, `nice -n -20` keeps other
+//! a profiler and skips the paired pass). `BATON_BENCH_PROFILE=DESIGN/PATH/REQUESTS` (e.g.
+//! `baton/forwarding/1000000`) runs only that case, once, on one thread, for an instruction
+//! count under `valgrind --tool=callgrind` (two request counts, and the difference of the
+//! totals over the difference of the requests is one request's cost; see
+//! `docs/redirector-figures.md`). On a shared machine, `nice -n -20` keeps other
 //! processes from taking the CPUs mid-run.
 //!
 //! `BATON_BENCH_JSON=FILE` also writes the summary to FILE (the shim's `bench` reads it):
@@ -135,7 +139,7 @@ use criterion::{Criterion, Throughput};
 
 use arrayqueue::AqDesign;
 use baton::Baton;
-use harness::{bench_design, benchmarking, loadavg, quick};
+use harness::{bench_design, benchmarking, loadavg, quick, run_design};
 use mutex::MutexDesign;
 use summary::summarize;
 
@@ -275,6 +279,10 @@ trait Fifo: Design {
 }
 
 fn main() {
+    if let Some(spec) = std::env::var_os("BATON_BENCH_PROFILE").filter(|s| !s.is_empty()) {
+        profile(&spec.to_string_lossy());
+        return;
+    }
     let load_before = loadavg();
     let (warm_up, measure, samples, resamples) = if quick() {
         (
@@ -307,4 +315,26 @@ fn main() {
     if benchmarking() {
         summarize(&load_before);
     }
+}
+
+/// `BATON_BENCH_PROFILE=DESIGN/PATH/REQUESTS`: one run of that case on one thread and nothing
+/// else, for an instruction count (`valgrind --tool=callgrind`): the difference between two
+/// request counts, divided by the difference in requests, is the cost of one request.
+fn profile(spec: &str) {
+    let parts: Vec<&str> = spec.split('/').collect();
+    let [design, path, requests] = parts[..] else {
+        panic!("BATON_BENCH_PROFILE={spec}: expected DESIGN/PATH/REQUESTS")
+    };
+    assert!(DESIGNS.contains(&design), "unknown design {design}");
+    let path = PATHS
+        .into_iter()
+        .find(|p| p.name() == path)
+        .unwrap_or_else(|| panic!("unknown path {path}"));
+    let requests: u64 = requests.parse().expect("REQUESTS: a number");
+    let s = run_design(design, path, 1, requests);
+    println!(
+        "{design} {} 1 thread: {requests} requests, {:.1} ns/request",
+        path.name(),
+        s.ns_per_request()
+    );
 }

@@ -84,7 +84,7 @@
 //!
 //! # Running it
 //!
-//! `cargo bench -p baton-core --bench redirector`: about 60 s (12 criterion cases of 1 s
+//! `cargo bench -p baton-core --bench redirector`: about 70 s (12 criterion cases of 1 s
 //! warm-up and 3 s measurement, then the paired pass). `BATON_BENCH_QUICK=1`: about 5 s
 //! (0.1 s + 0.2 s per case, runs of at least 20,000 requests, 7 paired rounds), for smoke
 //! checks. Criterion's usual arguments work (`-- direct/` runs the direct criterion cases only;

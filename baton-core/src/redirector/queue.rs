@@ -114,7 +114,7 @@ impl<const N: usize> Redirector<N> {
         }
     }
 
-    pub(super) fn load(&self) -> Word {
+    fn load(&self) -> Word {
         Word(self.word.load(Ordering::Acquire))
     }
 

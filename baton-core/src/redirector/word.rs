@@ -34,8 +34,8 @@ pub(super) const DIRECT_AND_EMPTY: u64 = STATE_MASK | COUNT_MASK << QUEUED_SHIFT
 
 /// The state word, `state:3 | p1:15 | p2:15 | queued:15 | tail:16` from the low bits up.
 ///
-/// Every count stays within its 15 bits (`inc` and the capacity check refuse before a field
-/// would overflow, and a count is checked non-zero before it is lowered), so adding or
+/// Every count stays within its 15 bits (`check_inflight` and the capacity check refuse before
+/// a field would overflow, and a count is checked non-zero before it is lowered), so adding or
 /// subtracting a field's unit never carries into its neighbour.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) struct Word(pub(super) u64);

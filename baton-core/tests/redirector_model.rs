@@ -26,6 +26,10 @@ enum Action {
     BeginFailback,
     DeviceAttached,
     TakeBack,
+    AbandonPort2,
+    ResubmitPort1,
+    /// Drop the releaser and take it again (its place in the queue must carry over).
+    Retake,
 }
 
 fn action() -> impl Strategy<Value = Action> {
@@ -40,6 +44,9 @@ fn action() -> impl Strategy<Value = Action> {
         1 => Just(Action::BeginFailback),
         1 => Just(Action::DeviceAttached),
         1 => Just(Action::TakeBack),
+        1 => Just(Action::AbandonPort2),
+        2 => Just(Action::ResubmitPort1),
+        2 => Just(Action::Retake),
     ]
 }
 
@@ -51,6 +58,21 @@ struct Model {
     p2: Vec<u64>,
     queue: VecDeque<(u16, u64)>,
     tail: u16,
+    /// Requests abandoned at port 2, to be replayed on port 1 (oldest first).
+    replay: VecDeque<u64>,
+}
+
+impl Model {
+    fn new() -> Model {
+        Model {
+            state: State::Direct,
+            p1: vec![],
+            p2: vec![],
+            queue: VecDeque::new(),
+            tail: 0,
+            replay: VecDeque::new(),
+        }
+    }
 }
 
 /// What the harness observed, for the invariant checks.
@@ -65,7 +87,7 @@ struct Log {
 
 struct Harness<'a> {
     real: &'a Redirector<N>,
-    rel: baton_core::redirector::Releaser<'a, N>,
+    rel: Option<baton_core::redirector::Releaser<'a, N>>,
     model: Model,
     log: Log,
 }
@@ -169,7 +191,7 @@ impl Harness<'_> {
                 assert_eq!(got, Ok(drained.then_some(State::FailbackDrained)));
             }
             Action::Dispatch => {
-                let got = self.rel.dispatch();
+                let got = self.rel.as_mut().and_then(|r| r.dispatch());
                 let port = match m.state {
                     State::Direct => Some(Port::One),
                     State::Forwarding => Some(Port::Two),
@@ -250,6 +272,53 @@ impl Harness<'_> {
                 }
                 assert_eq!(self.real.take_back(), expected);
             }
+            Action::AbandonPort2 => {
+                let got = self.real.abandon_port2();
+                match m.state {
+                    State::Forwarding | State::FailbackDraining | State::FailbackDrained => {
+                        let n = m.p2.len();
+                        self.model.state = State::FailbackDrained;
+                        let mut gone = std::mem::take(&mut self.model.p2);
+                        gone.sort_unstable();
+                        self.model.replay.extend(gone);
+                        assert_eq!(got.map(usize::from), Ok(n));
+                    }
+                    state => assert_eq!(
+                        got,
+                        Err(RedirectError::WrongState {
+                            op: Op::AbandonPort2,
+                            state
+                        })
+                    ),
+                }
+            }
+            Action::ResubmitPort1 => {
+                // The caller replays only requests it abandoned.
+                if m.replay.is_empty() {
+                    return;
+                }
+                let got = self.real.resubmit_port1();
+                if m.state == State::Direct {
+                    assert_eq!(got, Ok(()));
+                    if let Some(id) = self.model.replay.pop_front() {
+                        self.enter_port1(id);
+                    }
+                } else {
+                    assert_eq!(
+                        got,
+                        Err(RedirectError::WrongState {
+                            op: Op::ResubmitPort1,
+                            state: m.state
+                        })
+                    );
+                }
+            }
+            Action::Retake => {
+                assert!(self.real.releaser().is_none(), "two releasers at once");
+                drop(self.rel.take());
+                self.rel = self.real.releaser();
+                assert!(self.rel.is_some(), "releaser not given back");
+            }
         }
         let snap = self.real.snapshot();
         assert_eq!(snap.state, self.model.state);
@@ -261,6 +330,9 @@ impl Harness<'_> {
     /// Completes everything and walks the state machine until nothing is queued or in flight.
     fn finish(&mut self) {
         for _ in 0..8 {
+            while !self.model.replay.is_empty() && self.model.state == State::Direct {
+                self.step(Action::ResubmitPort1);
+            }
             while !self.model.queue.is_empty()
                 && matches!(self.model.state, State::Direct | State::Forwarding)
             {
@@ -273,6 +345,7 @@ impl Harness<'_> {
                 self.step(Action::CompleteP2(0));
             }
             if self.model.queue.is_empty()
+                && self.model.replay.is_empty()
                 && matches!(self.model.state, State::Direct | State::Forwarding)
             {
                 return;
@@ -281,6 +354,8 @@ impl Harness<'_> {
                 State::Drained => self.step(Action::DeviceReleased),
                 State::Released => self.step(Action::OpenPort2),
                 State::FailbackDrained => self.step(Action::DeviceAttached),
+                // Abandoned requests are replayed on port 1 only: fail back for them.
+                State::Forwarding => self.step(Action::BeginFailback),
                 _ => {}
             }
         }
@@ -294,13 +369,8 @@ proptest! {
     #[test]
     fn redirector_matches_model(actions in proptest::collection::vec(action(), 0..300)) {
         let real = Redirector::<N>::new();
-        let rel = real.releaser().unwrap();
-        let mut h = Harness {
-            real: &real,
-            rel,
-            model: Model { state: State::Direct, p1: vec![], p2: vec![], queue: VecDeque::new(), tail: 0 },
-            log: Log::default(),
-        };
+        let rel = real.releaser();
+        let mut h = Harness { real: &real, rel, model: Model::new(), log: Log::default() };
         for a in actions {
             h.step(a);
         }
@@ -317,17 +387,11 @@ proptest! {
 fn two_round_trips() {
     use Action::*;
     let real = Redirector::<N>::new();
-    let rel = real.releaser().unwrap();
+    let rel = real.releaser();
     let mut h = Harness {
         real: &real,
         rel,
-        model: Model {
-            state: State::Direct,
-            p1: vec![],
-            p2: vec![],
-            queue: VecDeque::new(),
-            tail: 0,
-        },
+        model: Model::new(),
         log: Log::default(),
     };
     for _ in 0..2 {

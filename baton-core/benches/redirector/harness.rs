@@ -188,8 +188,99 @@ pub(crate) fn parallel_capacity() -> f64 {
     median(probes).unwrap_or(f64::NAN)
 }
 
-/// Whether criterion is benchmarking (not `cargo test --benches`, `--test` or `--list`).
+/// Whether criterion is benchmarking (not `cargo test --benches`, `--test`, `--list`, or
+/// `--profile-time`, which runs one filtered case under a profiler and should run nothing else).
 pub(crate) fn benchmarking() -> bool {
     let args: Vec<String> = std::env::args().collect();
-    args.iter().any(|a| a == "--bench") && !args.iter().any(|a| a == "--test" || a == "--list")
+    args.iter().any(|a| a == "--bench")
+        && !args
+            .iter()
+            .any(|a| a == "--test" || a == "--list" || a.starts_with("--profile-time"))
+}
+
+/// The cost of the uncontended operations the designs are made of, on one thread, in ns.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct AtomicCosts {
+    /// A load and a `compare_exchange` (`AcqRel`) of an `AtomicU64`: one step of a CAS loop.
+    pub(crate) cas: f64,
+    /// `Mutex::lock`, an increment, the guard's drop.
+    pub(crate) lock_unlock: f64,
+    /// The releaser flag: a `compare_exchange(false, true)` and a `store(false)`.
+    pub(crate) flag: f64,
+}
+
+impl AtomicCosts {
+    /// `baton`'s forwarded request: submit, dispatch and complete (a CAS each), the releaser.
+    pub(crate) fn baton_forwarding_floor(&self) -> f64 {
+        3.0 * self.cas + self.flag
+    }
+
+    /// The Mutex design's: submit, dispatch, complete and the last, empty dispatch (a lock
+    /// each), the releaser.
+    pub(crate) fn mutex_forwarding_floor(&self) -> f64 {
+        4.0 * self.lock_unlock + self.flag
+    }
+
+    pub(crate) fn json(&self) -> String {
+        format!(
+            "{{\"cas\": {:.3}, \"mutex_lock_unlock\": {:.3}, \"flag_take_give\": {:.3}}}",
+            self.cas, self.lock_unlock, self.flag
+        )
+    }
+}
+
+/// Measures [`AtomicCosts`] once: each operation `ops` times in a loop.
+pub(crate) fn atomic_costs(ops: u64) -> AtomicCosts {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    #[repr(align(128))]
+    struct Line<T>(T);
+    let per_op = |f: &mut dyn FnMut(u64)| {
+        let start = Instant::now();
+        for i in 0..ops {
+            f(black_box(i));
+        }
+        start.elapsed().as_nanos() as f64 / ops as f64
+    };
+    let word = Line(AtomicU64::new(0));
+    let cas = per_op(&mut |i| {
+        let cur = word.0.load(Ordering::Acquire);
+        let _ = word.0.compare_exchange_weak(
+            cur,
+            cur.wrapping_add(i),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    });
+    let mutex = Line(Mutex::new(0u64));
+    let lock_unlock = per_op(&mut |i| {
+        let mut g = mutex.0.lock().unwrap();
+        *g = g.wrapping_add(i);
+    });
+    let taken = Line(AtomicBool::new(false));
+    let flag = per_op(&mut |_| {
+        if taken
+            .0
+            .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
+            .is_ok()
+        {
+            taken.0.store(false, Ordering::Release);
+        }
+    });
+    AtomicCosts {
+        cas,
+        lock_unlock,
+        flag,
+    }
+}
+
+/// The median of each of [`AtomicCosts`]'s fields over `runs`.
+pub(crate) fn median_costs(runs: &[AtomicCosts]) -> AtomicCosts {
+    let m = |f: fn(&AtomicCosts) -> f64| median(runs.iter().map(f).collect()).unwrap_or(f64::NAN);
+    AtomicCosts {
+        cas: m(|c| c.cas),
+        lock_unlock: m(|c| c.lock_unlock),
+        flag: m(|c| c.flag),
+    }
 }

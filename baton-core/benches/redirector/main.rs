@@ -1,6 +1,8 @@
 //! Host benchmark of the port redirector ([`baton_core::redirector`]) against two baseline
-//! designs of the same job, at 1, 2 and 4 threads (issue 4: "redirector ≥ 3× the Mutex design
-//! at 4 threads").
+//! designs of the same job, at 1 and 2 threads, on the direct and the forwarding path (issue 12:
+//! "the redirector at 1 and 2 threads against `Mutex<VecDeque>` and `ArrayQueue`, target ≥ 3×
+//! the Mutex design on the forwarding path"). More threads than the development machine's 2
+//! CPUs would time-slice them and measure the scheduler, so there is no 4-thread case.
 //!
 //! # The three designs
 //!
@@ -22,7 +24,9 @@
 //! Each design implements the operations the measured paths use with the same checks as
 //! `baton` (state, capacity, the `MAX_INFLIGHT` bound, underflow on completion, the
 //! `Draining → Drained` / `FailbackDraining → FailbackDrained` step on the last completion);
-//! transitions are used only to set the state up before a case starts.
+//! transitions are used only to set the state up before a case starts. The queue holds 255
+//! requests in each, and the same harness drives all three (same requests, same pumping, so the
+//! same batch of ready requests per releaser turn).
 //!
 //! # What is measured
 //!
@@ -42,12 +46,17 @@
 //!   completing instantly), then give the releaser back. A thread that finds the releaser taken
 //!   goes on: the holder, or the next thread to take it, dispatches its request. So per request
 //!   every design does one submit, one successful dispatch and one `complete_port2`, plus its
-//!   share of the releaser take/release and of the last, empty `dispatch` of each pump (`baton`:
-//!   one load of a slot stamp; `arrayqueue`: `is_empty`; `mutex`: a lock/unlock). A submit
-//!   refused because the queue is full (its 255 places taken while the releaser's holder is
-//!   preempted) helps pump and yields the CPU, then retries. Requests still queued when the
-//!   threads end (a few at most) are dispatched after the timed region; every run checks that
-//!   each request was dispatched once and that all counters are back to 0.
+//!   share of the releaser take/release and of the last, empty `dispatch` of each pump. In
+//!   atomic read-modify-writes, uncontended (1 thread, one request per pump): `baton` 4 (a CAS
+//!   each for submit, dispatch and complete, the releaser flag's CAS; its empty dispatch is one
+//!   load of a slot stamp and the flag is given back with a plain store); `mutex` 9 (a
+//!   lock/unlock pair each for submit, dispatch, complete and the empty dispatch, the flag's
+//!   CAS); `arrayqueue` 5 (the `ArrayQueue`'s push and pop, a `fetch_add` and a `fetch_sub` of
+//!   port 2's count, the flag's CAS; its empty dispatch is `is_empty`). A submit refused because
+//!   the queue is full (its 255 places taken while the releaser's holder is preempted) helps
+//!   pump and yields the CPU, then retries. Requests still queued when the threads end (a few
+//!   at most) are dispatched after the timed region; every run checks that each request was
+//!   dispatched once and that all counters are back to 0.
 //!
 //! **Criterion** times each (path, design, threads) case as usual, one criterion iteration being
 //! one request: `iter_custom(iters)` runs `max(iters, 100_000)` requests and scales the wall
@@ -57,35 +66,60 @@
 //! **The summary** (printed after criterion's report, and the JSON) comes from a separate
 //! *paired pass*: 25 rounds, each running every case once with 100,000 requests, the three
 //! designs of a case back to back in an order that rotates each round. Other load on the
-//! machine then hits the three designs alike, and `vs_mutex` — the median over the rounds of
-//! `mutex ns / design ns` within a round (above 1: faster than the Mutex design) — compares
-//! runs made milliseconds apart. `ns/request` is the median over the rounds, `fastest` the
-//! best round; for forwarding, `busy/1k` counts pumps that found the releaser taken and
-//! `full/1k` submits refused for a full queue, per 1000 requests. The summary's first line
-//! gives the CPU count and model and the load average before and after the run.
+//! machine then hits the three designs alike, and `vs_mutex` / `vs_aq` — the median over the
+//! rounds of `mutex ns / design ns` (or `arrayqueue ns / design ns`) within a round (above 1:
+//! faster than that design) — compare runs made milliseconds apart. `ns/request` is the median
+//! over the rounds, `fastest` the best round; for forwarding, `busy/1k` counts pumps that found
+//! the releaser taken and `full/1k` submits refused for a full queue, per 1000 requests. A
+//! second table gives `baton`'s two ratios per path and thread count, and the line after it the
+//! forwarding target (the worse of 1 and 2 threads against ≥ 3×).
+//!
+//! Each round also times the uncontended operations the designs are built from (a CAS step, a
+//! `Mutex` lock/unlock pair, the releaser flag's take and give-back; 200,000 each, one thread)
+//! and the summary prints their medians and the floor they put under a forwarded request:
+//! `baton` 3 CAS + flag, `mutex` 4 lock/unlock pairs + flag, and so the largest ratio the two
+//! designs can show where these operations dominate. The summary's first lines give the CPU
+//! count and model, the load average and the parallel capacity (how many CPUs' worth of work two
+//! threads get done) before and after the pass.
 //!
 //! # Running it
 //!
-//! `cargo bench -p baton-core --bench redirector`: about 80 s (18 criterion cases of 1 s
-//! warm-up and 3 s measurement, then the paired pass). `BATON_BENCH_QUICK=1`: about 6 s
+//! `cargo bench -p baton-core --bench redirector`: about 70 s (12 criterion cases of 1 s
+//! warm-up and 3 s measurement, then the paired pass). `BATON_BENCH_QUICK=1`: about 5 s
 //! (0.1 s + 0.2 s per case, runs of at least 20,000 requests, 7 paired rounds), for smoke
-//! checks. `BATON_BENCH_JSON=FILE` also writes the summary to FILE:
-//! `{"threads": [1,2,4], "results": [{"design": "baton"|"mutex"|"arrayqueue", "path":
-//! "direct"|"forwarding", "threads": n, "ns_per_request": f64}], "ratio_vs_mutex_4_threads":
-//! {"direct": f64, "forwarding": f64}}`, the ratios being `baton`'s `vs_mutex` at 4 threads.
-//! Criterion's usual arguments work (`-- direct/` runs the direct cases only; the paired pass
-//! always runs all). On a shared machine, `nice -n -20` keeps other processes from taking the
-//! CPUs mid-run.
+//! checks. Criterion's usual arguments work (`-- direct/` runs the direct criterion cases only;
+//! the paired pass always runs all; `-- --profile-time 5 forwarding/baton/1` runs one case for
+//! a profiler and skips the paired pass). `BATON_BENCH_PROFILE=DESIGN/PATH/REQUESTS` (e.g.
+//! `baton/forwarding/1000000`) runs only that case, once, on one thread, for an instruction
+//! count under `valgrind --tool=callgrind` (two request counts, and the difference of the
+//! totals over the difference of the requests is one request's cost; see
+//! `docs/redirector-figures.md`). On a shared machine, `nice -n -20` keeps other
+//! processes from taking the CPUs mid-run.
 //!
-//! With fewer CPUs than threads (the 2-CPU development VM), the 4-thread cases oversubscribe
-//! them: threads are time-sliced, and one preempted while it holds a lock or the releaser
-//! stalls the others (that is what `busy/1k` and `full/1k` show); the summary says so.
+//! `BATON_BENCH_JSON=FILE` also writes the summary to FILE (the shim's `bench` reads it):
+//!
+//! ```text
+//! {"threads": [1, 2], "quick": bool,
+//!  "results": [{"design": "baton"|"mutex"|"arrayqueue", "path": "direct"|"forwarding",
+//!               "threads": n, "ns_per_request": f64, "fastest_ns_per_request": f64}, ...],
+//!  "ratios": [{"path": p, "threads": n, "vs_mutex": f64, "vs_arrayqueue": f64}, ...],
+//!  "ratio_vs_mutex": {"direct": f64, "forwarding": f64},
+//!  "ratio_vs_arrayqueue": {"direct": f64, "forwarding": f64},
+//!  "atomic_costs_ns": {"cas": f64, "mutex_lock_unlock": f64, "flag_take_give": f64},
+//!  "machine": {"cpus": n, "cpu_model": s, "loadavg_before": s, "loadavg_after": s,
+//!              "parallel_capacity_before": f64, "parallel_capacity_after": f64}}
+//! ```
+//!
+//! `ratios` are `baton`'s per path and thread count; `ratio_vs_mutex` and `ratio_vs_arrayqueue`
+//! are, per path, the worse of them over the thread counts (what a target is checked against).
+//! A ratio that could not be computed is `null`.
 //!
 //! # Files
 //!
 //! `main.rs` (this file: the [`Design`] every candidate implements and criterion's entry point),
 //! `baton.rs`, `mutex.rs` and `arrayqueue.rs` (the three designs), `harness.rs` (one timed run of
-//! a case) and `summary.rs` (the paired pass, its table and JSON).
+//! a case, the uncontended costs, the machine) and `summary.rs` (the paired pass, its tables and
+//! JSON).
 // A bench fails by panicking when its books do not balance: `unwrap` and `expect` are its
 // assertions (the workspace denies them elsewhere).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -105,14 +139,16 @@ use criterion::{Criterion, Throughput};
 
 use arrayqueue::AqDesign;
 use baton::Baton;
-use harness::{bench_design, benchmarking, loadavg, quick};
+use harness::{bench_design, benchmarking, loadavg, quick, run_design};
 use mutex::MutexDesign;
 use summary::summarize;
 
 /// Queue slots of the `baton` design; the baselines hold the same `SLOTS - 1` requests.
 const SLOTS: usize = 256;
 const CAPACITY: usize = SLOTS - 1;
-const THREADS: [usize; 3] = [1, 2, 4];
+/// Thread counts: at most the 2 CPUs of the development machine (more would time-slice threads
+/// and measure the scheduler).
+const THREADS: [usize; 2] = [1, 2];
 const DESIGNS: [&str; 3] = ["mutex", "arrayqueue", "baton"];
 const PATHS: [Path; 2] = [Path::Direct, Path::Forwarding];
 /// The fewest requests one sample runs (criterion's iteration counts below it are scaled).
@@ -243,6 +279,10 @@ trait Fifo: Design {
 }
 
 fn main() {
+    if let Some(spec) = std::env::var_os("BATON_BENCH_PROFILE").filter(|s| !s.is_empty()) {
+        profile(&spec.to_string_lossy());
+        return;
+    }
     let load_before = loadavg();
     let (warm_up, measure, samples, resamples) = if quick() {
         (
@@ -275,4 +315,26 @@ fn main() {
     if benchmarking() {
         summarize(&load_before);
     }
+}
+
+/// `BATON_BENCH_PROFILE=DESIGN/PATH/REQUESTS`: one run of that case on one thread and nothing
+/// else, for an instruction count (`valgrind --tool=callgrind`): the difference between two
+/// request counts, divided by the difference in requests, is the cost of one request.
+fn profile(spec: &str) {
+    let parts: Vec<&str> = spec.split('/').collect();
+    let [design, path, requests] = parts[..] else {
+        panic!("BATON_BENCH_PROFILE={spec}: expected DESIGN/PATH/REQUESTS")
+    };
+    assert!(DESIGNS.contains(&design), "unknown design {design}");
+    let path = PATHS
+        .into_iter()
+        .find(|p| p.name() == path)
+        .unwrap_or_else(|| panic!("unknown path {path}"));
+    let requests: u64 = requests.parse().expect("REQUESTS: a number");
+    let s = run_design(design, path, 1, requests);
+    println!(
+        "{design} {} 1 thread: {requests} requests, {:.1} ns/request",
+        path.name(),
+        s.ns_per_request()
+    );
 }

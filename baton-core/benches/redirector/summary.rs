@@ -2,7 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use crate::harness::{Sample, cpu_model, cpus, loadavg, parallel_capacity, quick, run_design};
+use crate::harness::{
+    AtomicCosts, Sample, atomic_costs, cpu_model, cpus, loadavg, median_costs, parallel_capacity,
+    quick, run_design,
+};
 use crate::{
     DESIGNS, MIN_REQUESTS, MIN_REQUESTS_QUICK, PAIRED_ROUNDS, PAIRED_ROUNDS_QUICK, PATHS, Path,
     Stats, THREADS,
@@ -16,10 +19,15 @@ struct Figure {
     min: f64,
     /// Median over the rounds of (the Mutex design's ns / this design's ns) in the same round.
     vs_mutex: Option<f64>,
+    /// The same against the `ArrayQueue` design.
+    vs_arrayqueue: Option<f64>,
     /// Per 1000 requests: `pump` calls that found the releaser taken, refused submits.
     busy_per_k: f64,
     full_per_k: f64,
 }
+
+/// The paired pass's figures by (design, path, threads).
+type Figures = BTreeMap<(&'static str, Path, usize), Figure>;
 
 pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
     if v.is_empty() {
@@ -38,9 +46,15 @@ pub(crate) fn median(mut v: Vec<f64>) -> Option<f64> {
 /// `requests` requests, the three designs of a case back to back in an order that rotates from
 /// round to round, so that other load on the machine hits them alike and the ratio of a round
 /// compares runs made within milliseconds of each other.
-fn paired_pass(rounds: usize, requests: u64) -> BTreeMap<(&'static str, Path, usize), Figure> {
+///
+/// Each round also measures the [`AtomicCosts`] (200,000 of each operation), so that the floor
+/// they put under each design comes from the same machine state as the runs; their median over
+/// the rounds is returned with the figures.
+fn paired_pass(rounds: usize, requests: u64) -> (Figures, AtomicCosts) {
     let mut runs: BTreeMap<(&'static str, Path, usize), Vec<Sample>> = BTreeMap::new();
+    let mut costs = Vec::with_capacity(rounds);
     for round in 0..rounds {
+        costs.push(atomic_costs(200_000));
         for path in PATHS {
             for t in THREADS {
                 for k in 0..DESIGNS.len() {
@@ -54,14 +68,16 @@ fn paired_pass(rounds: usize, requests: u64) -> BTreeMap<(&'static str, Path, us
     let mut figures = BTreeMap::new();
     for (&(design, path, t), samples) in &runs {
         let ns: Vec<f64> = samples.iter().map(Sample::ns_per_request).collect();
-        let vs_mutex = runs.get(&("mutex", path, t)).and_then(|m| {
-            median(
-                m.iter()
-                    .zip(samples)
-                    .map(|(m, d)| m.ns_per_request() / d.ns_per_request())
-                    .collect(),
-            )
-        });
+        let vs = |other: &'static str| {
+            runs.get(&(other, path, t)).and_then(|o| {
+                median(
+                    o.iter()
+                        .zip(samples)
+                        .map(|(o, d)| o.ns_per_request() / d.ns_per_request())
+                        .collect(),
+                )
+            })
+        };
         let total: u64 = samples.iter().map(|s| s.requests).sum();
         let per_k = |f: fn(&Stats) -> u64| {
             samples.iter().map(|s| f(&s.stats)).sum::<u64>() as f64 * 1000.0 / total as f64
@@ -71,13 +87,14 @@ fn paired_pass(rounds: usize, requests: u64) -> BTreeMap<(&'static str, Path, us
             Figure {
                 median: median(ns.clone()).unwrap_or(f64::NAN),
                 min: ns.iter().copied().fold(f64::INFINITY, f64::min),
-                vs_mutex,
+                vs_mutex: vs("mutex"),
+                vs_arrayqueue: vs("arrayqueue"),
                 busy_per_k: per_k(|s| s.busy),
                 full_per_k: per_k(|s| s.full),
             },
         );
     }
-    figures
+    (figures, median_costs(&costs))
 }
 
 fn json_num(x: Option<f64>) -> String {
@@ -87,6 +104,21 @@ fn json_num(x: Option<f64>) -> String {
     }
 }
 
+fn times(x: Option<f64>) -> String {
+    x.map_or("-".into(), |r| format!("{r:.2}x"))
+}
+
+/// The worse of `baton`'s ratios over the thread counts, per path.
+fn worst(figures: &Figures, path: Path, pick: fn(&Figure) -> Option<f64>) -> Option<f64> {
+    THREADS
+        .iter()
+        .map(|&t| figures.get(&("baton", path, t)).and_then(pick))
+        .collect::<Option<Vec<f64>>>()?
+        .into_iter()
+        .reduce(f64::min)
+}
+
+/// Runs the paired pass and prints the summary (and writes the JSON of `BATON_BENCH_JSON`).
 pub(crate) fn summarize(load_before: &str) {
     let (rounds, requests) = if quick() {
         (PAIRED_ROUNDS_QUICK, MIN_REQUESTS_QUICK)
@@ -94,20 +126,14 @@ pub(crate) fn summarize(load_before: &str) {
         (PAIRED_ROUNDS, MIN_REQUESTS)
     };
     let capacity_before = parallel_capacity();
-    let figures = paired_pass(rounds, requests);
+    let (figures, costs) = paired_pass(rounds, requests);
     let capacity_after = parallel_capacity();
+    let load_after = loadavg();
     let ncpu = cpus();
-    let max_threads = THREADS.iter().copied().max().unwrap_or(1);
     println!();
     println!(
-        "redirector summary: {ncpu} CPUs ({}), load average {load_before} before, {} after{}{}",
+        "redirector summary: {ncpu} CPUs ({}), load average {load_before} before, {load_after} after{}",
         cpu_model(),
-        loadavg(),
-        if max_threads > ncpu {
-            format!("; {max_threads} threads on {ncpu} CPUs oversubscribes")
-        } else {
-            String::new()
-        },
         if quick() {
             "; quick mode (BATON_BENCH_QUICK)"
         } else {
@@ -121,26 +147,32 @@ pub(crate) fn summarize(load_before: &str) {
         "paired pass: {rounds} rounds of {requests} requests per case, designs back to back in rotating order"
     );
     println!(
-        "ns/request = wall time / requests of all threads (submit+complete): median (and fastest) over the rounds;"
+        "ns/request = wall time / requests of all threads: median (and fastest) over the rounds; vs_mutex, vs_aq = median over"
     );
     println!(
-        "vs_mutex = median over the rounds of mutex ns / design ns; busy/1k = releaser found taken, full/1k = submits refused (queue full), per 1000 requests"
+        "the rounds of (mutex or arrayqueue ns) / (design ns) in the same round; busy/1k = releaser found taken, full/1k = submits"
     );
+    println!("refused (queue full), per 1000 requests");
     println!(
-        "{:<11} {:<11} {:>7} {:>11} {:>9} {:>9} {:>8} {:>8}",
-        "design", "path", "threads", "ns/request", "fastest", "vs_mutex", "busy/1k", "full/1k"
+        "{:<11} {:<11} {:>7} {:>11} {:>9} {:>9} {:>9} {:>8} {:>8}",
+        "design",
+        "path",
+        "threads",
+        "ns/request",
+        "fastest",
+        "vs_mutex",
+        "vs_aq",
+        "busy/1k",
+        "full/1k"
     );
-    let ratio = |design: &str, path: Path, t: usize| -> Option<f64> {
-        figures.get(&(design, path, t))?.vs_mutex
-    };
     let mut results = Vec::new();
+    let mut ratios = Vec::new();
     for path in PATHS {
         for t in THREADS {
             for design in DESIGNS {
                 let Some(f) = figures.get(&(design, path, t)) else {
                     continue;
                 };
-                let r = ratio(design, path, t).map_or("-".into(), |r| format!("{r:.2}x"));
                 let (busy, full) = match path {
                     Path::Direct => ("-".into(), "-".into()),
                     Path::Forwarding => (
@@ -149,33 +181,84 @@ pub(crate) fn summarize(load_before: &str) {
                     ),
                 };
                 println!(
-                    "{design:<11} {:<11} {t:>7} {:>11.1} {:>9.1} {r:>9} {busy:>8} {full:>8}",
+                    "{design:<11} {:<11} {t:>7} {:>11.1} {:>9.1} {:>9} {:>9} {busy:>8} {full:>8}",
                     path.name(),
                     f.median,
-                    f.min
+                    f.min,
+                    times(f.vs_mutex),
+                    times(f.vs_arrayqueue),
                 );
                 results.push(format!(
-                    "{{\"design\": \"{design}\", \"path\": \"{}\", \"threads\": {t}, \"ns_per_request\": {}}}",
+                    "{{\"design\": \"{design}\", \"path\": \"{}\", \"threads\": {t}, \"ns_per_request\": {}, \"fastest_ns_per_request\": {}}}",
                     path.name(),
-                    json_num(Some(f.median))
+                    json_num(Some(f.median)),
+                    json_num(Some(f.min)),
                 ));
+                if design == "baton" {
+                    ratios.push(format!(
+                        "{{\"path\": \"{}\", \"threads\": {t}, \"vs_mutex\": {}, \"vs_arrayqueue\": {}}}",
+                        path.name(),
+                        json_num(f.vs_mutex),
+                        json_num(f.vs_arrayqueue),
+                    ));
+                }
             }
         }
     }
-    let r_direct = ratio("baton", Path::Direct, 4);
-    let r_fwd = ratio("baton", Path::Forwarding, 4);
+    println!();
     println!(
-        "baton vs mutex at 4 threads: direct {}, forwarding {} (target >= 3x)",
-        r_direct.map_or("-".into(), |r| format!("{r:.2}x")),
-        r_fwd.map_or("-".into(), |r| format!("{r:.2}x")),
+        "baton against the baselines (median of the per-round ratios; above 1: baton is faster):"
     );
+    println!(
+        "{:<11} {:>7} {:>9} {:>14}",
+        "path", "threads", "vs_mutex", "vs_arrayqueue"
+    );
+    for path in PATHS {
+        for t in THREADS {
+            if let Some(f) = figures.get(&("baton", path, t)) {
+                println!(
+                    "{:<11} {t:>7} {:>9} {:>14}",
+                    path.name(),
+                    times(f.vs_mutex),
+                    times(f.vs_arrayqueue)
+                );
+            }
+        }
+    }
+    let vs_mutex = PATHS.map(|p| worst(&figures, p, |f| f.vs_mutex));
+    let vs_aq = PATHS.map(|p| worst(&figures, p, |f| f.vs_arrayqueue));
+    let fwd = vs_mutex[1];
+    println!(
+        "forwarding vs mutex, the worse of {} threads: {} (target >= 3x: {})",
+        THREADS.map(|t| t.to_string()).join(" and "),
+        times(fwd),
+        match fwd {
+            Some(r) if r >= 3.0 => "met",
+            Some(_) => "not met",
+            None => "-",
+        }
+    );
+    print_costs(&costs);
     if let Some(path) = std::env::var_os("BATON_BENCH_JSON").filter(|p| !p.is_empty()) {
+        let pair = |r: [Option<f64>; 2]| {
+            format!(
+                "{{\"direct\": {}, \"forwarding\": {}}}",
+                json_num(r[0]),
+                json_num(r[1])
+            )
+        };
         let json = format!(
-            "{{\"threads\": [{}], \"results\": [{}], \"ratio_vs_mutex_4_threads\": {{\"direct\": {}, \"forwarding\": {}}}}}\n",
+            "{{\"threads\": [{}], \"quick\": {}, \"results\": [{}], \"ratios\": [{}], \"ratio_vs_mutex\": {}, \"ratio_vs_arrayqueue\": {}, \"atomic_costs_ns\": {}, \"machine\": {{\"cpus\": {ncpu}, \"cpu_model\": \"{}\", \"loadavg_before\": \"{load_before}\", \"loadavg_after\": \"{load_after}\", \"parallel_capacity_before\": {}, \"parallel_capacity_after\": {}}}}}\n",
             THREADS.map(|t| t.to_string()).join(", "),
+            quick(),
             results.join(", "),
-            json_num(r_direct),
-            json_num(r_fwd),
+            ratios.join(", "),
+            pair(vs_mutex),
+            pair(vs_aq),
+            costs.json(),
+            cpu_model().replace(['"', '\\'], ""),
+            json_num(Some(capacity_before)),
+            json_num(Some(capacity_after)),
         );
         match std::fs::write(&path, json) {
             Ok(()) => println!("summary written to {}", path.display()),
@@ -185,4 +268,19 @@ pub(crate) fn summarize(load_before: &str) {
             }
         }
     }
+}
+
+/// What one uncontended atomic operation costs here, and the floor it puts under each design's
+/// forwarded request (the bound on the ratios when these operations dominate).
+fn print_costs(c: &AtomicCosts) {
+    println!(
+        "uncontended costs here (1 thread, median over the rounds): CAS {:.2} ns, Mutex lock+unlock {:.2} ns, releaser flag take+give {:.2} ns",
+        c.cas, c.lock_unlock, c.flag
+    );
+    let baton = c.baton_forwarding_floor();
+    let mutex = c.mutex_forwarding_floor();
+    println!(
+        "forwarded request's floor from these: baton 3 CAS + flag = {baton:.1} ns, mutex 4 lock+unlock + flag = {mutex:.1} ns: at most {:.2}x",
+        mutex / baton
+    );
 }

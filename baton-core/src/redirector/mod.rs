@@ -64,6 +64,15 @@
 //! a time) and never blocks: when the next ticket is taken but not yet published, `dispatch`
 //! returns `None` and is retried on the next poll.
 //!
+//! # Cost
+//!
+//! Each operation is one CAS on the state word (submit, dispatch, each completion) and the
+//! releaser is one CAS on its flag plus a plain store to give it back, so a forwarded request
+//! costs four atomic read-modify-writes (submit, take the releaser, dispatch, complete). The next
+//! word is computed by adding a field's unit to the raw `u64` (`word.rs`), and the releaser keeps
+//! the queue's head in the [`Releaser`] while it is held, so nothing else is on the path.
+//! `docs/redirector-figures.md` has the measured costs.
+//!
 //! # Model checking
 //!
 //! `RUSTFLAGS="--cfg loom" LOOM_MAX_PREEMPTIONS=2 cargo test -p baton-core --release --test
@@ -80,7 +89,10 @@
 //!    dispatch to port 2 after `begin_failback`, the failback ends `FailbackDrained`, and after
 //!    `device_attached` the held requests go to port 1 in order;
 //! 4. a wrap of a two-slot queue (capacity 1) with a concurrent submitter and releaser, checking
-//!    that a slot is never reused before the releaser freed it.
+//!    that a slot is never reused before the releaser freed it;
+//! 5. two submitters that each pump as the guest's stack does (submit, take the releaser if it
+//!    is free, dispatch what is ready, give it back): the releaser and the queue's head pass
+//!    between threads, and every ticket is dispatched once, with its own token.
 //!
 //! # Files
 //!

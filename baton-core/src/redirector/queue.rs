@@ -3,7 +3,9 @@
 
 #[cfg(doc)]
 use super::Releaser;
-use super::word::{COUNT_BITS, Word, inc};
+use super::word::{
+    COUNT_BITS, DIRECT_AND_EMPTY, FORWARDING, P1_ONE, QUEUED_ONE, TAIL_ONE, Word, check_inflight,
+};
 use super::{Port, RedirectError, Route, Snapshot, State, Ticket};
 use crate::sync::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 
@@ -113,34 +115,35 @@ impl<const N: usize> Redirector<N> {
     }
 
     fn load(&self) -> Word {
-        Word::unpack(self.word.load(Ordering::Acquire))
+        Word(self.word.load(Ordering::Acquire))
     }
 
     /// Applies `f` to the state word with a CAS loop; `f` may refuse (nothing is written).
+    #[inline]
     pub(super) fn update<T, E>(
         &self,
         mut f: impl FnMut(Word) -> Result<(Word, T), E>,
     ) -> Result<T, E> {
         let mut cur = self.word.load(Ordering::Acquire);
         loop {
-            let (next, out) = f(Word::unpack(cur))?;
-            match self.word.compare_exchange_weak(
-                cur,
-                next.pack(),
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            ) {
+            let (next, out) = f(Word(cur))?;
+            match self
+                .word
+                .compare_exchange_weak(cur, next.0, Ordering::AcqRel, Ordering::Acquire)
+            {
                 Ok(_) => return Ok(out),
                 Err(actual) => cur = actual,
             }
         }
     }
 
+    #[inline]
     pub(super) fn slot(&self, ticket: u16) -> &Slot {
         &self.slots[usize::from(ticket) % N]
     }
 
     /// The stamp of `ticket`'s slot while it is free for that ticket.
+    #[inline]
     pub(super) fn free_stamp(ticket: u16) -> u32 {
         // N <= 2^15, so the quotient and the stamp stay far below u32::MAX.
         2 * (u32::from(ticket) / N as u32)
@@ -149,7 +152,7 @@ impl<const N: usize> Redirector<N> {
     /// The current state.
     #[must_use]
     pub fn state(&self) -> State {
-        self.load().state
+        self.load().state()
     }
 
     /// State and counters, read atomically together.
@@ -157,10 +160,10 @@ impl<const N: usize> Redirector<N> {
     pub fn snapshot(&self) -> Snapshot {
         let w = self.load();
         Snapshot {
-            state: w.state,
-            port1_inflight: w.p1,
-            port2_inflight: w.p2,
-            queued: w.queued,
+            state: w.state(),
+            port1_inflight: w.p1(),
+            port2_inflight: w.p2(),
+            queued: w.queued(),
         }
     }
 
@@ -170,23 +173,22 @@ impl<const N: usize> Redirector<N> {
     /// Errors: [`RedirectError::QueueFull`], [`RedirectError::TooManyInflight`]; the request was
     /// not accepted and may be retried.
     pub fn submit(&self, token: u64) -> Result<Route, RedirectError> {
-        let route = self.update(|mut w| {
-            if w.state == State::Direct && w.queued == 0 {
-                w.p1 = inc(w.p1, Port::One)?;
-                return Ok((w, Route::Port1));
+        let route = self.update(|w| {
+            // `Direct` with nothing queued: port 1 (one test of the word's bits).
+            if w.0 & DIRECT_AND_EMPTY == 0 {
+                check_inflight(w.p1(), Port::One)?;
+                return Ok((w.plus(P1_ONE), Route::Port1));
             }
-            if usize::from(w.queued) >= Self::CAPACITY {
+            if usize::from(w.queued()) >= Self::CAPACITY {
                 return Err(RedirectError::QueueFull);
             }
-            let ticket = Ticket(w.tail);
-            w.tail = w.tail.wrapping_add(1);
-            w.queued += 1;
-            let route = if w.state == State::Forwarding {
+            let ticket = Ticket(w.tail());
+            let route = if w.state_bits() == FORWARDING {
                 Route::Port2(ticket)
             } else {
                 Route::Held(ticket)
             };
-            Ok((w, route))
+            Ok((w.plus(QUEUED_ONE + TAIL_ONE), route))
         })?;
         if let Route::Held(t) | Route::Port2(t) = route {
             let slot = self.slot(t.0);

@@ -2,8 +2,8 @@
 
 #[cfg(doc)]
 use super::MAX_INFLIGHT;
-use super::word::inc;
-use super::{Dispatch, Port, Redirector, State, Ticket};
+use super::word::{DIRECT, FORWARDING, P1_ONE, P2_ONE, QUEUED_ONE, check_inflight};
+use super::{Dispatch, Port, Redirector, Ticket};
 use crate::sync::Ordering;
 
 impl<const N: usize> Redirector<N> {
@@ -17,7 +17,13 @@ impl<const N: usize> Redirector<N> {
         self.releaser_taken
             .compare_exchange(false, true, Ordering::Acquire, Ordering::Relaxed)
             .ok()?;
-        Some(Releaser { redirector: self })
+        // Only the releaser writes `head`; the previous holder's write is ordered before this
+        // load by `releaser_taken` (Release in its drop, Acquire above).
+        let head = self.head.load(Ordering::Relaxed) as u16;
+        Some(Releaser {
+            redirector: self,
+            head,
+        })
     }
 }
 
@@ -28,6 +34,9 @@ impl<const N: usize> Redirector<N> {
 /// [`Dispatch`] before asking for the next.
 pub struct Releaser<'a, const N: usize> {
     redirector: &'a Redirector<N>,
+    /// The next ticket to dispatch: the redirector's `head`, kept here while the releaser is
+    /// held and written back when it is dropped.
+    head: u16,
 }
 
 impl<const N: usize> core::fmt::Debug for Releaser<'_, N> {
@@ -43,33 +52,30 @@ impl<const N: usize> Releaser<'_, N> {
     /// `None` when no port is open, the queue is empty, the next submitter is between taking
     /// its ticket and publishing it (retry on the next poll), or the port already has
     /// [`MAX_INFLIGHT`] requests in flight. Never blocks.
+    #[inline]
     pub fn dispatch(&mut self) -> Option<Dispatch> {
         let r = self.redirector;
-        // Only the releaser writes `head`; the previous holder's writes are ordered before us
-        // by `releaser_taken` (Release in drop, Acquire in take).
-        let head = r.head.load(Ordering::Relaxed) as u16;
+        let head = self.head;
         let slot = r.slot(head);
         if slot.stamp.load(Ordering::Acquire) != Redirector::<N>::free_stamp(head) + 1 {
             return None;
         }
         let token = slot.token.load(Ordering::Relaxed);
         let port = r
-            .update(|mut w| {
-                let port = match w.state {
-                    State::Direct => {
-                        w.p1 = inc(w.p1, Port::One).map_err(|_| ())?;
-                        Port::One
-                    }
-                    State::Forwarding => {
-                        w.p2 = inc(w.p2, Port::Two).map_err(|_| ())?;
-                        Port::Two
-                    }
+            .update(|w| {
+                let (port, one, count) = match w.state_bits() {
+                    DIRECT => (Port::One, P1_ONE, w.p1()),
+                    FORWARDING => (Port::Two, P2_ONE, w.p2()),
                     // No port is open: refused, nothing is written.
                     _ => return Err(()),
                 };
-                // A published slot is counted in `queued`, so this cannot underflow.
-                w.queued = w.queued.saturating_sub(1);
-                Ok((w, port))
+                check_inflight(count, port).map_err(|_| ())?;
+                // A published slot is counted in `queued`; checked all the same, so that a
+                // broken count refuses instead of borrowing from the tail.
+                if w.queued() == 0 {
+                    return Err(());
+                }
+                Ok((w.plus(one).minus(QUEUED_ONE), port))
             })
             .ok()?;
         // Free the slot for the ticket one lap later, then move on.
@@ -77,8 +83,7 @@ impl<const N: usize> Releaser<'_, N> {
             Redirector::<N>::free_stamp(head.wrapping_add(N as u16)),
             Ordering::Release,
         );
-        r.head
-            .store(u32::from(head.wrapping_add(1)), Ordering::Relaxed);
+        self.head = head.wrapping_add(1);
         Some(Dispatch {
             port,
             ticket: Ticket(head),
@@ -95,8 +100,8 @@ impl<const N: usize> Releaser<'_, N> {
 
 impl<const N: usize> Drop for Releaser<'_, N> {
     fn drop(&mut self) {
-        self.redirector
-            .releaser_taken
-            .store(false, Ordering::Release);
+        let r = self.redirector;
+        r.head.store(u32::from(self.head), Ordering::Relaxed);
+        r.releaser_taken.store(false, Ordering::Release);
     }
 }

@@ -1,10 +1,10 @@
 //! Unit tests of the redirector's word packing and its state machine (single-threaded).
 
-use super::word::Word;
+use super::word::{DIRECT_AND_EMPTY, P1_ONE, P2_ONE, QUEUED_ONE, TAIL_ONE, Word};
 use super::*;
 
 #[test]
-fn word_round_trip() {
+fn word_fields_are_independent() {
     for state in [
         State::Direct,
         State::Draining,
@@ -14,21 +14,39 @@ fn word_round_trip() {
         State::FailbackDraining,
         State::FailbackDrained,
     ] {
-        for (p1, p2, queued, tail) in [
-            (0, 0, 0, 0),
-            (MAX_INFLIGHT, 1, 32767, u16::MAX),
-            (5, MAX_INFLIGHT, 0, 12345),
-        ] {
-            let w = Word {
-                state,
-                p1,
-                p2,
-                queued,
-                tail,
-            };
-            assert_eq!(Word::unpack(w.pack()), w);
-        }
+        let full = Word(u64::MAX).with_state(state);
+        assert_eq!(full.state(), state);
+        assert_eq!(
+            (full.p1(), full.p2(), full.queued(), full.tail()),
+            (MAX_INFLIGHT, MAX_INFLIGHT, MAX_INFLIGHT, u16::MAX)
+        );
+        let w = Word(0)
+            .with_state(state)
+            .plus(P1_ONE * 3 + P2_ONE * 5 + QUEUED_ONE * 7 + TAIL_ONE * 9);
+        assert_eq!(
+            (w.state(), w.p1(), w.p2(), w.queued(), w.tail()),
+            (state, 3, 5, 7, 9)
+        );
+        let w = w.without_p2().minus(P1_ONE);
+        assert_eq!(
+            (w.state(), w.p1(), w.p2(), w.queued(), w.tail()),
+            (state, 2, 0, 7, 9)
+        );
     }
+    // The tail wraps without touching the fields below it.
+    let top = Word(u64::MAX << 48).plus(TAIL_ONE + QUEUED_ONE);
+    assert_eq!((top.tail(), top.queued(), top.p2()), (0, 1, 0));
+    // The submit fast path's test: `Direct` and nothing queued, whatever the other fields.
+    assert_eq!(Word(0).0 & DIRECT_AND_EMPTY, 0);
+    assert_eq!(
+        Word(0).plus(P1_ONE + P2_ONE + TAIL_ONE).0 & DIRECT_AND_EMPTY,
+        0
+    );
+    assert_ne!(Word(0).plus(QUEUED_ONE).0 & DIRECT_AND_EMPTY, 0);
+    assert_ne!(
+        Word(0).with_state(State::Forwarding).0 & DIRECT_AND_EMPTY,
+        0
+    );
 }
 
 #[test]

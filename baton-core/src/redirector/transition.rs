@@ -3,37 +3,35 @@
 
 #[cfg(doc)]
 use super::Releaser;
-use super::word::Word;
+use super::word::{DRAINING, FAILBACK_DRAINING, P1_ONE, P2_ONE, Word};
 use super::{MAX_INFLIGHT, Op, Port, RedirectError, Redirector, State};
 
 impl<const N: usize> Redirector<N> {
     /// Reports the completion of a port-1 request. Returns the new state if this completion
     /// finished the drain (`Draining` → `Drained`).
+    #[inline]
     pub fn complete_port1(&self) -> Result<Option<State>, RedirectError> {
-        self.update(|mut w| {
-            w.p1 =
-                w.p1.checked_sub(1)
-                    .ok_or(RedirectError::NotInflight(Port::One))?;
-            if w.state == State::Draining && w.p1 == 0 {
-                w.state = State::Drained;
-                return Ok((w, Some(State::Drained)));
-            }
-            Ok((w, None))
+        self.update(|w| match w.p1() {
+            0 => Err(RedirectError::NotInflight(Port::One)),
+            1 if w.state_bits() == DRAINING => Ok((
+                w.minus(P1_ONE).with_state(State::Drained),
+                Some(State::Drained),
+            )),
+            _ => Ok((w.minus(P1_ONE), None)),
         })
     }
 
     /// Reports the completion of a port-2 request. Returns the new state if this completion
     /// finished the failback drain (`FailbackDraining` → `FailbackDrained`).
+    #[inline]
     pub fn complete_port2(&self) -> Result<Option<State>, RedirectError> {
-        self.update(|mut w| {
-            w.p2 =
-                w.p2.checked_sub(1)
-                    .ok_or(RedirectError::NotInflight(Port::Two))?;
-            if w.state == State::FailbackDraining && w.p2 == 0 {
-                w.state = State::FailbackDrained;
-                return Ok((w, Some(State::FailbackDrained)));
-            }
-            Ok((w, None))
+        self.update(|w| match w.p2() {
+            0 => Err(RedirectError::NotInflight(Port::Two)),
+            1 if w.state_bits() == FAILBACK_DRAINING => Ok((
+                w.minus(P2_ONE).with_state(State::FailbackDrained),
+                Some(State::FailbackDrained),
+            )),
+            _ => Ok((w.minus(P2_ONE), None)),
         })
     }
 
@@ -43,12 +41,15 @@ impl<const N: usize> Redirector<N> {
         from: State,
         to: impl Fn(Word) -> State,
     ) -> Result<State, RedirectError> {
-        self.update(|mut w| {
-            if w.state != from {
-                return Err(RedirectError::WrongState { op, state: w.state });
+        self.update(|w| {
+            if w.state() != from {
+                return Err(RedirectError::WrongState {
+                    op,
+                    state: w.state(),
+                });
             }
-            w.state = to(w);
-            Ok((w, w.state))
+            let state = to(w);
+            Ok((w.with_state(state), state))
         })
     }
 
@@ -56,7 +57,7 @@ impl<const N: usize> Redirector<N> {
     /// `Drained` if port 1 has nothing in flight). Returns the new state.
     pub fn direct_switch(&self) -> Result<State, RedirectError> {
         self.transition(Op::DirectSwitch, State::Direct, |w| {
-            if w.p1 == 0 {
+            if w.p1() == 0 {
                 State::Drained
             } else {
                 State::Draining
@@ -78,7 +79,7 @@ impl<const N: usize> Redirector<N> {
     /// to `FailbackDrained` if port 2 has nothing in flight). Returns the new state.
     pub fn begin_failback(&self) -> Result<State, RedirectError> {
         self.transition(Op::BeginFailback, State::Forwarding, |w| {
-            if w.p2 == 0 {
+            if w.p2() == 0 {
                 State::FailbackDrained
             } else {
                 State::FailbackDraining
@@ -102,8 +103,8 @@ impl<const N: usize> Redirector<N> {
     /// released, so port 1 reopens only through [`device_attached`](Self::device_attached), as in
     /// a failback. Returns the new state.
     pub fn take_back(&self) -> Result<State, RedirectError> {
-        self.update(|mut w| {
-            w.state = match w.state {
+        self.update(|w| {
+            let state = match w.state() {
                 State::Draining | State::Drained => State::Direct,
                 State::Released => State::FailbackDrained,
                 state => {
@@ -113,7 +114,7 @@ impl<const N: usize> Redirector<N> {
                     });
                 }
             };
-            Ok((w, w.state))
+            Ok((w.with_state(state), state))
         })
     }
 
@@ -124,12 +125,9 @@ impl<const N: usize> Redirector<N> {
     /// sends the held ones. In `FailbackDrained` it changes nothing. Returns how many requests
     /// port 2 had in flight.
     pub fn abandon_port2(&self) -> Result<u16, RedirectError> {
-        self.update(|mut w| match w.state {
+        self.update(|w| match w.state() {
             State::Forwarding | State::FailbackDraining | State::FailbackDrained => {
-                let abandoned = w.p2;
-                w.p2 = 0;
-                w.state = State::FailbackDrained;
-                Ok((w, abandoned))
+                Ok((w.without_p2().with_state(State::FailbackDrained), w.p2()))
             }
             state => Err(RedirectError::WrongState {
                 op: Op::AbandonPort2,
@@ -142,18 +140,17 @@ impl<const N: usize> Redirector<N> {
     /// [`abandon_port2`](Self::abandon_port2)): counted in flight at port 1. Only in `Direct`, so
     /// (I2) nothing reaches port 1 before the device is attached again.
     pub fn resubmit_port1(&self) -> Result<(), RedirectError> {
-        self.update(|mut w| {
-            if w.state != State::Direct {
+        self.update(|w| {
+            if w.state() != State::Direct {
                 return Err(RedirectError::WrongState {
                     op: Op::ResubmitPort1,
-                    state: w.state,
+                    state: w.state(),
                 });
             }
-            if w.p1 >= MAX_INFLIGHT {
+            if w.p1() >= MAX_INFLIGHT {
                 return Err(RedirectError::TooManyInflight(Port::One));
             }
-            w.p1 += 1;
-            Ok((w, ()))
+            Ok((w.plus(P1_ONE), ()))
         })
     }
 }

@@ -21,9 +21,14 @@ pub struct RedirectorResult {
     pub command: String,
     /// Quick mode (`BATON_BENCH_QUICK=1`).
     pub quick: bool,
-    /// `baton` vs the `Mutex<VecDeque>` design at 4 threads (`mutex ns / baton ns`), per path.
+    /// `baton` vs the `Mutex<VecDeque>` design (`mutex ns / baton ns`), per path
+    /// (`{"direct", "forwarding"}`): the bench's `ratio_vs_mutex`, the worse over its thread
+    /// counts (1 and 2 since issue 12), or its older `ratio_vs_mutex_4_threads`. The field keeps
+    /// its issue-4 name.
     pub vs_mutex_4_threads: Option<Value>,
-    /// The bench's whole JSON summary (`threads`, `results`, `ratio_vs_mutex_4_threads`).
+    /// The bench's whole JSON summary (`threads`, `results`, `ratios` per path and thread count
+    /// against both baselines, `ratio_vs_mutex`, `ratio_vs_arrayqueue`, `atomic_costs_ns`,
+    /// `machine`; see `baton-core/benches/redirector/main.rs`).
     pub summary: Option<Value>,
     /// Wall time, in s (including any build).
     pub seconds: f64,
@@ -74,13 +79,10 @@ pub fn run(quick: bool, timeout: Duration, dir: &Path) -> RedirectorResult {
     }
     match run_inner(quick, timeout, dir) {
         Ok(v) => {
-            out.vs_mutex_4_threads = v.get("ratio_vs_mutex_4_threads").cloned();
-            out.available = out
-                .vs_mutex_4_threads
-                .as_ref()
-                .is_some_and(|r| r.get("direct").and_then(Value::as_f64).is_some());
+            out.vs_mutex_4_threads = vs_mutex(&v);
+            out.available = out.vs_mutex_4_threads.is_some();
             if !out.available {
-                out.error = Some("the bench's JSON has no ratio_vs_mutex_4_threads".into());
+                out.error = Some("the bench's JSON has no ratio_vs_mutex".into());
             }
             out.summary = Some(v);
         }
@@ -88,6 +90,17 @@ pub fn run(quick: bool, timeout: Duration, dir: &Path) -> RedirectorResult {
     }
     out.seconds = super::stats::round(start.elapsed().as_secs_f64(), 1);
     out
+}
+
+/// The bench summary's ratios against the Mutex design (`{"direct", "forwarding"}`), if it
+/// has them with at least a direct figure: `ratio_vs_mutex`, else the older
+/// `ratio_vs_mutex_4_threads`.
+fn vs_mutex(summary: &Value) -> Option<Value> {
+    summary
+        .get("ratio_vs_mutex")
+        .or_else(|| summary.get("ratio_vs_mutex_4_threads"))
+        .filter(|r| r.get("direct").and_then(Value::as_f64).is_some())
+        .cloned()
 }
 
 fn run_inner(quick: bool, timeout: Duration, dir: &Path) -> Result<Value, String> {
@@ -152,4 +165,33 @@ fn run_inner(quick: bool, timeout: Duration, dir: &Path) -> Result<Value, String
     let text = std::fs::read_to_string(&json)
         .map_err(|e| format!("cargo bench wrote no {}: {e}", json.display()))?;
     serde_json::from_str(&text).map_err(|e| format!("malformed bench JSON: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_the_ratios_of_either_summary_shape() {
+        let now = serde_json::json!({
+            "threads": [1, 2],
+            "ratio_vs_mutex": {"direct": 1.7, "forwarding": 1.9},
+            "ratio_vs_arrayqueue": {"direct": 0.8, "forwarding": 1.2},
+        });
+        assert_eq!(
+            vs_mutex(&now),
+            Some(serde_json::json!({"direct": 1.7, "forwarding": 1.9}))
+        );
+        let before = serde_json::json!({
+            "threads": [1, 2, 4],
+            "ratio_vs_mutex_4_threads": {"direct": 5.4, "forwarding": 2.5},
+        });
+        assert_eq!(
+            vs_mutex(&before),
+            Some(serde_json::json!({"direct": 5.4, "forwarding": 2.5}))
+        );
+        let none = serde_json::json!({"ratio_vs_mutex": {"direct": null, "forwarding": 2.0}});
+        assert_eq!(vs_mutex(&none), None);
+        assert_eq!(vs_mutex(&serde_json::json!({})), None);
+    }
 }

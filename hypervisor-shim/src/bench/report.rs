@@ -168,7 +168,9 @@ pub struct BenchReport {
     pub boot_to_first_io_ms: Option<f64>,
     /// An idle guest (the peer waiting for its ring) in percent of one core.
     pub idle_cpu_percent: Option<f64>,
-    /// The redirector vs the `Mutex<VecDeque>` design at 4 threads (`{"direct", "forwarding"}`).
+    /// The redirector vs the `Mutex<VecDeque>` design (`mutex ns / baton ns`,
+    /// `{"direct", "forwarding"}`): the worse over the bench's 1 and 2 threads since issue 12
+    /// (the field keeps its issue-4 name).
     pub redirector_vs_mutex_4_threads: Option<Value>,
     /// The targets.
     pub targets: Vec<Target>,

@@ -48,6 +48,19 @@ impl ConfigurationAccess for PortCam {
     }
 }
 
+/// Vendor and device id of function 0 in `slot` of bus 0 (`0xffff` vendor: nothing there), read
+/// from that function's configuration space alone: a hot-plug is told its slot, so finding the
+/// device need not walk the bus.
+pub fn ids_in_slot(slot: u8) -> (u16, u16) {
+    let df = DeviceFunction {
+        bus: 0,
+        device: slot,
+        function: 0,
+    };
+    let word = PortCam.read_word(df, 0);
+    (word as u16, (word >> 16) as u16)
+}
+
 /// The root bus.
 pub fn root() -> PciRoot<PortCam> {
     PciRoot::new(PortCam)

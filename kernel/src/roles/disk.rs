@@ -19,9 +19,22 @@ pub type GuestBlk = BlkDevice<BatonHal, PciTransport>;
 /// How long `disk=hotplug` waits for the host to plug a disk.
 const HOTPLUG_WAIT_US: u64 = 120_000_000;
 
-/// The first virtio-blk function on bus 0 (in `slot` if given).
+/// The first virtio-blk function on bus 0 (in `slot` if given: then only that slot's
+/// configuration space is read).
 pub fn find_blk(root: &PciRoot<PortCam>, slot: Option<u8>) -> Option<DeviceFunction> {
-    pci::find_blk(root, slot)
+    let Some(slot) = slot else {
+        return pci::find_blk(root, None);
+    };
+    if slot >= 32 {
+        return None;
+    }
+    let (vendor, device) = pci_cam::ids_in_slot(slot);
+    let blk = vendor == pci::VIRTIO_VENDOR && pci::VIRTIO_BLK_DEVICES.contains(&device);
+    blk.then_some(DeviceFunction {
+        bus: 0,
+        device: slot,
+        function: 0,
+    })
 }
 
 /// Waits, sleeping between polls, for the ACPI hotplug register to report a new virtio-blk.

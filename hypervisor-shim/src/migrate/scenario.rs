@@ -106,6 +106,8 @@ pub(super) struct Facts {
     pub(super) given_up: bool,
     /// The cross-host switchover's times ([`super::crosshost`]).
     pub(super) cross: super::crosshost::CrossHostFacts,
+    /// The QEMUs' CPU time at the first cycle's phase boundaries (the report's `cpu_time`).
+    pub(super) cpu: crate::cputime::Marks,
 }
 
 /// What goes into the report as it is: notes, failures found while running, the QEMUs.
@@ -331,6 +333,9 @@ impl Scenario<'_> {
     /// One cycle's steps after its switch point: handoff, migration, failback.
     fn run_cycle(&mut self, p: &mut Progress, n: u32) -> Result<(), Abort> {
         self.maybe_inject(p, recovery::Inject::ShmFull);
+        if n == 1 {
+            self.facts.cpu.directed = Some(self.cpu_point());
+        }
         match self.hand_over(p) {
             Ok(()) => {}
             Err(e) if self.can_take_back(&e) => return self.take_back(p, e),
@@ -358,6 +363,11 @@ impl Scenario<'_> {
     fn begin_cycle(&mut self, p: &mut Progress, n: u32) -> Result<(), Abort> {
         self.cycle = n;
         if n == 1 {
+            // The owner's first I/O starts the direct phase of the report's `cpu_time`.
+            self.wait_until(p, "the owner's first I/O", HELLO_TIMEOUT, |s| {
+                Ok(s.facts.owner_lines.first_io)
+            })?;
+            self.facts.cpu.first_io = Some(self.cpu_point());
             return self.wait_for_switch(p);
         }
         self.record = HandoffRecord::new(Direction::OWNER_TO_PEER);
@@ -407,6 +417,12 @@ impl Scenario<'_> {
             .map(|(l, _)| l.gap_us as f64 / 1000.0)
     }
 
+    /// The CPU time of the owner's and the peer's QEMU now ([`crate::cputime`]).
+    fn cpu_point(&self) -> crate::cputime::Point {
+        let (o, p) = (self.vms.owner.qemu.pid(), self.vms.peer.qemu.pid());
+        crate::cputime::Point::take(&[("owner", o), ("peer", p)])
+    }
+
     /// Every cycle's handoff record, each followed by its failback's (directions say which).
     pub(super) fn records(&self) -> Vec<HandoffRecord> {
         self.cycles
@@ -443,6 +459,9 @@ impl Scenario<'_> {
         let start = Instant::now();
         loop {
             self.step(p)?;
+            if self.facts.cpu.end.is_none() && self.facts.owner_lines.result.is_some() {
+                self.facts.cpu.end = Some(self.cpu_point());
+            }
             if self.vms.owner.poll_exit().is_some() {
                 return Ok(());
             }

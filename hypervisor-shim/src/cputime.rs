@@ -162,14 +162,29 @@ impl Point {
     }
 }
 
+/// A phase boundary of a `migrate` scenario (the first cycle's).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Boundary {
+    /// The shim saw the owner's first I/O.
+    FirstIo,
+    /// The handoff is about to be directed.
+    Directed,
+    /// The shim saw the first forwarded completion.
+    FirstForwarded,
+    /// The shim saw the owner's result (its workload ended).
+    End,
+}
+
 /// The samples of a `migrate` scenario's QEMUs at the phase boundaries (each taken once).
 #[derive(Debug, Clone, Default)]
 pub struct Marks {
-    /// When the shim saw the owner's first I/O.
+    /// At [`Boundary::FirstIo`].
     pub first_io: Option<Point>,
-    /// Just before the (first) handoff was directed.
+    /// At [`Boundary::Directed`].
     pub directed: Option<Point>,
-    /// When the shim saw the owner's result (its workload ended).
+    /// At [`Boundary::FirstForwarded`].
+    pub first_forwarded: Option<Point>,
+    /// At [`Boundary::End`].
     pub end: Option<Point>,
 }
 
@@ -215,6 +230,9 @@ pub struct CpuTimeReport {
     /// The handoff directed → the owner's workload ended: requests are port 2's completions (the
     /// blackout and the peer's bring-up included).
     pub forwarded: Option<CpuPhase>,
+    /// The first forwarded completion → the owner's workload ended: the forwarded path without
+    /// the switch (requests: port 2's completions).
+    pub forwarded_after_switch: Option<CpuPhase>,
 }
 
 /// The phase from `a` to `b` with `requests` completed in it.
@@ -239,7 +257,8 @@ fn phase(a: &Point, b: &Point, requests: Option<u64>) -> CpuPhase {
     let complete = !processes.is_empty()
         && processes.len() == a.processes.len()
         && processes.len() == b.processes.len();
-    let cpu_us = complete.then(|| processes.iter().map(|p| p.cpu_us).sum::<f64>());
+    let cpu_us =
+        complete.then(|| (processes.iter().map(|p| p.cpu_us).sum::<f64>() * 10.0).round() / 10.0);
     let wall_ms = b.at.saturating_duration_since(a.at).as_secs_f64() * 1000.0;
     let round = |x: f64, d: f64| (x * d).round() / d;
     CpuPhase {
@@ -257,6 +276,19 @@ fn phase(a: &Point, b: &Point, requests: Option<u64>) -> CpuPhase {
 }
 
 impl Marks {
+    /// Samples `pids` (`(label, pid)`) as boundary `b`, unless `b` was sampled already.
+    pub fn mark(&mut self, b: Boundary, pids: &[(&'static str, u32)]) {
+        let slot = match b {
+            Boundary::FirstIo => &mut self.first_io,
+            Boundary::Directed => &mut self.directed,
+            Boundary::FirstForwarded => &mut self.first_forwarded,
+            Boundary::End => &mut self.end,
+        };
+        if slot.is_none() {
+            *slot = Some(Point::take(pids));
+        }
+    }
+
     /// The report's `cpu_time`, with `port1` and `port2` the owner's completions on each port.
     pub fn report(&self, port1: Option<u64>, port2: Option<u64>) -> CpuTimeReport {
         let between = |a: &Option<Point>, b: &Option<Point>, n| match (a, b) {
@@ -271,6 +303,7 @@ impl Marks {
             ),
             direct: between(&self.first_io, &self.directed, port1),
             forwarded: between(&self.directed, &self.end, port2),
+            forwarded_after_switch: between(&self.first_forwarded, &self.end, port2),
         }
     }
 }
@@ -299,8 +332,8 @@ mod tests {
         assert_eq!(parse_schedstat(""), None);
     }
 
-    /// The shim's own process: a busy thread's time shows in ns, and a thread that exited
-    /// between two samples makes the difference come from the whole process's ticks.
+    /// The shim's own process: its time grows with work (other tests' threads come and go, so
+    /// either source may be used).
     #[test]
     fn own_process_cpu_time_grows_with_work() {
         let pid = std::process::id();
@@ -308,24 +341,31 @@ mod tests {
         assert!(!a.threads.is_empty(), "no /proc/{pid}/task/*/schedstat");
         spin(Duration::from_millis(60));
         let b = ProcessSample::of(pid).unwrap();
-        let (us, src) = b.cpu_since(&a).unwrap();
-        assert_eq!(src, CpuSource::Schedstat);
+        let (us, _) = b.cpu_since(&a).unwrap();
         assert!(us > 0.0, "{us}");
         assert!(b.stat_us >= a.stat_us);
-        // A thread that exits between the samples.
-        let t = std::thread::spawn(|| spin(Duration::from_millis(30)));
-        std::thread::sleep(Duration::from_millis(5));
-        let c = ProcessSample::of(pid).unwrap();
-        t.join().unwrap();
-        let d = ProcessSample::of(pid).unwrap();
-        assert_eq!(d.cpu_since(&c).unwrap().1, CpuSource::Stat);
-        assert!(
-            ProcessSample::of(pid)
-                .unwrap()
-                .cpu_since(&ProcessSample { pid: 1, ..a })
-                .is_none()
-        );
+        assert!(b.cpu_since(&ProcessSample { pid: 1, ..a }).is_none());
         assert!(clock_ticks_per_sec() > 0);
+    }
+
+    /// The threads' ns while every earlier thread lives on (a new one counts in full); the
+    /// whole process's ticks once one exited.
+    #[test]
+    fn threads_ns_unless_a_thread_exited() {
+        let at = |stat_us, threads: &[(u32, u64)]| ProcessSample {
+            pid: 7,
+            stat_us,
+            threads: threads.to_vec(),
+        };
+        let a = at(10_000, &[(7, 1_000_000), (8, 2_000_000)]);
+        let b = at(20_000, &[(7, 1_500_000), (8, 2_250_000), (9, 250_000)]);
+        assert_eq!(b.cpu_since(&a), Some((1000.0, CpuSource::Schedstat)));
+        let c = at(40_000, &[(7, 1_600_000)]);
+        assert_eq!(c.cpu_since(&b), Some((20_000.0, CpuSource::Stat)));
+        assert_eq!(
+            at(5, &[]).cpu_since(&at(3, &[])),
+            Some((2.0, CpuSource::Stat))
+        );
     }
 
     #[test]
@@ -334,11 +374,16 @@ mod tests {
         let a = Point::take(&[("owner", pid), ("peer", pid)]);
         spin(Duration::from_millis(20));
         let b = Point::take(&[("owner", pid), ("peer", pid)]);
-        let marks = Marks {
+        let mut marks = Marks {
             first_io: Some(a.clone()),
             directed: Some(b.clone()),
-            end: None,
+            ..Marks::default()
         };
+        // Each boundary is sampled once.
+        marks.mark(Boundary::Directed, &[("owner", 1)]);
+        assert_eq!(marks.directed.as_ref().unwrap().processes.len(), 2);
+        marks.mark(Boundary::FirstForwarded, &[("owner", pid)]);
+        assert!(marks.first_forwarded.is_some() && marks.end.is_none());
         let r = marks.report(Some(100), Some(5));
         let d = r.direct.clone().unwrap();
         assert_eq!(d.processes.len(), 2);

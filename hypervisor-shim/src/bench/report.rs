@@ -70,10 +70,15 @@ pub struct SideBySide {
     pub direct_cpu_us_per_request: Option<f64>,
     /// The same per port-2 request in the forwarded phase, µs (median).
     pub forwarded_cpu_us_per_request: Option<f64>,
+    /// The same per port-2 request from the first forwarded completion on (the forwarded path
+    /// without the switch), µs (median).
+    pub forwarded_after_switch_cpu_us_per_request: Option<f64>,
     /// Cores the QEMUs kept busy in the direct phase, percent of one (median).
     pub direct_cores_percent: Option<f64>,
     /// The same in the forwarded phase (median).
     pub forwarded_cores_percent: Option<f64>,
+    /// The same from the first forwarded completion on (median).
+    pub forwarded_after_switch_cores_percent: Option<f64>,
     /// Every repetition succeeded.
     pub ok: bool,
     /// Every repetition.

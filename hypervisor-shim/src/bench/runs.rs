@@ -165,8 +165,8 @@ pub(super) fn side_by_side_runs(
                     port(&r.port2),
                     r.blackout_ms.map_or("-".into(), |b| format!("{b:.1}")),
                     cpu(
-                        cpu_phase(&r, false).and_then(|p| p.cpu_us_per_request),
-                        cpu_phase(&r, true).and_then(|p| p.cpu_us_per_request)
+                        cpu_phase(&r, CpuPath::Direct).and_then(|p| p.cpu_us_per_request),
+                        cpu_phase(&r, CpuPath::Forwarded).and_then(|p| p.cpu_us_per_request)
                     )
                 ));
                 reps.push(r);
@@ -440,10 +440,10 @@ fn side_by_side(disk: Disk, qd: u16, writes: u64, runs: Vec<HandoffRun>) -> Side
     let med_ratio = |f: &dyn Fn(&PortStatsReport) -> u64| ratios(f).map(|s| s.p50);
     let range = |f: &dyn Fn(&PortStatsReport) -> u64| ratios(f).map(|s| (s.min, s.max));
     let blackouts: Vec<f64> = good.iter().filter_map(|r| r.blackout_ms).collect();
-    let cpu = |forwarded: bool, f: &dyn Fn(&crate::cputime::CpuPhase) -> Option<f64>| {
+    let cpu = |path: CpuPath, f: &dyn Fn(&crate::cputime::CpuPhase) -> Option<f64>| {
         let v: Vec<f64> = good
             .iter()
-            .filter_map(|r| cpu_phase(r, forwarded).and_then(f))
+            .filter_map(|r| cpu_phase(r, path).and_then(f))
             .collect();
         stats::median(&v)
     };
@@ -461,22 +461,37 @@ fn side_by_side(disk: Disk, qd: u16, writes: u64, runs: Vec<HandoffRun>) -> Side
         iops_ratio_range: range(&|p| p.iops),
         p50_latency_ratio_range: range(&|p| p.p50_us),
         blackout_ms: stats::median(&blackouts),
-        direct_cpu_us_per_request: cpu(false, &|p| p.cpu_us_per_request),
-        forwarded_cpu_us_per_request: cpu(true, &|p| p.cpu_us_per_request),
-        direct_cores_percent: cpu(false, &|p| p.cores_percent),
-        forwarded_cores_percent: cpu(true, &|p| p.cores_percent),
+        direct_cpu_us_per_request: cpu(CpuPath::Direct, &|p| p.cpu_us_per_request),
+        forwarded_cpu_us_per_request: cpu(CpuPath::Forwarded, &|p| p.cpu_us_per_request),
+        forwarded_after_switch_cpu_us_per_request: cpu(CpuPath::AfterSwitch, &|p| {
+            p.cpu_us_per_request
+        }),
+        direct_cores_percent: cpu(CpuPath::Direct, &|p| p.cores_percent),
+        forwarded_cores_percent: cpu(CpuPath::Forwarded, &|p| p.cores_percent),
+        forwarded_after_switch_cores_percent: cpu(CpuPath::AfterSwitch, &|p| p.cores_percent),
         ok: !runs.is_empty() && good.len() == runs.len(),
         runs,
     }
 }
 
-/// A run's CPU time in its direct (`forwarded`: forwarded) phase.
-fn cpu_phase(r: &HandoffRun, forwarded: bool) -> Option<&crate::cputime::CpuPhase> {
+/// A phase of a side-by-side run's `cpu_time`.
+#[derive(Clone, Copy)]
+enum CpuPath {
+    /// First I/O → directed.
+    Direct,
+    /// Directed → the workload's end.
+    Forwarded,
+    /// First forwarded completion → the workload's end.
+    AfterSwitch,
+}
+
+/// A run's CPU time in phase `path`.
+fn cpu_phase(r: &HandoffRun, path: CpuPath) -> Option<&crate::cputime::CpuPhase> {
     let c = r.cpu_time.as_ref()?;
-    if forwarded {
-        c.forwarded.as_ref()
-    } else {
-        c.direct.as_ref()
+    match path {
+        CpuPath::Direct => c.direct.as_ref(),
+        CpuPath::Forwarded => c.forwarded.as_ref(),
+        CpuPath::AfterSwitch => c.forwarded_after_switch.as_ref(),
     }
 }
 

@@ -124,7 +124,7 @@ impl BenchReport {
         let _ = writeln!(t);
         let _ = writeln!(
             t,
-            "| disk | QD | runs × writes | direct IOPS | forwarded IOPS | IOPS ratio [runs' range] | host CPU µs/request direct / forwarded | cores busy % direct / forwarded | direct p50/p99/max µs | forwarded p50/p99/max µs | p50 ratio [range] | blackout ms |"
+            "| disk | QD | runs × writes | direct IOPS | forwarded IOPS | IOPS ratio [runs' range] | host CPU µs/request direct / forwarded (after the switch) | cores busy % direct / forwarded (after the switch) | direct p50/p99/max µs | forwarded p50/p99/max µs | p50 ratio [range] | blackout ms |"
         );
         let _ = writeln!(
             t,
@@ -139,7 +139,7 @@ impl BenchReport {
         for s in &self.side_by_side {
             let _ = writeln!(
                 t,
-                "| {} | {} | {} × {} | {} | {} | {} {} | {} / {} | {} / {} | {} | {} | {} {} | {} |",
+                "| {} | {} | {} × {} | {} | {} | {} {} | {} / {} ({}) | {} / {} ({}) | {} | {} | {} {} | {} |",
                 s.disk,
                 s.qd,
                 s.reps,
@@ -150,8 +150,10 @@ impl BenchReport {
                 span(s.iops_ratio_range),
                 f1(s.direct_cpu_us_per_request),
                 f1(s.forwarded_cpu_us_per_request),
+                f1(s.forwarded_after_switch_cpu_us_per_request),
                 f1(s.direct_cores_percent),
                 f1(s.forwarded_cores_percent),
+                f1(s.forwarded_after_switch_cores_percent),
                 lat(&s.direct),
                 lat(&s.forwarded),
                 f3(s.p50_latency_ratio),

@@ -17,12 +17,14 @@ fn cpu_note(s: Option<&SideBySide>) -> String {
     };
     let f = |x: Option<f64>| x.map_or("?".into(), |v| format!("{v:.1}"));
     format!(
-        "host CPU of both QEMUs per request: direct {} µs, forwarded {} µs; cores busy: direct \
-         {} %, forwarded {} %",
+        "host CPU of both QEMUs per request: direct {} µs, forwarded {} µs ({} after the \
+         switch); cores busy: direct {} %, forwarded {} % ({} after the switch)",
         f(s.direct_cpu_us_per_request),
         f(s.forwarded_cpu_us_per_request),
+        f(s.forwarded_after_switch_cpu_us_per_request),
         f(s.direct_cores_percent),
-        f(s.forwarded_cores_percent)
+        f(s.forwarded_cores_percent),
+        f(s.forwarded_after_switch_cores_percent)
     )
 }
 

@@ -333,15 +333,14 @@ impl Scenario<'_> {
     /// One cycle's steps after its switch point: handoff, migration, failback.
     fn run_cycle(&mut self, p: &mut Progress, n: u32) -> Result<(), Abort> {
         self.maybe_inject(p, recovery::Inject::ShmFull);
-        if n == 1 {
-            self.facts.cpu.directed = Some(self.cpu_point());
-        }
+        self.mark_cpu(crate::cputime::Boundary::Directed);
         match self.hand_over(p) {
             Ok(()) => {}
             Err(e) if self.can_take_back(&e) => return self.take_back(p, e),
             Err(e) => return Err(e),
         }
         self.await_first_completion(p)?;
+        self.mark_cpu(crate::cputime::Boundary::FirstForwarded);
         self.maybe_inject(p, recovery::Inject::PeerCrashForwarding);
         self.maybe_inject(p, recovery::Inject::PeerHangForwarding);
         self.maybe_inject(p, recovery::Inject::StorageRestartForwarding);
@@ -367,7 +366,7 @@ impl Scenario<'_> {
             self.wait_until(p, "the owner's first I/O", HELLO_TIMEOUT, |s| {
                 Ok(s.facts.owner_lines.first_io)
             })?;
-            self.facts.cpu.first_io = Some(self.cpu_point());
+            self.mark_cpu(crate::cputime::Boundary::FirstIo);
             return self.wait_for_switch(p);
         }
         self.record = HandoffRecord::new(Direction::OWNER_TO_PEER);
@@ -417,10 +416,10 @@ impl Scenario<'_> {
             .map(|(l, _)| l.gap_us as f64 / 1000.0)
     }
 
-    /// The CPU time of the owner's and the peer's QEMU now ([`crate::cputime`]).
-    fn cpu_point(&self) -> crate::cputime::Point {
+    /// Samples the owner's and the peer's QEMU at `b`, once ([`crate::cputime`]).
+    fn mark_cpu(&mut self, b: crate::cputime::Boundary) {
         let (o, p) = (self.vms.owner.qemu.pid(), self.vms.peer.qemu.pid());
-        crate::cputime::Point::take(&[("owner", o), ("peer", p)])
+        self.facts.cpu.mark(b, &[("owner", o), ("peer", p)]);
     }
 
     /// Every cycle's handoff record, each followed by its failback's (directions say which).
@@ -459,8 +458,8 @@ impl Scenario<'_> {
         let start = Instant::now();
         loop {
             self.step(p)?;
-            if self.facts.cpu.end.is_none() && self.facts.owner_lines.result.is_some() {
-                self.facts.cpu.end = Some(self.cpu_point());
+            if self.facts.owner_lines.result.is_some() {
+                self.mark_cpu(crate::cputime::Boundary::End);
             }
             if self.vms.owner.poll_exit().is_some() {
                 return Ok(());

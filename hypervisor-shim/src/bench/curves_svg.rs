@@ -8,10 +8,10 @@ use std::fmt::Write as _;
 use super::curves::CostCurves;
 
 const W: f64 = 1200.0;
-const H: f64 = 380.0;
+const H: f64 = 400.0;
 const PANEL_W: f64 = 340.0;
 const PANEL_H: f64 = 250.0;
-const TOP: f64 = 70.0;
+const TOP: f64 = 90.0;
 const LEFTS: [f64; 3] = [60.0, 460.0, 860.0];
 
 /// The colour of a run's mode in the scatter.
@@ -57,8 +57,8 @@ impl Panel {
         let (l, b) = (self.left, TOP + PANEL_H);
         let _ = writeln!(
             s,
-            r#"<text x="{l}" y="{}" font-size="14" font-weight="bold">{title}</text>"#,
-            TOP - 20.0
+            r#"<text x="{l}" y="{}" font-size="13" font-weight="bold">{title}</text>"#,
+            TOP - 14.0
         );
         let _ = writeln!(
             s,
@@ -197,7 +197,7 @@ fn inflight_panel(s: &mut String, c: &CostCurves) {
     };
     p.frame(
         s,
-        "handoff blackout vs requests in flight at the switch",
+        "blackout vs requests in flight at the switch",
         "requests held at port 2 while port 1 drained",
         "blackout, ms",
         ystep,
@@ -257,14 +257,16 @@ fn ram_panel(s: &mut String, c: &CostCurves) {
     for (i, q) in pts.iter().enumerate() {
         let x = p.left + PANEL_W * (i as f64 + 0.5) / n;
         p.xtick(s, x, &q.guest_ram_mib.to_string());
-        let label = q
-            .migration_downtime_ms
-            .map_or_else(|| "failed".to_owned(), |d| format!("{d} ms"));
+        let label = match (q.migration_downtime_ms, q.migration_total_ms) {
+            (Some(d), Some(t)) => format!("{d} ms (total {t})"),
+            (Some(d), None) => format!("{d} ms"),
+            _ => "failed".to_owned(),
+        };
         let d = q.migration_downtime_ms.unwrap_or(0) as f64;
         let (y, bw) = (p.y(d), PANEL_W / n * 0.5);
         let _ = writeln!(
             s,
-            r##"<rect x="{:.1}" y="{y:.1}" width="{bw:.1}" height="{:.1}" fill="#9467bd"><title>{} MiB: downtime {label}, total {} ms</title></rect><text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle">{label}</text>"##,
+            r##"<rect x="{:.1}" y="{y:.1}" width="{bw:.1}" height="{:.1}" fill="#9467bd"><title>{} MiB: downtime {label}; total {} ms</title></rect><text x="{x:.1}" y="{:.1}" font-size="11" text-anchor="middle">{label}</text>"##,
             x - bw / 2.0,
             TOP + PANEL_H - y,
             q.guest_ram_mib,
@@ -324,7 +326,7 @@ mod tests {
         // One dot per QD point, one per run, one bar per RAM size (plus legend dots).
         assert_eq!(text.matches("<title>QD 8").count(), 1);
         assert_eq!(text.matches("in flight,").count(), 2);
-        assert_eq!(text.matches("128 MiB: downtime 3 ms").count(), 1);
+        assert_eq!(text.matches("128 MiB: downtime 3 ms (total 90)").count(), 1);
         let mut md = String::new();
         c.markdown(&mut md);
         assert!(md.contains("| 8 | 1/1 | 4.0 [4.0–4.0] | 7 [7–7] |"), "{md}");

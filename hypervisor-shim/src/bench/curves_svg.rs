@@ -227,9 +227,9 @@ fn inflight_panel(s: &mut String, c: &CostCurves) {
         let _ = writeln!(
             s,
             r#"<circle cx="{:.1}" cy="{y:.1}" r="4" fill="{}"/><text x="{:.1}" y="{:.1}" font-size="11">{mode}</text>"#,
-            p.left + 12.0,
+            p.left + PANEL_W - 50.0,
             mode_colour(mode),
-            p.left + 20.0,
+            p.left + PANEL_W - 42.0,
             y + 4.0
         );
     }
@@ -240,7 +240,8 @@ fn ram_panel(s: &mut String, c: &CostCurves) {
     let (ymax, step) = axis(
         pts.iter()
             .filter_map(|p| p.migration_downtime_ms)
-            .fold(0.0, |a, d| a.max(d as f64)),
+            .fold(0.0_f64, |a, d| a.max(d as f64))
+            * 1.15,
     );
     let p = Panel {
         left: LEFTS[2],

@@ -1,12 +1,13 @@
-//! `hypervisor-shim bench`: the figures of issue 4 from one invocation, on one QEMU and one
-//! accelerator, with progress on stderr, a table on stdout, a JSON report and a timeline plot.
+//! `hypervisor-shim bench`: the figures of issues 4 and 12 from one invocation, on one QEMU and
+//! one accelerator, with progress on stderr, a table on stdout, a JSON report, a timeline plot
+//! and the cost curves' SVG (`cost-curves.svg`, next to the plot).
 //!
 //! Steps (each reported as it runs):
 //! 1. **direct runs** ([`crate::run`], `null-co`): QEMU start → first I/O, and direct-path IOPS
 //!    per queue depth (these also calibrate the switch point of step 3);
 //! 2. **side by side** ([`handoff`], `migrate --mode none`): per disk (`null-co`, a file on
 //!    tmpfs) and queue depth (1, 32) one handoff run with the switch 20 % into the workload:
-//!    port 1 = direct, port 2 = forwarded, the same QEMU processes, no migration in between;
+//!    port 1 = direct, port 2 = forwarded, the same QEMU processes, no migration in between.
 //!    Each run also gives the host CPU time of both QEMUs per request of each path
 //!    ([`crate::cputime`]: first I/O → handoff directed → the owner's workload ended);
 //! 3. **repeated handoffs** (`migrate --mode live|save`, alternating, each with a failback; QD 32,
@@ -24,8 +25,7 @@
 //! problems (no QEMU, no kernel) stop it.
 //!
 //! Layout: this file holds the configuration and the order of the steps; `runs` the steps
-//! (the curves' in [`curves`], their SVG in `curves_svg`),
-//! [`handoff`] one handoff run and its figures (its phases from the run's handoff record,
+//! (the curves' in [`curves`], their SVG in `curves_svg`), [`handoff`] one handoff run and its figures (its phases from the run's handoff record,
 //! [`crate::steps`]), [`report`] the report's types, `targets` the targets, `table` the
 //! table on stdout, [`stats`] medians and percentiles.
 

@@ -1,5 +1,7 @@
 //! `hypervisor-shim bench --quick` end to end: every headline figure of the report is there and
-//! plausible, the targets are listed, and the handoff timeline plot is an SVG.
+//! plausible (issue 12's included: the failback blackout, the host CPU time per request of each
+//! path, the cost curves), the targets are listed, and the handoff timeline plot and the cost
+//! curves are SVGs.
 //!
 //! The quick workloads are TCG-sized, so this test runs under `--accel auto` (TCG on a host whose
 //! `/dev/kvm` is software-emulated) unless `BATON_TEST_ACCEL=tcg` forces TCG. About 20-40 s under
@@ -86,13 +88,67 @@ fn quick_bench_reports_every_figure_and_a_plot() {
         );
     }
 
-    assert_eq!(r["targets"].as_array().map(Vec::len), Some(6), "{}", ctx());
+    // Issue 12: the failback's blackout beside the handoff's.
+    let fp50 = num(&r, "failback_blackout_ms_p50");
+    let fmax = num(&r, "failback_blackout_ms_max");
+    assert!(fp50 > 0.0 && fp50 <= fmax && fmax < 10_000.0, "{}", ctx());
+    // Handoff and failback blackout (median, max), the two ratios, the migration downtime, idle,
+    // the redirector.
+    let targets = r["targets"].as_array().unwrap();
+    assert_eq!(targets.len(), 9, "{}", ctx());
+    for t in targets {
+        assert!(t["name"].is_string() && t["target"].is_string(), "{t}");
+    }
+    // Host CPU time per request of each path, from /proc: present and positive.
+    for k in ["cpu_us_per_request_qd32", "cpu_us_per_request_qd1"] {
+        for path in ["direct", "forwarded"] {
+            let v = num(&r[k], path);
+            assert!(v.is_finite() && v > 0.0, "{k}.{path} = {v}: {}", ctx());
+        }
+    }
     let side = r["side_by_side"].as_array().unwrap();
     assert_eq!(side.len(), 4, "{}", ctx());
     for s in side {
         assert!(s["direct"]["iops"].as_u64().unwrap_or(0) > 0, "{s}");
         assert!(s["forwarded"]["iops"].as_u64().unwrap_or(0) > 0, "{s}");
+        for k in ["direct_cpu_us_per_request", "forwarded_cpu_us_per_request"] {
+            assert!(num(s, k) > 0.0, "{k}: {s}");
+        }
     }
+    // The cost curves: one row per queue depth and per guest RAM size, every successful
+    // handoff run of the bench in the in-flight scatter, its bins covering them all.
+    let c = &r["curves"];
+    let qds: Vec<u64> = c["blackout_vs_qd"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["qd"].as_u64().unwrap())
+        .collect();
+    assert_eq!(qds, [1, 8, 32, 64], "{}", ctx());
+    for p in c["blackout_vs_qd"].as_array().unwrap() {
+        assert!(num(&p["blackout_ms"], "p50") > 0.0, "{p}");
+    }
+    let rams: Vec<u64> = c["downtime_vs_ram"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["guest_ram_mib"].as_u64().unwrap())
+        .collect();
+    assert_eq!(rams, [128, 512, 2048], "{}", ctx());
+    for p in c["downtime_vs_ram"].as_array().unwrap() {
+        assert!(p["migration_downtime_ms"].as_u64().is_some(), "{p}");
+    }
+    let points = c["blackout_vs_inflight"].as_array().unwrap();
+    // 4 side-by-side runs, the handoffs, 4 depth-curve runs.
+    assert!(points.len() >= 10, "{}", ctx());
+    let binned: u64 = c["blackout_vs_inflight_bins"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["blackout_ms"]["n"].as_u64().unwrap_or(0))
+        .sum();
+    assert_eq!(binned as usize, points.len(), "{}", ctx());
+    assert!(out.stdout.contains("How the costs grow"), "{}", ctx());
     assert!(r["handoffs"]["ok"].as_u64().unwrap_or(0) >= 2, "{}", ctx());
     // Every phase, sub-phases included, is computed from the runs' handoff records (a figure
     // missing here would be a step not recorded).
@@ -134,4 +190,16 @@ fn quick_bench_reports_every_figure_and_a_plot() {
     assert!(text.trim_end().ends_with("</svg>"));
     assert!(text.contains("<rect") && text.contains("first forwarded"));
     assert_eq!(text.matches("<svg").count(), 1);
+
+    // The cost curves' SVG, next to the plot.
+    let curves = dir.path().join("cost-curves.svg");
+    assert_eq!(
+        r["curves_file"].as_str(),
+        Some(curves.display().to_string().as_str()),
+        "{}",
+        ctx()
+    );
+    let text = std::fs::read_to_string(&curves).expect("curves written");
+    assert!(text.starts_with("<svg") && text.trim_end().ends_with("</svg>"));
+    assert!(text.contains("blackout vs queue depth") && text.contains("downtime vs guest RAM"));
 }

@@ -22,6 +22,7 @@ pub mod bench;
 pub mod channel;
 pub mod cli;
 pub mod console;
+pub mod cputime;
 pub mod disk;
 pub mod hosts;
 pub mod migrate;

@@ -69,6 +69,8 @@ pub struct Plan {
     pub switch: Switch,
     /// Schedule seed.
     pub seed: u64,
+    /// End the cycle with a failback (the disk back to the owner, the ring closed).
+    pub failback: bool,
 }
 
 impl Plan {
@@ -175,8 +177,13 @@ pub struct HandoffRun {
     /// The handoff's blackout: from the owner's last completion on port 1 to its first one on
     /// port 2, in ms.
     pub blackout_ms: Option<f64>,
-    /// How `blackout_ms` was obtained (see [`handoff_blackout`]).
+    /// How `blackout_ms` was obtained: the owner's `BATON switch kind=handoff` line, else
+    /// [`handoff_blackout`].
     pub blackout_from: &'static str,
+    /// The failback's blackout: the owner's longest completion gap from `failback` to its first
+    /// port-1 completion, in ms (the `migrate` report's `failback[0].blackout_ms`; null without
+    /// a failback).
+    pub failback_blackout_ms: Option<f64>,
     /// The longest gap between two completions anywhere in the run (the guest's `max_gap_us`):
     /// the handoff's, unless the host stalled the guest elsewhere.
     pub max_gap_ms: Option<f64>,
@@ -192,6 +199,9 @@ pub struct HandoffRun {
     pub port2: Option<PortStatsReport>,
     /// Requests held at port 2 while port 1 drained.
     pub queued_at_switch: Option<u64>,
+    /// Host CPU time of the QEMUs in the direct and the forwarded phase (the `migrate` report's
+    /// `cpu_time`).
+    pub cpu_time: Option<crate::cputime::CpuTimeReport>,
     /// Wall time of the run, in ms.
     pub elapsed_ms: f64,
 }
@@ -230,7 +240,7 @@ pub fn run(plan: &Plan, common: &Common) -> Result<Outcome, MigrateError> {
         qd: plan.qd,
         seed: plan.seed,
         switch: plan.switch,
-        failback: false,
+        failback: plan.failback,
         failback_after_ms: 0,
         failback_request_at: 0,
         cycles: 1,
@@ -259,8 +269,14 @@ pub fn run(plan: &Plan, common: &Common) -> Result<Outcome, MigrateError> {
 fn figures(plan: &Plan, r: &MigrateReport, record: Option<&HandoffRecord>) -> HandoffRun {
     let port = |n: u8| r.port_stats.iter().find(|p| p.port == n).copied();
     let max_gap_ms = r.blackout_ms;
-    let (blackout_ms, blackout_from) = match (&r.completion_timeline, r.port1_requests) {
-        (Some(t), Some(p1)) => match handoff_blackout(t, p1, max_gap_ms) {
+    let switch_line = r.cycles.first().and_then(|c| c.handoff_blackout_ms);
+    let (blackout_ms, blackout_from) = match (switch_line, &r.completion_timeline, r.port1_requests)
+    {
+        (Some(ms), _, _) => (
+            Some(ms),
+            "guest: the owner's `BATON switch kind=handoff` gap",
+        ),
+        (None, Some(t), Some(p1)) => match handoff_blackout(t, p1, max_gap_ms) {
             Some((ms, from)) => (Some(ms), from),
             None => (None, "unavailable: no port-2 completion in the timeline"),
         },
@@ -275,6 +291,7 @@ fn figures(plan: &Plan, r: &MigrateReport, record: Option<&HandoffRecord>) -> Ha
         failures: r.failures.clone(),
         blackout_ms,
         blackout_from,
+        failback_blackout_ms: r.failback.first().and_then(|f| f.blackout_ms),
         max_gap_ms,
         phases: PhaseTimes::from_record(record),
         migration_downtime_ms: r.migration_downtime_ms,
@@ -282,6 +299,7 @@ fn figures(plan: &Plan, r: &MigrateReport, record: Option<&HandoffRecord>) -> Ha
         port1: port(1),
         port2: port(2),
         queued_at_switch: r.requests_queued_at_switch,
+        cpu_time: r.cpu_time.clone(),
         elapsed_ms: r.elapsed_ms,
     }
 }

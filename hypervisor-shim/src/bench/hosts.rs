@@ -98,7 +98,7 @@ pub struct SideFigures {
     pub migration_total_ms: Option<Summary>,
 }
 
-/// The cross-host migration at one guest RAM size.
+/// The migration at one guest RAM size.
 #[derive(Debug, Clone, Serialize)]
 pub struct RamPoint {
     /// Guest RAM, MiB.
@@ -181,6 +181,39 @@ fn handoff_blackout(r: &MigrateReport) -> Option<f64> {
     r.cycles.first().and_then(|c| c.handoff_blackout_ms)
 }
 
+/// One live cycle with `mib` MiB of guest RAM (`cross_host`: across hosts, else on one host):
+/// its migration figures, and what went wrong if the run failed. `bench` draws its downtime
+/// curve (one host) with this too.
+pub fn ram_point(cfg: &HostsBenchConfig, cross_host: bool, mib: u32) -> (RamPoint, Option<String>) {
+    let where_ = if cross_host {
+        "across hosts"
+    } else {
+        "on one host"
+    };
+    match one(&cycle(cfg, cross_host, mib, 1)) {
+        Ok(r) => (
+            RamPoint {
+                guest_ram_mib: mib,
+                ok: r.ok,
+                migration_downtime_ms: r.migration_downtime_ms,
+                migration_total_ms: r.migration_total_ms,
+                failback_blackout_ms: failback_blackout(&r),
+            },
+            (!r.ok).then(|| format!("{mib} MiB {where_}: {:?}", r.failures)),
+        ),
+        Err(e) => (
+            RamPoint {
+                guest_ram_mib: mib,
+                ok: false,
+                migration_downtime_ms: None,
+                migration_total_ms: None,
+                failback_blackout_ms: None,
+            },
+            Some(format!("{mib} MiB {where_}: {e}")),
+        ),
+    }
+}
+
 /// Collects one side's reports into its figures.
 fn figures(reports: &[MigrateReport]) -> SideFigures {
     let pick = |f: &dyn Fn(&MigrateReport) -> Option<f64>| {
@@ -244,30 +277,8 @@ pub fn bench_hosts(cfg: &HostsBenchConfig) -> Result<HostsBenchReport, MigrateEr
     }
     let mut downtime_vs_ram = Vec::new();
     for mib in RAM_SIZES_MIB {
-        let point = match one(&cycle(cfg, true, mib, 1)) {
-            Ok(r) => {
-                if !r.ok {
-                    failures.push(format!("{mib} MiB across hosts: {:?}", r.failures));
-                }
-                RamPoint {
-                    guest_ram_mib: mib,
-                    ok: r.ok,
-                    migration_downtime_ms: r.migration_downtime_ms,
-                    migration_total_ms: r.migration_total_ms,
-                    failback_blackout_ms: failback_blackout(&r),
-                }
-            }
-            Err(e) => {
-                failures.push(format!("{mib} MiB across hosts: {e}"));
-                RamPoint {
-                    guest_ram_mib: mib,
-                    ok: false,
-                    migration_downtime_ms: None,
-                    migration_total_ms: None,
-                    failback_blackout_ms: None,
-                }
-            }
-        };
+        let (point, failure) = ram_point(cfg, true, mib);
+        failures.extend(failure);
         say(format!(
             "{mib} MiB across hosts: downtime {:?} ms, migration {:?} ms",
             point.migration_downtime_ms, point.migration_total_ms

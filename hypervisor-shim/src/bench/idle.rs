@@ -1,5 +1,5 @@
-//! CPU use of idle guests: QEMU's `utime + stime` (all its threads, from `/proc/<pid>/stat`) over a
-//! few seconds while the guest waits, as a percentage of one host core.
+//! CPU use of idle guests: QEMU's `utime + stime` (all its threads, from /proc through
+//! [`crate::cputime`]) over a few seconds while the guest waits, as a percentage of one host core.
 //!
 //! Two guests wait at once: a **peer** waiting for its ring (what a standby VM2 does between
 //! handoffs: `hello` answered, nothing more), and an **owner** booted without a disk, waiting for
@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::channel::{ControlChannel, ControlListener, Received};
 use crate::console::Recv;
+use crate::cputime::{ProcessSample, clock_ticks_per_sec};
 use crate::qemu::{self, Accel};
 use crate::setup::{self, Binaries};
 use crate::vm::{Vm, VmError, VmLogs};
@@ -34,7 +35,8 @@ pub struct IdleResult {
     pub owner_waiting_for_disk_percent: f64,
     /// Length of the sample, in s.
     pub seconds: f64,
-    /// Clock ticks per second of `/proc/<pid>/stat` (its resolution).
+    /// Clock ticks per second of `/proc/<pid>/stat` (its resolution, when a thread exited during
+    /// the sample; otherwise the threads' ns are used).
     pub clk_tck: u64,
     /// How it was measured.
     pub method: String,
@@ -73,29 +75,6 @@ fn drain_console(vm: &mut Vm) -> bool {
         );
     }
     seen
-}
-
-/// `utime + stime` of `pid` in clock ticks.
-pub fn cpu_ticks(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_stat_ticks(&stat)
-}
-
-/// `utime + stime` from the text of `/proc/<pid>/stat` (fields 14 and 15; the command name, field
-/// 2, is in parentheses and may contain spaces).
-fn parse_stat_ticks(stat: &str) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    let f: Vec<&str> = after.split_whitespace().collect();
-    // `after` starts with field 3 (state): utime is field 14, stime field 15.
-    let utime: u64 = f.get(11)?.parse().ok()?;
-    let stime: u64 = f.get(12)?.parse().ok()?;
-    Some(utime + stime)
-}
-
-fn clk_tck() -> u64 {
-    // SAFETY: sysconf takes an integer name and touches no memory of ours.
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    u64::try_from(t).ok().filter(|&t| t > 0).unwrap_or(100)
 }
 
 /// Boots both idle guests, waits until each waits, and samples their CPU use over `sample`.
@@ -189,10 +168,8 @@ pub fn measure(
     }
 
     let (pp, op) = (peer.qemu.pid(), owner.qemu.pid());
-    let ticks = |pid| {
-        cpu_ticks(pid).ok_or_else(|| IdleError::Setup(format!("cannot read /proc/{pid}/stat")))
-    };
-    let (p0, o0, t0) = (ticks(pp)?, ticks(op)?, Instant::now());
+    let cpu = |pid| ProcessSample::of(pid).map_err(|e| IdleError::Setup(e.to_string()));
+    let (p0, o0, t0) = (cpu(pp)?, cpu(op)?, Instant::now());
     let until = t0 + sample;
     while Instant::now() < until {
         // Keep the channel served (acks), as the shim does between handoffs.
@@ -201,17 +178,21 @@ pub fn measure(
         drain_console(&mut owner);
         std::thread::sleep(Duration::from_millis(20));
     }
-    let (p1, o1, secs) = (ticks(pp)?, ticks(op)?, t0.elapsed().as_secs_f64());
-    let hz = clk_tck();
-    let pct = |a: u64, b: u64| super::stats::round((b - a) as f64 / hz as f64 / secs * 100.0, 2);
+    let (p1, o1, secs) = (cpu(pp)?, cpu(op)?, t0.elapsed().as_secs_f64());
+    let hz = clock_ticks_per_sec();
+    let pct = |a: &ProcessSample, b: &ProcessSample| {
+        let us = b.cpu_since(a).map_or(0.0, |(us, _)| us);
+        super::stats::round(us / 1e6 / secs * 100.0, 2)
+    };
     let r = IdleResult {
-        peer_waiting_for_ring_percent: pct(p0, p1),
-        owner_waiting_for_disk_percent: pct(o0, o1),
+        peer_waiting_for_ring_percent: pct(&p0, &p1),
+        owner_waiting_for_disk_percent: pct(&o0, &o1),
         seconds: super::stats::round(secs, 2),
         clk_tck: hz,
         method: format!(
-            "utime+stime of the QEMU process (all threads) from /proc/<pid>/stat over {secs:.1} s, \
-             {SETTLE:?} after the guest began to wait; {hz} ticks/s"
+            "utime+stime of the QEMU process (all threads; crate::cputime: the threads' schedstat \
+             ns, or /proc/<pid>/stat at {hz} ticks/s when a thread exited) over {secs:.1} s, \
+             {SETTLE:?} after the guest began to wait"
         ),
     };
     drop(ctl);
@@ -219,17 +200,4 @@ pub fn measure(
     drop(owner);
     drop(listener);
     Ok(r)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn stat_fields() {
-        let s = "4242 (qemu-system-x86 (x)) S 1 2 3 4 5 6 7 8 9 10 1234 56 0 0 20 0 5 0 100";
-        assert_eq!(parse_stat_ticks(s), Some(1234 + 56));
-        assert_eq!(parse_stat_ticks("garbage"), None);
-        assert!(cpu_ticks(std::process::id()).is_some());
-    }
 }

@@ -1,23 +1,31 @@
-//! `hypervisor-shim bench`: the figures of issue 4 from one invocation, on one QEMU and one
-//! accelerator, with progress on stderr, a table on stdout, a JSON report and a timeline plot.
+//! `hypervisor-shim bench`: the figures of issues 4 and 12 from one invocation, on one QEMU and
+//! one accelerator, with progress on stderr, a table on stdout, a JSON report, a timeline plot
+//! and the cost curves' SVG (`cost-curves.svg`, next to the plot).
 //!
 //! Steps (each reported as it runs):
 //! 1. **direct runs** ([`crate::run`], `null-co`): QEMU start → first I/O, and direct-path IOPS
 //!    per queue depth (these also calibrate the switch point of step 3);
 //! 2. **side by side** ([`handoff`], `migrate --mode none`): per disk (`null-co`, a file on
 //!    tmpfs) and queue depth (1, 32) one handoff run with the switch 20 % into the workload:
-//!    port 1 = direct, port 2 = forwarded, the same QEMU processes, no migration in between;
-//! 3. **repeated handoffs** (`migrate --mode live|save`, alternating; QD 32, a file on tmpfs,
-//!    verified): blackout and phases (median, p99, max), migration downtime and total time;
-//! 4. **idle guests** ([`idle`]): CPU use of a waiting peer and a waiting owner;
-//! 5. **the redirector** ([`redirector`]): `cargo bench -p baton-core --bench redirector`;
-//! 6. the targets, the table, the JSON and the plot ([`plot`]) of one live handoff.
+//!    port 1 = direct, port 2 = forwarded, the same QEMU processes, no migration in between.
+//!    Each run also gives the host CPU time of both QEMUs per request of each path
+//!    ([`crate::cputime`]: first I/O → handoff directed → the owner's workload ended);
+//! 3. **repeated handoffs** (`migrate --mode live|save`, alternating, each with a failback; QD 32,
+//!    a file on tmpfs, verified): handoff and failback blackout and phases (median, p99, max),
+//!    migration downtime and total time;
+//! 4. **how the costs grow** ([`curves`]): the blackout against queue depth (1, 8, 32, 64) and
+//!    against the requests in flight at the switch, the live migration's downtime against guest
+//!    RAM (128 MiB, 512 MiB, 2 GiB);
+//! 5. **idle guests** ([`idle`]): CPU use of a waiting peer and a waiting owner;
+//! 6. **the redirector** ([`redirector`]): `cargo bench -p baton-core --bench redirector`;
+//! 7. the targets of issue 12 (`targets`: under KVM the blackout target is 2 ms), the table, the
+//!    JSON, the plot ([`plot`]) of one live handoff and the cost curves' SVG.
 //!
 //! A failed run is recorded (`failures`, `ok: false`) and the benchmark goes on; only set-up
 //! problems (no QEMU, no kernel) stop it.
 //!
-//! Layout: this file holds the configuration and the order of the steps; `runs` the steps,
-//! [`handoff`] one handoff run and its figures (its phases from the run's handoff record,
+//! Layout: this file holds the configuration and the order of the steps; `runs` the steps
+//! (the curves' in [`curves`], their SVG in `curves_svg`), [`handoff`] one handoff run and its figures (its phases from the run's handoff record,
 //! [`crate::steps`]), [`report`] the report's types, `targets` the targets, `table` the
 //! table on stdout, [`stats`] medians and percentiles.
 
@@ -28,6 +36,8 @@ use crate::migrate::MigrateError;
 use crate::progress::Progress;
 use crate::setup::{self, AccelChoice, GUEST_MEMORY_MIB, SetupError};
 
+pub mod curves;
+mod curves_svg;
 pub mod handoff;
 pub mod hosts;
 pub mod idle;
@@ -163,6 +173,16 @@ pub fn bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
     };
     let forwarded_over_direct_iops_qd32 = pick(32).and_then(|s| s.iops_ratio);
     let forwarded_over_direct_latency_qd1 = pick(1).and_then(|s| s.p50_latency_ratio);
+    let cpu_per_request = |qd: u16| {
+        let s = pick(qd)?;
+        let (d, f) = (
+            s.direct_cpu_us_per_request?,
+            s.forwarded_cpu_us_per_request?,
+        );
+        Some(serde_json::json!({"direct": d, "forwarded": f}))
+    };
+    let (cpu_us_per_request_qd32, cpu_us_per_request_qd1) =
+        (cpu_per_request(32), cpu_per_request(1));
     // 3. Repeated handoffs.
     let runs::Repeated {
         stats: handoffs,
@@ -170,21 +190,38 @@ pub fn bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         plot_candidates,
     } = runs::repeated_handoffs(&mut ctx, &common, direct_iops)?;
     let blackout = handoffs.blackout_ms;
+    let failback = handoffs.failback_blackout_ms;
+    // 4. How the costs grow.
+    let (blackout_vs_qd, qd_workload, qd_runs) = curves::blackout_vs_qd(&mut ctx, &common)?;
+    let (blackout_vs_inflight, blackout_vs_inflight_bins) = curves::blackout_vs_inflight(
+        side.iter()
+            .flat_map(|s| s.runs.iter())
+            .chain(handoffs.runs.iter())
+            .chain(qd_runs.iter()),
+    );
+    let downtime_vs_ram = curves::downtime_vs_ram(&mut ctx, &common);
+    let curves = curves::CostCurves {
+        blackout_vs_qd,
+        qd_workload,
+        blackout_vs_inflight,
+        blackout_vs_inflight_bins,
+        downtime_vs_ram,
+    };
     let migration_downtime_ms = migration
         .get("live")
         .and_then(|m| m.downtime_ms)
         .map(|s| s.p50);
-    // 4. Idle guests.
+    // 5. Idle guests.
     check_interrupt()?;
     let (idle, idle_error) = runs::idle_guests(&mut ctx, &qemu_bin, &kernel, accel);
     let idle_cpu_percent = idle.as_ref().map(|r| r.peer_waiting_for_ring_percent);
-    // 5. The redirector.
+    // 6. The redirector.
     check_interrupt()?;
     let redirector = runs::redirector_bench(&mut ctx);
     let redirector_vs_mutex_4_threads = redirector
         .as_ref()
         .and_then(|r| r.vs_mutex_4_threads.clone());
-    // 6. The plot: the live run whose blackout is nearest the median.
+    // 7. The plot: the live run whose blackout is nearest the median.
     let (plot_info, plot_error, plot_svg) =
         runs::plot_nearest(plot_candidates, blackout.map_or(0.0, |b| b.p50));
 
@@ -197,8 +234,12 @@ pub fn bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         blackout_ms_p50: blackout.map(|b| round(b.p50, 1)),
         blackout_ms_p99: blackout.map(|b| round(b.p99, 1)),
         blackout_ms_max: blackout.map(|b| round(b.max, 1)),
+        failback_blackout_ms_p50: failback.map(|b| round(b.p50, 1)),
+        failback_blackout_ms_max: failback.map(|b| round(b.max, 1)),
         forwarded_over_direct_iops_qd32,
         forwarded_over_direct_latency_qd1,
+        cpu_us_per_request_qd32,
+        cpu_us_per_request_qd1,
         migration_downtime_ms,
         boot_to_first_io_ms,
         idle_cpu_percent,
@@ -210,6 +251,7 @@ pub fn bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         guest: format!("-machine pc, {GUEST_MEMORY_MIB} MiB, qboot, 1 vCPU; 4 KiB writes"),
         machine,
         side_by_side: side,
+        curves,
         handoffs,
         migration,
         direct,
@@ -219,12 +261,14 @@ pub fn bench(cfg: &BenchConfig) -> Result<BenchReport, BenchError> {
         plot: plot_info,
         plot_error,
         plot_file: None,
+        curves_file: None,
         elapsed_s: round(ctx.p.t0().elapsed().as_secs_f64(), 1),
         plot_svg,
     };
     report.targets = targets::targets(&report);
     for (name, v) in [
         ("blackout_ms_p50", report.blackout_ms_p50),
+        ("failback_blackout_ms_p50", report.failback_blackout_ms_p50),
         (
             "forwarded_over_direct_iops_qd32",
             report.forwarded_over_direct_iops_qd32,

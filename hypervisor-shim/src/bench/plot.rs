@@ -179,8 +179,12 @@ pub fn svg(r: &MigrateReport, phases: &PhaseTimes) -> Result<(String, PlotInfo),
             r.mode, r.qd, r.writes_total, r.backend, r.accel
         ),
         subtitle: format!(
-            "blackout {:.1} ms (longest gap), handoff {:.1} ms; switch {} ms after the first I/O",
-            r.blackout_ms.unwrap_or(f64::NAN),
+            "blackout {:.1} ms (the handoff's longest gap), handoff {:.1} ms; switch {} ms after the first I/O",
+            r.cycles
+                .first()
+                .and_then(|c| c.handoff_blackout_ms)
+                .or(r.blackout_ms)
+                .unwrap_or(f64::NAN),
             phases.get(&steps::HANDOFF).unwrap_or(f64::NAN),
             r.switch.after_first_io_ms.unwrap_or(0)
         ),

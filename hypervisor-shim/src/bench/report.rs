@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::curves::CostCurves;
 use super::handoff::HandoffRun;
 use super::stats::Summary;
 use super::{idle, plot, redirector};
@@ -64,6 +65,20 @@ pub struct SideBySide {
     pub p50_latency_ratio_range: Option<(f64, f64)>,
     /// The handoff blackout, ms (median).
     pub blackout_ms: Option<f64>,
+    /// Host CPU time of the QEMUs (owner and peer) per port-1 request in the direct phase, µs
+    /// (median of the repetitions; [`crate::cputime`]).
+    pub direct_cpu_us_per_request: Option<f64>,
+    /// The same per port-2 request in the forwarded phase, µs (median).
+    pub forwarded_cpu_us_per_request: Option<f64>,
+    /// The same per port-2 request from the first forwarded completion on (the forwarded path
+    /// without the switch), µs (median).
+    pub forwarded_after_switch_cpu_us_per_request: Option<f64>,
+    /// Cores the QEMUs kept busy in the direct phase, percent of one (median).
+    pub direct_cores_percent: Option<f64>,
+    /// The same in the forwarded phase (median).
+    pub forwarded_cores_percent: Option<f64>,
+    /// The same from the first forwarded completion on (median).
+    pub forwarded_after_switch_cores_percent: Option<f64>,
     /// Every repetition succeeded.
     pub ok: bool,
     /// Every repetition.
@@ -81,6 +96,8 @@ pub struct HandoffStats {
     pub workload: String,
     /// The blackout (last port-1 → first port-2 completion), ms.
     pub blackout_ms: Option<Summary>,
+    /// The failback's blackout (from `failback` to the first port-1 completion), ms.
+    pub failback_blackout_ms: Option<Summary>,
     /// The longest gap anywhere in each run (the guest's `max_gap_us`), ms.
     pub max_gap_ms: Option<Summary>,
     /// Each phase reached by a successful run, ms, under its bench name
@@ -158,10 +175,19 @@ pub struct BenchReport {
     pub blackout_ms_p99: Option<f64>,
     /// Handoff blackout, max, ms.
     pub blackout_ms_max: Option<f64>,
+    /// Failback blackout, median over the repeated handoffs' failbacks, ms.
+    pub failback_blackout_ms_p50: Option<f64>,
+    /// Failback blackout, max, ms.
+    pub failback_blackout_ms_max: Option<f64>,
     /// Forwarded / direct IOPS at QD 32 (`null-co`).
     pub forwarded_over_direct_iops_qd32: Option<f64>,
     /// Forwarded / direct p50 latency at QD 1 (`null-co`).
     pub forwarded_over_direct_latency_qd1: Option<f64>,
+    /// Host CPU time of the QEMUs per request at QD 32 (`null-co`), µs: `{"direct",
+    /// "forwarded"}` (medians of the side-by-side runs).
+    pub cpu_us_per_request_qd32: Option<Value>,
+    /// The same at QD 1.
+    pub cpu_us_per_request_qd1: Option<Value>,
     /// Live migration downtime of the owner ([`crate::setup::GUEST_MEMORY_MIB`]), median, ms.
     pub migration_downtime_ms: Option<f64>,
     /// QEMU start → the guest's first I/O, median of the direct runs, ms.
@@ -186,6 +212,9 @@ pub struct BenchReport {
     pub machine: Machine,
     /// Direct vs forwarded.
     pub side_by_side: Vec<SideBySide>,
+    /// How the costs grow: blackout against queue depth and requests in flight, downtime
+    /// against guest RAM.
+    pub curves: CostCurves,
     /// The repeated handoffs.
     pub handoffs: HandoffStats,
     /// Migration figures by mode (`live`, `save`).
@@ -204,6 +233,8 @@ pub struct BenchReport {
     pub plot_error: Option<String>,
     /// Where the plot was written.
     pub plot_file: Option<String>,
+    /// Where the cost curves' SVG was written.
+    pub curves_file: Option<String>,
     /// Wall time, s.
     pub elapsed_s: f64,
     /// The plot's SVG text (written to a file by the caller).
@@ -238,8 +269,9 @@ pub(super) fn machine() -> Machine {
     }
 }
 
-/// Writes the plot to `plot` (default: `handoff-timeline.svg` next to `json`) and the report as
-/// JSON to `json`; returns the plot's path, if one was written.
+/// Writes the plot to `plot` (default: `handoff-timeline.svg` next to `json`), the cost curves
+/// to `cost-curves.svg` next to the plot, and the report as JSON to `json`; returns the plot's
+/// path, if one was written.
 pub fn write_outputs(
     report: &mut BenchReport,
     json: Option<&Path>,
@@ -253,6 +285,22 @@ pub fn write_outputs(
         })
     });
     let mut written = None;
+    if let Some(p) = &plot_path {
+        let curves = p
+            .parent()
+            .unwrap_or_else(|| Path::new("."))
+            .join("cost-curves.svg");
+        let subtitle = format!(
+            "accel {}, QEMU {}, {} CPUs ({}){}",
+            report.accel,
+            report.qemu_version,
+            report.machine.nproc,
+            report.machine.cpu_model,
+            if report.quick { ", quick" } else { "" }
+        );
+        std::fs::write(&curves, super::curves::svg(&report.curves, &subtitle))?;
+        report.curves_file = Some(curves.display().to_string());
+    }
     if let (Some(svg), Some(p)) = (&report.plot_svg, plot_path) {
         std::fs::write(&p, svg)?;
         report.plot_file = Some(p.display().to_string());

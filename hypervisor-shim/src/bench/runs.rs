@@ -126,6 +126,7 @@ pub(super) fn side_by_side_runs(
                     passes,
                     switch: Switch::OwnerRequest(blocks * u64::from(passes) / 5),
                     seed: u64::from(rep) + 1,
+                    failback: false,
                 };
                 let o = handoff::run(&plan, common)?;
                 if let Some(v) = &o.report.qemu_version {
@@ -150,15 +151,23 @@ pub(super) fn side_by_side_runs(
                         },
                     )
                 };
+                let cpu = |d: Option<f64>, f: Option<f64>| match (d, f) {
+                    (Some(d), Some(f)) => format!("; host CPU {d:.1} / {f:.1} µs per request"),
+                    _ => String::new(),
+                };
                 ctx.p.say(format!(
-                    "side by side {} QD {qd} ({}/{}){}: direct {}; forwarded {}; blackout {} ms",
+                    "side by side {} QD {qd} ({}/{}){}: direct {}; forwarded {}; blackout {} ms{}",
                     disk.as_str(),
                     rep + 1,
                     cfg.side_reps,
                     if r.ok { "" } else { " (FAILED)" },
                     port(&r.port1),
                     port(&r.port2),
-                    r.blackout_ms.map_or("-".into(), |b| format!("{b:.1}"))
+                    r.blackout_ms.map_or("-".into(), |b| format!("{b:.1}")),
+                    cpu(
+                        cpu_phase(&r, CpuPath::Direct).and_then(|p| p.cpu_us_per_request),
+                        cpu_phase(&r, CpuPath::Forwarded).and_then(|p| p.cpu_us_per_request)
+                    )
                 ));
                 reps.push(r);
             }
@@ -191,7 +200,7 @@ pub(super) fn repeated_handoffs(
         .round()
         .max(20.0) as u64;
     ctx.p.say(format!(
-        "{} handoffs (live and save alternating), QD 32, {writes} writes on a tmpfs file, switch {switch_ms} ms after the first I/O (~20 % in at {direct_iops} IOPS)",
+        "{} handoffs (live and save alternating, each with a failback), QD 32, {writes} writes on a tmpfs file, switch {switch_ms} ms after the first I/O (~20 % in at {direct_iops} IOPS)",
         cfg.handoffs
     ));
     let mut runs = Vec::new();
@@ -207,6 +216,7 @@ pub(super) fn repeated_handoffs(
             passes,
             switch: Switch::AfterMs(switch_ms),
             seed: u64::from(i) + 1,
+            failback: true,
         };
         let o = handoff::run(&plan, common)?;
         let r = &o.run;
@@ -224,12 +234,13 @@ pub(super) fn repeated_handoffs(
             .map(|s| format!("{} → {} {}", s.from, s.to, f(r.phases.get(s))))
             .collect();
         ctx.p.say(format!(
-            "handoff {}/{} {}{}: blackout {} ms ({} → {} {} ms: {}); migration downtime {} ms, total {} ms",
+            "handoff {}/{} {}{}: blackout {} ms, failback {} ms ({} → {} {} ms: {}); migration downtime {} ms, total {} ms",
             i + 1,
             cfg.handoffs,
             mode.as_str(),
             if r.ok { "" } else { " (FAILED)" },
             f(r.blackout_ms),
+            f(r.failback_blackout_ms),
             steps::HANDOFF.from,
             steps::HANDOFF.to,
             f(r.phases.get(&steps::HANDOFF)),
@@ -273,6 +284,7 @@ pub(super) fn repeated_handoffs(
         ok: good.len(),
         workload: format!("{} QD 32, {writes} writes", Disk::Tmpfs.as_str()),
         blackout_ms: blackout,
+        failback_blackout_ms: Summary::of(&collect(&|r| r.failback_blackout_ms)),
         max_gap_ms: Summary::of(&collect(&|r| r.max_gap_ms)),
         phases,
         runs: runs.clone(),
@@ -428,6 +440,13 @@ fn side_by_side(disk: Disk, qd: u16, writes: u64, runs: Vec<HandoffRun>) -> Side
     let med_ratio = |f: &dyn Fn(&PortStatsReport) -> u64| ratios(f).map(|s| s.p50);
     let range = |f: &dyn Fn(&PortStatsReport) -> u64| ratios(f).map(|s| (s.min, s.max));
     let blackouts: Vec<f64> = good.iter().filter_map(|r| r.blackout_ms).collect();
+    let cpu = |path: CpuPath, f: &dyn Fn(&crate::cputime::CpuPhase) -> Option<f64>| {
+        let v: Vec<f64> = good
+            .iter()
+            .filter_map(|r| cpu_phase(r, path).and_then(f))
+            .collect();
+        stats::median(&v)
+    };
     SideBySide {
         disk: disk.as_str().into(),
         qd,
@@ -442,8 +461,37 @@ fn side_by_side(disk: Disk, qd: u16, writes: u64, runs: Vec<HandoffRun>) -> Side
         iops_ratio_range: range(&|p| p.iops),
         p50_latency_ratio_range: range(&|p| p.p50_us),
         blackout_ms: stats::median(&blackouts),
+        direct_cpu_us_per_request: cpu(CpuPath::Direct, &|p| p.cpu_us_per_request),
+        forwarded_cpu_us_per_request: cpu(CpuPath::Forwarded, &|p| p.cpu_us_per_request),
+        forwarded_after_switch_cpu_us_per_request: cpu(CpuPath::AfterSwitch, &|p| {
+            p.cpu_us_per_request
+        }),
+        direct_cores_percent: cpu(CpuPath::Direct, &|p| p.cores_percent),
+        forwarded_cores_percent: cpu(CpuPath::Forwarded, &|p| p.cores_percent),
+        forwarded_after_switch_cores_percent: cpu(CpuPath::AfterSwitch, &|p| p.cores_percent),
         ok: !runs.is_empty() && good.len() == runs.len(),
         runs,
+    }
+}
+
+/// A phase of a side-by-side run's `cpu_time`.
+#[derive(Clone, Copy)]
+enum CpuPath {
+    /// First I/O → directed.
+    Direct,
+    /// Directed → the workload's end.
+    Forwarded,
+    /// First forwarded completion → the workload's end.
+    AfterSwitch,
+}
+
+/// A run's CPU time in phase `path`.
+fn cpu_phase(r: &HandoffRun, path: CpuPath) -> Option<&crate::cputime::CpuPhase> {
+    let c = r.cpu_time.as_ref()?;
+    match path {
+        CpuPath::Direct => c.direct.as_ref(),
+        CpuPath::Forwarded => c.forwarded.as_ref(),
+        CpuPath::AfterSwitch => c.forwarded_after_switch.as_ref(),
     }
 }
 

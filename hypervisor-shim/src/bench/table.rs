@@ -55,6 +55,13 @@ fn handoff_table(t: &mut String, h: &HandoffStats) {
         "**blackout** (last port-1 → first port-2 completion)",
         h.blackout_ms.as_ref(),
     );
+    if h.failback_blackout_ms.is_some() {
+        row(
+            t,
+            "**failback blackout** (`failback` → first port-1 completion)",
+            h.failback_blackout_ms.as_ref(),
+        );
+    }
     let listed = |s: &Span| PHASE_ROWS.iter().any(|(r, _)| r == s);
     let rows = PHASE_ROWS
         .iter()
@@ -117,9 +124,12 @@ impl BenchReport {
         let _ = writeln!(t);
         let _ = writeln!(
             t,
-            "| disk | QD | runs × writes | direct IOPS | forwarded IOPS | IOPS ratio [runs' range] | direct p50/p99/max µs | forwarded p50/p99/max µs | p50 ratio [range] | blackout ms |"
+            "| disk | QD | runs × writes | direct IOPS | forwarded IOPS | IOPS ratio [runs' range] | host CPU µs/request direct / forwarded (after the switch) | cores busy % direct / forwarded (after the switch) | direct p50/p99/max µs | forwarded p50/p99/max µs | p50 ratio [range] | blackout ms |"
         );
-        let _ = writeln!(t, "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+        let _ = writeln!(
+            t,
+            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        );
         let lat = |p: &Option<PortStatsReport>| {
             p.map_or("–".into(), |p| {
                 format!("{}/{}/{}", p.p50_us, p.p99_us, p.max_us)
@@ -129,7 +139,7 @@ impl BenchReport {
         for s in &self.side_by_side {
             let _ = writeln!(
                 t,
-                "| {} | {} | {} × {} | {} | {} | {} {} | {} | {} | {} {} | {} |",
+                "| {} | {} | {} × {} | {} | {} | {} {} | {} / {} ({}) | {} / {} ({}) | {} | {} | {} {} | {} |",
                 s.disk,
                 s.qd,
                 s.reps,
@@ -138,6 +148,12 @@ impl BenchReport {
                 iops(&s.forwarded),
                 f3(s.iops_ratio),
                 span(s.iops_ratio_range),
+                f1(s.direct_cpu_us_per_request),
+                f1(s.forwarded_cpu_us_per_request),
+                f1(s.forwarded_after_switch_cpu_us_per_request),
+                f1(s.direct_cores_percent),
+                f1(s.forwarded_cores_percent),
+                f1(s.forwarded_after_switch_cores_percent),
                 lat(&s.direct),
                 lat(&s.forwarded),
                 f3(s.p50_latency_ratio),
@@ -147,6 +163,7 @@ impl BenchReport {
         }
         let _ = writeln!(t);
         handoff_table(&mut t, &self.handoffs);
+        self.curves.markdown(&mut t);
         let _ = writeln!(
             t,
             "| migration | runs | downtime median [max] ms | total median [max] ms |"
@@ -220,6 +237,7 @@ mod tests {
             ok: 1,
             workload: "tmpfs-file QD 32, 8 writes".into(),
             blackout_ms: None,
+            failback_blackout_ms: None,
             max_gap_ms: None,
             phases: phase_summaries(&[phases]),
             runs: Vec::new(),

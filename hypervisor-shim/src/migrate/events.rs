@@ -7,6 +7,9 @@ use baton_core::console::{GuestLine, Kind, LineError, SwitchKind, SwitchLine};
 use std::os::fd::AsRawFd;
 
 use super::*;
+
+/// Most `BATON steps` lines kept (two per guest and cycle; `soak` runs 100 cycles).
+const MAX_STEPS_LINES: usize = 512;
 use crate::report::CompletionTimeline;
 
 impl Scenario<'_> {
@@ -218,7 +221,7 @@ impl Scenario<'_> {
 
     /// A guest's account of a switch ([`baton_core::guest_steps`]), kept for the report.
     fn on_steps_line(&mut self, l: baton_core::guest_steps::StepsLine) {
-        if self.facts.guest_steps.len() < super::scenario::MAX_STEPS_LINES {
+        if self.facts.guest_steps.len() < MAX_STEPS_LINES {
             self.facts.guest_steps.push(l);
         }
     }

@@ -89,6 +89,7 @@ pub(super) fn failed_setup_report(
         guest_report_error: None,
         iops: None,
         guest_elapsed_us: None,
+        cpu_time: None,
         elapsed_ms: ms_between(progress.t0(), Instant::now()),
         timeline: progress.take_lines(),
         qmp_events: Vec::new(),
@@ -435,6 +436,11 @@ pub(super) fn build_report(
         guest_report_error,
         iops: g.map(|r| r.iops),
         guest_elapsed_us: g.map(|r| r.elapsed_us),
+        cpu_time: Some(
+            s.facts
+                .cpu
+                .report(s.facts.drained.map(|(c, _)| c), g.map(|r| r.port2_requests)),
+        ),
         elapsed_ms,
         timeline,
         qmp_events: std::mem::take(&mut s.facts.events),

@@ -106,12 +106,11 @@ pub(super) struct Facts {
     pub(super) given_up: bool,
     /// The cross-host switchover's times ([`super::crosshost`]).
     pub(super) cross: super::crosshost::CrossHostFacts,
-    /// The guests' `BATON steps` lines, in arrival order (at most [`MAX_STEPS_LINES`]).
+    /// The guests' `BATON steps` lines, in arrival order (at most `MAX_STEPS_LINES`).
     pub(super) guest_steps: Vec<baton_core::guest_steps::StepsLine>,
+    /// The QEMUs' CPU time at the first cycle's phase boundaries (the report's `cpu_time`).
+    pub(super) cpu: crate::cputime::Marks,
 }
-
-/// Most `BATON steps` lines kept (two per guest and cycle; `soak` runs 100 cycles).
-pub(super) const MAX_STEPS_LINES: usize = 512;
 
 /// What goes into the report as it is: notes, failures found while running, the QEMUs.
 #[derive(Debug, Default)]
@@ -336,12 +335,14 @@ impl Scenario<'_> {
     /// One cycle's steps after its switch point: handoff, migration, failback.
     fn run_cycle(&mut self, p: &mut Progress, n: u32) -> Result<(), Abort> {
         self.maybe_inject(p, recovery::Inject::ShmFull);
+        self.mark_cpu(crate::cputime::Boundary::Directed);
         match self.hand_over(p) {
             Ok(()) => {}
             Err(e) if self.can_take_back(&e) => return self.take_back(p, e),
             Err(e) => return Err(e),
         }
         self.await_first_completion(p)?;
+        self.mark_cpu(crate::cputime::Boundary::FirstForwarded);
         self.maybe_inject(p, recovery::Inject::PeerCrashForwarding);
         self.maybe_inject(p, recovery::Inject::PeerHangForwarding);
         self.maybe_inject(p, recovery::Inject::StorageRestartForwarding);
@@ -363,6 +364,11 @@ impl Scenario<'_> {
     fn begin_cycle(&mut self, p: &mut Progress, n: u32) -> Result<(), Abort> {
         self.cycle = n;
         if n == 1 {
+            // The owner's first I/O starts the direct phase of the report's `cpu_time`.
+            self.wait_until(p, "the owner's first I/O", HELLO_TIMEOUT, |s| {
+                Ok(s.facts.owner_lines.first_io)
+            })?;
+            self.mark_cpu(crate::cputime::Boundary::FirstIo);
             return self.wait_for_switch(p);
         }
         self.record = HandoffRecord::new(Direction::OWNER_TO_PEER);
@@ -412,6 +418,12 @@ impl Scenario<'_> {
             .map(|(l, _)| l.gap_us as f64 / 1000.0)
     }
 
+    /// Samples the owner's and the peer's QEMU at `b`, once ([`crate::cputime`]).
+    fn mark_cpu(&mut self, b: crate::cputime::Boundary) {
+        let (o, p) = (self.vms.owner.qemu.pid(), self.vms.peer.qemu.pid());
+        self.facts.cpu.mark(b, &[("owner", o), ("peer", p)]);
+    }
+
     /// Every cycle's handoff record, each followed by its failback's (directions say which).
     pub(super) fn records(&self) -> Vec<HandoffRecord> {
         self.cycles
@@ -448,6 +460,9 @@ impl Scenario<'_> {
         let start = Instant::now();
         loop {
             self.step(p)?;
+            if self.facts.owner_lines.result.is_some() {
+                self.mark_cpu(crate::cputime::Boundary::End);
+            }
             if self.vms.owner.poll_exit().is_some() {
                 return Ok(());
             }

@@ -382,6 +382,10 @@ pub struct MigrateReport {
     pub iops: Option<u64>,
     /// Guest's figure: first submission → last completion, in µs.
     pub guest_elapsed_us: Option<u64>,
+    /// Host CPU time of the QEMUs (owner and peer) in the direct phase (first I/O → the first
+    /// handoff directed) and the forwarded one (→ the owner's workload ended), per request
+    /// completed in each ([`crate::cputime`]); null when the scenario did not start.
+    pub cpu_time: Option<crate::cputime::CpuTimeReport>,
     /// Wall time of the whole scenario, in ms.
     pub elapsed_ms: f64,
     /// The progress display, timestamped.

@@ -11,7 +11,7 @@ use crate::control::{
     SeqTracker, Side,
 };
 use crate::ring::{
-    self, MAX_SLOTS, MIN_REGION_LEN, Op, RingClient, RingServer, SECTOR_SIZE, SLOT_SIZE,
+    self, MAX_SLOTS, MIN_REGION_LEN, Op, RingClient, RingError, RingServer, SECTOR_SIZE, SLOT_SIZE,
     SharedRegion, Status, Submission,
 };
 
@@ -229,12 +229,23 @@ fn script(words: &[AtomicU64], capacity: u64, data: &[u8]) {
     let mut next_id = 0u64;
     let mut page = [0u8; SLOT_SIZE];
     let mut steps = 0u32;
+    // Set when `reserve_slot` found every slot taken. Only the client's own calls in ops 1 and 7
+    // give slots back (op 8 is counted too, to be safe), so until one runs another reservation
+    // would scan all the slots again for the same answer: skip it.
+    let mut no_free_slot = false;
     while !input.is_empty() && steps < 4096 {
         steps += 1;
         match input.byte() % 10 {
             0 => {
-                let Ok(slot) = client.reserve_slot() else {
+                if no_free_slot {
                     continue;
+                }
+                let slot = match client.reserve_slot() {
+                    Ok(slot) => slot,
+                    Err(e) => {
+                        no_free_slot = matches!(e, RingError::NoFreeSlot);
+                        continue;
+                    }
                 };
                 let op = match input.byte() % 4 {
                     0 => Op::Flush,
@@ -266,7 +277,10 @@ fn script(words: &[AtomicU64], capacity: u64, data: &[u8]) {
                     let _ = client.release_slot(slot);
                 }
             }
-            1 => consume(&mut client, &mut expected),
+            1 => {
+                no_free_slot = false;
+                consume(&mut client, &mut expected);
+            }
             2 => {
                 if let Some(Ok(sub)) = server.poll_submission() {
                     check_submission(&sub, &server, capacity);
@@ -303,12 +317,14 @@ fn script(words: &[AtomicU64], capacity: u64, data: &[u8]) {
                 let _ = region.write_u64(offset, input.u64());
             }
             7 => {
+                no_free_slot = false;
                 if client.fault().is_some() {
                     client.abandon(|_| {});
                     expected.ids = [None; SLOTS];
                 }
             }
             8 => {
+                no_free_slot = false;
                 client.heartbeat();
                 server.heartbeat();
                 let _ = (client.peer_state(), server.owner_state());

@@ -414,9 +414,8 @@ impl Feeder {
     /// state, and [`HandoffState::after`] takes it without panicking.
     ///
     /// These are pure functions of the message and the state, so a message equal to one already
-    /// checked in this input is skipped: the check is 14 states x 2 senders x 3 table scans, and
-    /// inputs that repeat a frame (most of what the fuzzer makes from the seeds) spent most of
-    /// their time here re-checking it.
+    /// checked in this input is skipped: the check costs 14 states x 2 senders x 3 table scans,
+    /// and the fuzzer's inputs often repeat a frame.
     fn check_table(&mut self, msg: control::Message) {
         if self.checked.contains(&Some(msg)) {
             return;

@@ -237,7 +237,11 @@ pub fn parse_line(line: &str) -> Result<TimelineLine, TimelineError> {
         };
         let value = u16::try_from(num(value)?)
             .map_err(|_| TimelineError::BadValue(ShortStr::new(value)))?;
-        let run = usize::try_from(run).map_err(|_| TimelineError::OutOfRange)?;
+        // A run of 0 would print as nothing (`counts=` or a missing item), which does not parse.
+        let run = usize::try_from(run)
+            .ok()
+            .filter(|&r| r > 0)
+            .ok_or(TimelineError::OutOfRange)?;
         let end = len.checked_add(run).ok_or(TimelineError::OutOfRange)?;
         counts
             .get_mut(len..end)
@@ -301,6 +305,8 @@ mod tests {
         assert_eq!(parse_line(ok).unwrap().counts(), &[1, 0, 0, 0, 2]);
         assert!(parse_line(&ok.replace("bin_us=1000", "bin_us=0")).is_err());
         assert!(parse_line(&ok.replace("0*3", "0*300")).is_err());
+        assert!(parse_line(&ok.replace("0*3", "0*0")).is_err(), "a run of 0");
+        assert!(parse_line("BATON timeline start_us=0 bin_us=1000 from=0 counts=4*0").is_err());
         assert!(parse_line(&ok.replace("1,0", "70000,0")).is_err());
         assert!(parse_line(&ok.replace("from=0 ", "")).is_err());
         assert!(parse_line(&std::format!("{ok} extra=1")).is_err());

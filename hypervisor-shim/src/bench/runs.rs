@@ -371,7 +371,9 @@ pub(super) fn redirector_bench(ctx: &mut Ctx<'_>) -> Option<redirector::Redirect
             },
         };
         match (&r.vs_mutex_4_threads, &r.error) {
-            (Some(v), None) => ctx.p.say(format!("redirector vs Mutex (the worse of 1 and 2 threads): {v}")),
+            (Some(v), None) => ctx.p.say(format!(
+                "redirector vs Mutex (the worse of 1 and 2 threads): {v}"
+            )),
             (_, e) => ctx.p.say(format!(
                 "redirector: unavailable: {}",
                 e.as_deref().unwrap_or("?")

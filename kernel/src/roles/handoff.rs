@@ -171,6 +171,11 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         self.armed.take()
     }
 
+    /// Whether a frame from the shim is arriving (its first bytes came in).
+    pub fn link_receiving(&self) -> bool {
+        self.ctl.as_ref().is_some_and(|c| c.receiving())
+    }
+
     /// The control link, for tests and diagnostics.
     pub fn link(&mut self) -> Option<&mut C> {
         self.ctl.as_mut()
@@ -492,6 +497,13 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
             self.held_at_switch = u64::from(held);
         }
         let completed = stack.port1_requests;
+        // `drained` first: it says only that port 1 has nothing in flight, and its round trip
+        // through the shim overlaps the device's reset (about 1.4 ms under TCG), which
+        // `released` must wait for.
+        self.send(Message::Drained {
+            completed,
+            held: u32::from(held),
+        });
         if let Some(dev) = stack.detach_port1() {
             dev.release();
         }
@@ -503,10 +515,6 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         // holding its big lock for milliseconds, and the frames' bytes need that lock too
         // (docs/design.md, "Where the blackout goes"). A console line costs a VM exit per byte,
         // so it comes after the frames.
-        self.send(Message::Drained {
-            completed,
-            held: u32::from(held),
-        });
         self.send(Message::Released {
             slot: self.disk_slot,
         });

@@ -38,6 +38,12 @@ pub trait ControlLink {
     fn arrived(&mut self) -> bool {
         false
     }
+
+    /// Whether a frame is arriving now (its first bytes came in): a guest should keep polling
+    /// rather than halt. `false` where nothing tells (the host tests' links).
+    fn receiving(&self) -> bool {
+        false
+    }
 }
 
 /// What the owner's handoff needs from the machine.

@@ -40,6 +40,10 @@ impl ControlLink for ControlChannel {
     fn arrived(&mut self) -> bool {
         crate::platform::interrupts::take_wake()
     }
+
+    fn receiving(&self) -> bool {
+        ControlChannel::receiving(self)
+    }
 }
 
 /// The guest's clock for the workload: the TSC, calibrated at boot.
@@ -121,10 +125,12 @@ pub fn run(cfg: &GuestConfig) -> ! {
             Err(e) => panic!("workload failed: {e:?}"),
         }
         // No port can complete anything while the device is away and port 2 not yet open (or,
-        // in a failback, until the disk is back): halt until the shim's next frame (COM2's
-        // interrupt) or the next tick, leaving the host CPU to the QEMUs, the shim and the peer,
+        // in a failback, until the disk is back): unless a frame is arriving, halt until the
+        // shim's next frame (COM2's interrupt) or the next tick, leaving the host CPU to the QEMUs, the shim and the peer,
         // which have the handoff's work to do.
-        if matches!(stack.state(), State::Released | State::FailbackDrained) {
+        if matches!(stack.state(), State::Released | State::FailbackDrained)
+            && !handoff.link_receiving()
+        {
             interrupts::wait_for_interrupt();
         }
     }

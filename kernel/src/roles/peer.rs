@@ -36,6 +36,9 @@ const SETUP_WAIT_US: u64 = 600_000_000;
 /// depth 1 the owner's own work between two requests under TCG exceeded 200 µs often enough to put
 /// the forwarded p99 near 1 ms. 2 ms of polling covers those gaps; an idle peer still halts.
 const SPIN_BEFORE_HALT_US: u64 = 2_000;
+/// How long the peer polls without halting after it attached to the ring, waiting for the
+/// owner's first forwarded request.
+const FIRST_REQUEST_SPIN_US: u64 = 20_000;
 /// How long `release-disk` waits for requests still at the device (none are, once the owner's
 /// port 2 drained).
 const RELEASE_WAIT_US: u64 = 10_000_000;
@@ -66,7 +69,9 @@ pub fn run(cfg: &GuestConfig) -> ! {
         steps::mark(StepName::RingAttached);
         ctl.send(Message::PeerReady { capacity_sectors });
         steps::mark(StepName::PeerReady);
-        log::info!(
+        // Debug only: the owner forwards within a millisecond or so, and a console line (a VM
+        // exit per byte) would keep the peer from seeing it; `BATON steps` follows later.
+        log::debug!(
             "peer: serving the ring, disk in slot {disk_slot}, {capacity_sectors} sectors (cycle {cycle})"
         );
         let disk = serve(cfg, server, disk, &mut ctl, region, cycle);
@@ -231,7 +236,11 @@ fn serve(
             idle = Stopwatch::start();
         } else {
             let idle_us = idle.elapsed_us();
-            if idle_us > SPIN_BEFORE_HALT_US {
+            // Until the first request came, work is due at any moment: the owner forwards as soon
+            // as it sees this side of the ring `Ready` (at most a tick), so halting would add up
+            // to a tick of the peer's too to the blackout.
+            let awaiting_first = !requested && idle_us < FIRST_REQUEST_SPIN_US;
+            if idle_us > SPIN_BEFORE_HALT_US && !awaiting_first {
                 interrupts::idle(idle_us);
             }
         }
@@ -262,6 +271,7 @@ fn inject_bad_completion(region: SharedRegion<'static>) -> ! {
 /// Prints the `BATON steps` line of the switch under way, if any, and ends it.
 fn print_steps() {
     if let Some(line) = steps::take() {
+        log::info!("peer: {} {} done", line.kind, line.n);
         crate::platform::serial::print_line(&GuestLine::Steps(line));
     }
 }

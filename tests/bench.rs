@@ -154,6 +154,8 @@ fn quick_bench_reports_every_figure_and_a_plot() {
     // missing here would be a step not recorded).
     for k in [
         "directed_to_drained_ms",
+        "drained_to_released_ms",
+        "released_to_attached_ms",
         "drained_to_deleted_ms",
         "deleted_to_attached_ms",
         "attached_to_first_forwarded_ms",

@@ -262,6 +262,22 @@ pub const DRIVE_RELEASED_TO_READY: Span = span(
     Some("device_deleted_to_attached_ms"),
     Some("deleted_to_attached_ms"),
 );
+/// The owner's frames: [`Step::Drained`] → [`Step::Released`] (`drained` → `released`: the
+/// device's reset and the `drained` frame's round trip). On the blackout's path since issue 12.
+pub const DRAINED_TO_RELEASED: Span = span(
+    Step::Drained,
+    Step::Released,
+    None,
+    Some("drained_to_released_ms"),
+);
+/// The peer's `device_add`: [`Step::Released`] → [`Step::Attached`] (`released` → `disk-attached`
+/// sent). On the blackout's path since issue 12.
+pub const RELEASED_TO_ATTACHED: Span = span(
+    Step::Released,
+    Step::Attached,
+    None,
+    Some("released_to_attached_ms"),
+);
 /// [`Step::Ready`] → [`Step::FirstCompletion`] ("attached" = peer ready, as above).
 pub const READY_TO_FIRST_COMPLETION: Span = span(
     Step::Ready,
@@ -320,8 +336,10 @@ pub const PEER_INIT: Span = span(Step::Attached, Step::Ready, None, Some("peer_i
 
 /// Every named span, in report order then the bench's sub-phases: the one table from step pairs
 /// to the report's and the bench's field names.
-pub const SPANS: [Span; 12] = [
+pub const SPANS: [Span; 14] = [
     DIRECTED_TO_DRAINED,
+    DRAINED_TO_RELEASED,
+    RELEASED_TO_ATTACHED,
     DRAINED_TO_DRIVE_RELEASED,
     DRIVE_RELEASED_TO_READY,
     READY_TO_FIRST_COMPLETION,

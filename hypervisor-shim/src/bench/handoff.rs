@@ -88,10 +88,11 @@ pub fn bench_spans() -> impl Iterator<Item = &'static Span> {
 
 /// The consecutive phases from [`steps::Step::Directed`] to [`steps::Step::FirstCompletion`]:
 /// each starts where the one before ends (the progress line and the plot's bands).
-pub const CHAIN: [Span; 4] = [
+pub const CHAIN: [Span; 5] = [
     steps::DIRECTED_TO_DRAINED,
-    steps::DRAINED_TO_DRIVE_RELEASED,
-    steps::DRIVE_RELEASED_TO_READY,
+    steps::DRAINED_TO_RELEASED,
+    steps::RELEASED_TO_ATTACHED,
+    steps::PEER_INIT,
     steps::READY_TO_FIRST_COMPLETION,
 ];
 
@@ -99,10 +100,12 @@ pub const CHAIN: [Span; 4] = [
 fn gloss(span: &Span) -> &'static str {
     match *span {
         steps::DIRECTED_TO_DRAINED => "port 1 drains",
-        steps::DRAINED_TO_DRIVE_RELEASED => "QEMU's hot-unplug",
+        steps::DRAINED_TO_RELEASED => "the device's reset, the owner's frames",
+        steps::RELEASED_TO_ATTACHED => "device_add in the peer",
+        steps::DRAINED_TO_DRIVE_RELEASED => "QEMU's hot-unplug, off the blackout",
         steps::DRIVE_RELEASED_TO_READY => "device_add, the peer's virtio init",
         steps::SHIM_REACTION => "DEVICE_DELETED → the shim acts",
-        steps::TO_ATTACHED => "device_add in the peer ∥ the owner's `released` → disk-attached",
+        steps::TO_ATTACHED => "the shim saw DEVICE_DELETED → disk-attached",
         steps::PEER_INIT => "disk-attached → peer-ready: the peer's virtio init",
         steps::READY_TO_FIRST_COMPLETION => "first forwarded",
         steps::HANDOFF => "the handoff: redirect → forwarding",

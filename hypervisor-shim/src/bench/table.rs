@@ -13,14 +13,16 @@ use crate::steps::{self, Span};
 /// The handoff table's rows in reading order: each bench span ([`bench_spans`]), and whether it
 /// is a part of the row above (`… of which:`). Rows are named by [`span_label`] and their figures
 /// found under the span's bench name; a bench span missing here still gets a row, at the end.
-const PHASE_ROWS: [(Span, bool); 10] = [
+const PHASE_ROWS: [(Span, bool); 12] = [
     (steps::DIRECTED_TO_DRAINED, false),
+    (steps::DRAINED_TO_RELEASED, false),
+    (steps::RELEASED_TO_ATTACHED, false),
+    (steps::PEER_INIT, false),
+    (steps::READY_TO_FIRST_COMPLETION, false),
     (steps::DRAINED_TO_DRIVE_RELEASED, false),
     (steps::DRIVE_RELEASED_TO_READY, false),
     (steps::SHIM_REACTION, true),
     (steps::TO_ATTACHED, true),
-    (steps::PEER_INIT, true),
-    (steps::READY_TO_FIRST_COMPLETION, false),
     (steps::HANDOFF, false),
     (steps::MIGRATION_SETUP, false),
     (steps::MIGRATION, false),

@@ -52,13 +52,13 @@ pub(super) fn targets(r: &BenchReport) -> Vec<Target> {
     };
     let mut out = Vec::new();
     let breakdown = format!(
-        "medians: port-1 drain {} ms (before the blackout); in it: QEMU releases the drive {} ms \
-         after `drained`, the shim acts {} ms later, device_add ∥ the owner's `released` {} ms, \
-         the peer's PCI + virtio-blk bring-up {} ms, peer ready → first forwarded {} ms",
+        "medians: port-1 drain {} ms (before the blackout); in it: `drained` → `released` {} ms \
+         (the reset, the owner's frames), the peer's device_add {} ms, disk-attached → \
+         peer-ready {} ms (the peer's bring-up, COM2 both ways), peer ready → first forwarded {} \
+         ms; each guest's own steps are in the migrate reports' `guest_steps`",
         f(ph(&steps::DIRECTED_TO_DRAINED)),
-        f(ph(&steps::DRAINED_TO_DRIVE_RELEASED)),
-        f(ph(&steps::SHIM_REACTION)),
-        f(ph(&steps::TO_ATTACHED)),
+        f(ph(&steps::DRAINED_TO_RELEASED)),
+        f(ph(&steps::RELEASED_TO_ATTACHED)),
         f(ph(&steps::PEER_INIT)),
         f(ph(&steps::READY_TO_FIRST_COMPLETION)),
     );

@@ -434,7 +434,7 @@ mod tests {
         );
         assert_eq!(
             Value::Object(virtio_blk_device_props("disk0", HOTPLUG_DISK_SLOT)),
-            serde_json::json!({"drive": "disk0", "addr": "0x5"})
+            serde_json::json!({"drive": "disk0", "addr": "0x5", "share-rw": true})
         );
     }
 

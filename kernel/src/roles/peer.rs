@@ -70,7 +70,7 @@ pub fn run(cfg: &GuestConfig) -> ! {
         ctl.send(Message::PeerReady { capacity_sectors });
         steps::mark(StepName::PeerReady);
         // Debug only: the owner forwards within a millisecond or so, and a console line (a VM
-        // exit per byte) would keep the peer from seeing it; `BATON steps` follows later.
+        // exit per byte) would keep the peer from seeing it; `serve` says it once it served.
         log::debug!(
             "peer: serving the ring, disk in slot {disk_slot}, {capacity_sectors} sectors (cycle {cycle})"
         );
@@ -210,6 +210,8 @@ fn serve(
         if !served && service.completed() > 0 && release.is_none() {
             served = true;
             steps::mark(StepName::FirstServed);
+            // After the first completion is in the ring: the owner's blackout is over.
+            log::info!("peer: serving the ring (cycle {cycle})");
         }
         // The handoff's steps go out once the peer has nothing to do, off the owner's blackout.
         if served && !busy && release.is_none() && steps::current().is_some() {

@@ -152,11 +152,22 @@ pub struct Point {
 impl Point {
     /// Samples `pids` (`(label, pid)`) now.
     pub fn take(pids: &[(&'static str, u32)]) -> Self {
+        Self::take_or(pids, &[])
+    }
+
+    /// Samples `pids` now; a process that cannot be read (it exited and was reaped) is taken
+    /// from `last`, the samples read from the zombies of those that exited, by pid.
+    pub fn take_or(pids: &[(&'static str, u32)], last: &[ProcessSample]) -> Self {
         Self {
             at: Instant::now(),
             processes: pids
                 .iter()
-                .filter_map(|&(l, pid)| ProcessSample::of(pid).ok().map(|s| (l, s)))
+                .filter_map(|&(l, pid)| {
+                    let s = ProcessSample::of(pid)
+                        .ok()
+                        .or_else(|| last.iter().find(|s| s.pid == pid).cloned())?;
+                    Some((l, s))
+                })
                 .collect(),
         }
     }
@@ -278,6 +289,11 @@ fn phase(a: &Point, b: &Point, requests: Option<u64>) -> CpuPhase {
 impl Marks {
     /// Samples `pids` (`(label, pid)`) as boundary `b`, unless `b` was sampled already.
     pub fn mark(&mut self, b: Boundary, pids: &[(&'static str, u32)]) {
+        self.mark_or(b, pids, &[]);
+    }
+
+    /// As [`Marks::mark`], a process already reaped taken from `last` ([`Point::take_or`]).
+    pub fn mark_or(&mut self, b: Boundary, pids: &[(&'static str, u32)], last: &[ProcessSample]) {
         let slot = match b {
             Boundary::FirstIo => &mut self.first_io,
             Boundary::Directed => &mut self.directed,
@@ -285,7 +301,7 @@ impl Marks {
             Boundary::End => &mut self.end,
         };
         if slot.is_none() {
-            *slot = Some(Point::take(pids));
+            *slot = Some(Point::take_or(pids, last));
         }
     }
 
@@ -365,6 +381,41 @@ mod tests {
         assert_eq!(
             at(5, &[]).cpu_since(&at(3, &[])),
             Some((2.0, CpuSource::Stat))
+        );
+    }
+
+    #[test]
+    fn a_process_reaped_before_the_end_is_taken_from_its_zombie_sample() {
+        // A child that exited: sampled while it is a zombie, then reaped.
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "i=0; while [ $i -lt 20000 ]; do i=$((i+1)); done"])
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = Point::take(&[("owner", pid)]);
+        assert_eq!(start.processes.len(), 1);
+        // SAFETY: siginfo_t is plain data; waitid writes only into it (WNOWAIT: not reaped).
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; this blocks until the child exited.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid,
+                &raw mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        assert_eq!(r, 0);
+        let zombie = ProcessSample::of(pid).unwrap();
+        child.wait().unwrap();
+        assert!(ProcessSample::of(pid).is_err(), "reaped: /proc has nothing");
+        assert_eq!(Point::take(&[("owner", pid)]).processes.len(), 0);
+        let end = Point::take_or(&[("owner", pid)], std::slice::from_ref(&zombie));
+        assert_eq!(end.processes, [("owner", zombie)]);
+        let p = phase(&start, &end, Some(10));
+        assert!(
+            p.cpu_us.is_some() && p.cpu_us_per_request.is_some(),
+            "{p:?}"
         );
     }
 

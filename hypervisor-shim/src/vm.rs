@@ -16,6 +16,7 @@ use baton_core::cmdline::GuestConfig;
 use baton_core::report::GuestReport;
 
 use crate::console::{Recv, SerialConsole, StderrCapture};
+use crate::cputime::ProcessSample;
 use crate::qemu::{EXIT_FAILURE, EXIT_SUCCESS, MachineSpec, QemuError, QemuProcess};
 use crate::qmp::{self, Qmp, QmpError};
 use crate::report::GuestExit;
@@ -94,6 +95,9 @@ pub struct Vm {
     pub exit: Option<ExitStatus>,
     /// When the shim saw QEMU exit.
     pub exited_at: Option<Instant>,
+    /// QEMU's CPU time read from its zombie just before [`Vm::poll_exit`] reaped it (the end of
+    /// a `cpu_time` phase may fall after the exit: [`crate::cputime`]).
+    pub final_cpu: Option<ProcessSample>,
     /// The QEMU command line, for logs and reports.
     pub command: String,
     /// The console log.
@@ -132,6 +136,7 @@ impl Vm {
             events: Vec::new(),
             exit: None,
             exited_at: None,
+            final_cpu: None,
             command,
             serial_log: logs.serial.clone(),
             qmp_socket,
@@ -215,9 +220,15 @@ impl Vm {
 
     /// The exit status once QEMU has exited (non-blocking).
     pub fn poll_exit(&mut self) -> Option<ExitStatus> {
-        if self.exit.is_none()
-            && let Ok(Some(st)) = self.qemu.try_wait()
-        {
+        if self.exit.is_some() {
+            return self.exit;
+        }
+        match self.qemu.exited_unreaped() {
+            Some(false) => return None,
+            Some(true) => self.final_cpu = ProcessSample::of(self.qemu.pid()).ok(),
+            None => {}
+        }
+        if let Ok(Some(st)) = self.qemu.try_wait() {
             self.record_exit(st);
         }
         self.exit

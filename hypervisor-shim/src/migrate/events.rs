@@ -8,9 +8,12 @@ use std::os::fd::AsRawFd;
 
 use super::*;
 
+use crate::report::CompletionTimeline;
+
 /// Most `BATON steps` lines kept (two per guest and cycle; `soak` runs 100 cycles).
 const MAX_STEPS_LINES: usize = 512;
-use crate::report::CompletionTimeline;
+/// How long [`Scenario::drain_owner_console`] waits for an exited owner's console to close.
+const CONSOLE_DRAIN: Duration = Duration::from_millis(500);
 
 impl Scenario<'_> {
     pub(super) fn send(&mut self, to: Role, msg: Message) -> Result<(), Abort> {
@@ -79,6 +82,19 @@ impl Scenario<'_> {
                 self.ctl.inbox.push_back((from, msg, at));
             }
             Err(rej) => p.say(rej.to_string()),
+        }
+    }
+
+    /// Reads the owner's console until it closed (its QEMU exited, so the reader thread gets
+    /// the pipe's end soon), for at most [`CONSOLE_DRAIN`].
+    pub(super) fn drain_owner_console(&mut self, p: &mut Progress) {
+        let deadline = Instant::now() + CONSOLE_DRAIN;
+        loop {
+            self.read_consoles(p);
+            if self.vms.owner.serial_closed || Instant::now() >= deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(2));
         }
     }
 

@@ -199,7 +199,7 @@ impl Scenario<'_> {
         self.fb_record(Step::DriveReleaseSeen, Instant::now());
         p.fb_step(
             Step::DriveReleased,
-            format!("DEVICE_DELETED {what} from the peer's QEMU (image unlocked)"),
+            format!("DEVICE_DELETED {what} from the peer's QEMU (its device gone)"),
         );
         Ok(())
     }
@@ -218,7 +218,7 @@ impl Scenario<'_> {
             self.fb_record(Step::Released, at);
             p.fb_step(
                 Step::Released,
-                format!("the peer reset the device and ejected slot {slot}"),
+                format!("the peer reset the device in slot {slot} (its eject follows)"),
             );
         }
         Ok(())

@@ -46,7 +46,7 @@ impl Scenario<'_> {
             self.record.record(Step::Released, at);
             p.step(
                 Step::Released,
-                format!("the owner reset the device and ejected slot {slot}"),
+                format!("the owner reset the device in slot {slot} (its eject follows)"),
             );
         }
         let attempts = self.add_disk(p, Role::Peer, PEER_DISK_SLOT)?;
@@ -63,7 +63,6 @@ impl Scenario<'_> {
                 ),
             );
         }
-        self.arm_ring_watch();
         self.send(Role::Owner, Message::OpenPort2)?;
         p.say("open-port2 sent to the owner");
         let (_, at) = self.wait_msg(p, Role::Owner, "the owner's `forwarding`", |m| {
@@ -260,7 +259,7 @@ impl Scenario<'_> {
         self.record.record(Step::DriveReleaseSeen, Instant::now());
         p.step(
             Step::DriveReleased,
-            format!("DEVICE_DELETED {what} from the owner's QEMU (image unlocked)"),
+            format!("DEVICE_DELETED {what} from the owner's QEMU (its device gone)"),
         );
         Ok(())
     }
@@ -338,6 +337,10 @@ impl Scenario<'_> {
     /// handoff was directed, device after `attempts` `device_add`s): `disk-attached` to the peer.
     /// The owner's node goes once port 2 is open and its QEMU released the drive.
     pub(super) fn move_disk(&mut self, p: &mut Progress, attempts: u32) -> Result<(), Abort> {
+        // Before the peer has its disk, so before anything can complete: the owner opens port 2
+        // as soon as the peer's side of the ring turns ready, which may be before the shim has
+        // the peer's `peer-ready`.
+        self.arm_ring_watch();
         self.send(
             Role::Peer,
             Message::DiskAttached {
@@ -360,7 +363,8 @@ impl Scenario<'_> {
     }
 
     /// Maps the ring read-only and remembers the completion tail, to see the first forwarded
-    /// completion.
+    /// completion (the ring's file is fresh for each handoff, so the tail read before the
+    /// owner formats the ring is the same 0).
     pub(super) fn arm_ring_watch(&mut self) {
         let Some(shm) = &self.ring.shm else { return };
         match RingWatch::open(shm.path(), ring::HEADER_LEN) {

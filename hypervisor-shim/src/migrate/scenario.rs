@@ -421,7 +421,13 @@ impl Scenario<'_> {
     /// Samples the owner's and the peer's QEMU at `b`, once ([`crate::cputime`]).
     fn mark_cpu(&mut self, b: crate::cputime::Boundary) {
         let (o, p) = (self.vms.owner.qemu.pid(), self.vms.peer.qemu.pid());
-        self.facts.cpu.mark(b, &[("owner", o), ("peer", p)]);
+        let last: Vec<_> = [&self.vms.owner, &self.vms.peer]
+            .iter()
+            .filter_map(|vm| vm.final_cpu.clone())
+            .collect();
+        self.facts
+            .cpu
+            .mark_or(b, &[("owner", o), ("peer", p)], &last);
     }
 
     /// Every cycle's handoff record, each followed by its failback's (directions say which).
@@ -464,6 +470,12 @@ impl Scenario<'_> {
                 self.mark_cpu(crate::cputime::Boundary::End);
             }
             if self.vms.owner.poll_exit().is_some() {
+                // Its console's last lines (the result among them) may reach the shim after
+                // QEMU's exit: the workload's end is then sampled from its zombie.
+                self.drain_owner_console(p);
+                if self.facts.owner_lines.result.is_some() {
+                    self.mark_cpu(crate::cputime::Boundary::End);
+                }
                 return Ok(());
             }
             if setup::interrupted() {

@@ -97,11 +97,14 @@ impl Scenario<'_> {
         let (msg, _) = self.wait_msg(p, Role::Owner, "the owner's answer to `take-back`", |m| {
             matches!(m, Message::Direct | Message::Abandoned { .. })
         })?;
-        if let Message::Abandoned { held, .. } = msg {
+        if let Message::Abandoned { replay, held } = msg {
             facts.held = Some(held);
+            facts.replayed = Some(replay);
             facts.disk_replugged = true;
+            self.facts.requests_replayed += u64::from(replay);
             p.say(format!(
-                "the owner had released its device; {held} requests held: the disk goes back to it"
+                "the owner had released its device; {replay} forwarded requests to replay, \
+                 {held} held: the disk goes back to it"
             ));
             self.replug_owner_disk(p)?;
             self.wait_msg(p, Role::Owner, "the owner's `direct`", |m| {

@@ -95,6 +95,29 @@ impl QemuProcess {
         Ok(self.exited)
     }
 
+    /// Whether QEMU has exited and is not reaped yet (`waitid` with `WNOWAIT`): its
+    /// `/proc/<pid>` still holds what it used. `None` when that cannot be told (reaped already,
+    /// or `waitid` failed).
+    pub fn exited_unreaped(&self) -> Option<bool> {
+        if self.exited.is_some() {
+            return None;
+        }
+        // SAFETY: siginfo_t is plain data for which all zeroes is a valid value.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waitid writes only into `info`, which lives for the call; WNOWAIT leaves the
+        // child waitable, so the reaping `try_wait` still gets its status.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                self.pid(),
+                &raw mut info,
+                libc::WEXITED | libc::WNOHANG | libc::WNOWAIT,
+            )
+        };
+        // SAFETY: after a successful waitid, si_pid is set (0 when no child changed state).
+        (r == 0).then(|| unsafe { info.si_pid() } != 0)
+    }
+
     /// Whether QEMU still runs (an error counts as not running).
     pub fn alive(&mut self) -> bool {
         matches!(self.try_wait(), Ok(None))

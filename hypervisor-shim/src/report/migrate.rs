@@ -129,6 +129,10 @@ pub struct TakeBackReport {
     pub disk_replugged: bool,
     /// Requests the owner held at port 2, now sent to port 1 (known when the device had left).
     pub held: Option<u32>,
+    /// Forwarded requests the owner replays on port 1, before the held ones (known when port 2
+    /// had opened early, as the peer's side of the ring turned ready: the owner gives port 2 up
+    /// as for a lost peer).
+    pub replayed: Option<u32>,
     /// The peer was fenced (SIGKILL) because it might have had the disk.
     pub peer_fenced: bool,
     /// The owner reopened port 1 (`direct`).

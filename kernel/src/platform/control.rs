@@ -82,6 +82,7 @@ impl ControlChannel {
         // channel drives; the UART has just been initialised and nothing is in flight.
         unsafe { fast_wakeup() };
         super::interrupts::unmask_wake_irq(super::interrupts::COM2_IRQ);
+        super::interrupts::set_wake_uart(COM2);
         Some(ControlChannel {
             port,
             endpoint: Endpoint::new(Side::Guest, RETRANSMIT_US),

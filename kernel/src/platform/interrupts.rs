@@ -8,7 +8,7 @@
 use baton_core::console::{Kind, PREFIX};
 use baton_core::guest_steps::Wake;
 use core::arch::global_asm;
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU32, AtomicU64, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU32, AtomicU64, Ordering};
 use spin::Once;
 use x86_64::VirtAddr;
 use x86_64::instructions::port::Port;
@@ -322,9 +322,32 @@ fn set_tick_hz(hz: u64) {
     }
 }
 
+/// The line status register of the UART whose received bytes must end a wait (COM2 once the
+/// control channel is open), 0 for none.
+static WAKE_UART_LSR: AtomicU16 = AtomicU16::new(0);
+
+/// Names the UART at I/O `base` whose received bytes end [`wait_for_interrupt`] (the control
+/// channel's): a byte that arrived just before the `hlt` is not left for the next tick.
+pub fn set_wake_uart(base: u16) {
+    WAKE_UART_LSR.store(base + 5, Ordering::Relaxed);
+}
+
 /// Sleeps until the next interrupt (the timer fires every millisecond), and notes which one it
-/// was ([`take_last_wake`]).
+/// was ([`take_last_wake`]). Returns at once when the wake UART ([`set_wake_uart`]) holds a
+/// received byte: interrupts are off while its line status is read, so a byte that arrives
+/// after that read raises its interrupt after `sti` and ends the `hlt` (`sti; hlt` takes no
+/// interrupt in between).
 pub fn wait_for_interrupt() {
+    x86_64::instructions::interrupts::disable();
+    let lsr = WAKE_UART_LSR.load(Ordering::Relaxed);
+    // SAFETY: reading a 16550's line status register (base + 5) has no effect on the UART
+    // besides clearing its error bits, which nothing here uses; only the control channel drives
+    // that UART and it runs on this CPU, not concurrently.
+    let data_ready = lsr != 0 && unsafe { Port::<u8>::new(lsr).read() } & 0x01 != 0;
+    if data_ready {
+        x86_64::instructions::interrupts::enable();
+        return;
+    }
     let before = COM2_WAKES.load(Ordering::Relaxed);
     x86_64::instructions::interrupts::enable_and_hlt();
     let by_com2 = COM2_WAKES.load(Ordering::Relaxed) != before;

@@ -176,6 +176,18 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
         self.ctl.as_ref().is_some_and(|c| c.receiving())
     }
 
+    /// Whether the owner has nothing to do until the shim (or the peer's side of the ring)
+    /// moves: the device is released and port 2 not open, or port 2 drained in a failback and
+    /// `drained` sent. The guest may halt then; before `drained` went it must not (the shim
+    /// would wait for the owner's next tick).
+    pub fn awaiting_shim(&self, state: State) -> bool {
+        match state {
+            State::Released => true,
+            State::FailbackDrained => self.failback_drained_sent,
+            _ => false,
+        }
+    }
+
     /// The control link, for tests and diagnostics.
     pub fn link(&mut self) -> Option<&mut C> {
         self.ctl.as_mut()
@@ -284,20 +296,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
                         n: self.failbacks,
                     });
                 }
-                let (replay, held) = match stack.peer_lost() {
-                    Ok(counts) => counts,
-                    Err(e) => panic!("handoff: {e}"),
-                };
-                log::warn!(
-                    "handoff: the peer is gone; port 2 abandoned, {replay} forwarded requests to replay, {held} held"
-                );
-                self.held_at_failback = u64::from(held);
-                self.replayed += u64::from(replay);
-                self.failback_drained_sent = true;
-                self.send(Message::Abandoned {
-                    replay: u32::from(replay),
-                    held: u32::from(held),
-                });
+                self.abandon_port2(stack, "the peer is gone");
             }
             (Message::TakeBack, State::Draining | State::Drained | State::Released) => {
                 self.take_back(stack, state);
@@ -307,20 +306,7 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
                 // the peer first): as for a lost peer, what was forwarded is replayed on port 1
                 // once the disk is back, after the held requests.
                 self.opened_early = false;
-                let (replay, held) = match stack.peer_lost() {
-                    Ok(counts) => counts,
-                    Err(e) => panic!("handoff: {e}"),
-                };
-                log::warn!(
-                    "handoff: taken back after port 2 opened; {replay} forwarded requests to replay, {held} held"
-                );
-                self.held_at_failback = u64::from(held);
-                self.replayed += u64::from(replay);
-                self.failback_drained_sent = true;
-                self.send(Message::Abandoned {
-                    replay: u32::from(replay),
-                    held: u32::from(held),
-                });
+                self.abandon_port2(stack, "taken back after port 2 opened");
             }
             (Message::GiveUp, _) => {
                 log::warn!("handoff: the shim gave the run up in state {state:?}");
@@ -388,6 +374,27 @@ impl<C: ControlLink, P: OwnerPlatform> OwnerHandoff<C, P> {
                 });
             }
         }
+    }
+
+    /// Gives port 2 up (the peer is gone, or the handoff was taken back after port 2 opened):
+    /// the redirector counts what was forwarded and not completed (replayed on port 1, first,
+    /// once the disk is back) and what is held, and the shim hears `abandoned` with both counts.
+    /// `why` heads the log line.
+    fn abandon_port2<H: Hal>(&mut self, stack: &mut ResourceStack<H, P::Disk>, why: &str) {
+        let (replay, held) = match stack.peer_lost() {
+            Ok(counts) => counts,
+            Err(e) => panic!("handoff: {e}"),
+        };
+        log::warn!(
+            "handoff: {why}; port 2 abandoned, {replay} forwarded requests to replay, {held} held"
+        );
+        self.held_at_failback = u64::from(held);
+        self.replayed += u64::from(replay);
+        self.failback_drained_sent = true;
+        self.send(Message::Abandoned {
+            replay: u32::from(replay),
+            held: u32::from(held),
+        });
     }
 
     /// Watches the peer's heartbeat while forwarded requests wait for it (port 2 in use, in

@@ -115,12 +115,17 @@ fn disk_attached_before_port_2_drained_is_refused() {
     assert!(o.slot_disk.borrow().is_some());
     assert_eq!(o.peer_completes(&mut server), forwarded);
     assert_eq!(o.stack.state(), State::FailbackDrained);
+    assert!(
+        !o.handoff.awaiting_shim(o.stack.state()),
+        "`drained` is not sent yet: the guest must not halt"
+    );
     o.handoff.poll(&mut o.stack);
     let drained = Message::Drained {
         completed: 2,
         held: 2,
     };
     assert_eq!(o.last(), drained);
+    assert!(o.handoff.awaiting_shim(o.stack.state()));
     assert_eq!(o.handoff.held_at_failback, 2);
     o.shim(Message::DiskAttached { slot: DISK_SLOT });
     assert_eq!(o.last(), Message::Direct);

@@ -1,4 +1,4 @@
-//! A handoff taken back before port 2 opened (`take-back`), a run given up (`give-up`), and the
+//! A handoff taken back before port 2 opened, or after it opened early as the peer attached (`take-back`), a run given up (`give-up`), and the
 //! owner's watch of the peer's heartbeat (`peer-stalled`), against the same fakes: nothing held is
 //! lost, nothing reaches port 2 after a take-back, and the held requests go to port 1 after those
 //! already in flight there.
@@ -169,4 +169,69 @@ fn a_peer_whose_heartbeat_froze_while_requests_wait_is_reported_once() {
         Some(Message::PeerStalled { ms }) => assert!((3_000..3_100).contains(ms), "{ms}"),
         other => panic!("{other:?}"),
     }
+}
+
+#[test]
+fn port_2_opens_when_the_peer_attaches_and_a_take_back_then_replays_what_was_forwarded() {
+    let mut o = owner(true);
+    o.shim(Message::Redirect);
+    o.shim(Message::RingOpened { slot: 6 });
+    assert_eq!(o.stack.state(), State::Released);
+    let held = [o.write(30), o.write(31)];
+    // The peer's side of the ring turns ready: port 2 opens without waiting for `open-port2`,
+    // and nothing is reported yet (`forwarding` answers `open-port2`).
+    let mut server = RingServer::attach(o.ring.unwrap(), BLOCKS * SECTORS_PER_BLOCK).unwrap();
+    o.handoff.poll(&mut o.stack);
+    assert_eq!(o.stack.state(), State::Forwarding);
+    assert_eq!(
+        o.sent().last(),
+        Some(&Message::Released { slot: DISK_SLOT })
+    );
+    // The held requests went to the ring, and so does the next one; the peer takes one and
+    // completes nothing.
+    let _taken = server.poll_submission().unwrap().unwrap();
+    let later = o.write(32);
+    // The shim fenced the peer and takes the handoff back: everything forwarded and not
+    // completed is replayed on port 1, in the order the workload submitted it.
+    o.shim(Message::TakeBack);
+    assert_eq!(
+        o.sent().last(),
+        Some(&Message::Abandoned { replay: 3, held: 0 })
+    );
+    assert_eq!(o.handoff.replayed, 3);
+    assert_eq!(o.stack.state(), State::FailbackDrained);
+    let disk = o.plug_again();
+    o.shim(Message::DiskAttached { slot: DISK_SLOT });
+    assert_eq!(o.sent().last(), Some(&Message::Direct));
+    assert_eq!(disk.borrow().taken, writes(&[30, 31, 32]));
+    disk.borrow_mut().complete(usize::MAX);
+    assert_eq!(o.port1_completions(), [held[0], held[1], later]);
+}
+
+#[test]
+fn open_port2_after_an_early_open_only_reports_forwarding() {
+    let mut o = owner(true);
+    o.shim(Message::Redirect);
+    o.shim(Message::RingOpened { slot: 6 });
+    let _server = RingServer::attach(o.ring.unwrap(), BLOCKS * SECTORS_PER_BLOCK).unwrap();
+    o.handoff.poll(&mut o.stack);
+    assert_eq!(o.stack.state(), State::Forwarding);
+    // No failback request before the shim heard `forwarding`.
+    o.handoff.request_failback(State::Forwarding);
+    assert_ne!(o.sent().last(), Some(&Message::FailbackRequest));
+    o.shim(Message::OpenPort2);
+    assert_eq!(o.sent().last(), Some(&Message::Forwarding));
+    assert_eq!(o.stack.state(), State::Forwarding);
+    // A second `open-port2` is out of turn; a take-back once the shim heard `forwarding` too.
+    o.shim(Message::OpenPort2);
+    assert_eq!(
+        o.sent().last(),
+        Some(&Message::Error {
+            code: codes::NOT_READY
+        })
+    );
+    o.shim(Message::TakeBack);
+    assert_eq!(o.sent().last(), Some(&UNEXPECTED));
+    o.handoff.request_failback(State::Forwarding);
+    assert_eq!(o.sent().last(), Some(&Message::FailbackRequest));
 }

@@ -17,7 +17,6 @@ use crate::workload::{Clock, Workload};
 use baton_core::cmdline::{DiskMode, GuestConfig};
 use baton_core::console::GuestLine;
 use baton_core::control::Message;
-use baton_core::redirector::State;
 use baton_core::ring::SharedRegion;
 use virtio_drivers::transport::pci::bus::PciRoot;
 
@@ -125,12 +124,11 @@ pub fn run(cfg: &GuestConfig) -> ! {
             Err(e) => panic!("workload failed: {e:?}"),
         }
         // No port can complete anything while the device is away and port 2 not yet open (or,
-        // in a failback, until the disk is back): unless a frame is arriving, halt until the
-        // shim's next frame (COM2's interrupt) or the next tick, leaving the host CPU to the QEMUs, the shim and the peer,
-        // which have the handoff's work to do.
-        if matches!(stack.state(), State::Released | State::FailbackDrained)
-            && !handoff.link_receiving()
-        {
+        // in a failback, once `drained` went and until the disk is back): unless a frame is
+        // arriving, halt until the shim's next frame (COM2's interrupt) or the next tick,
+        // leaving the host CPU to the QEMUs, the shim and the peer, which have the handoff's
+        // work to do.
+        if handoff.awaiting_shim(stack.state()) && !handoff.link_receiving() {
             interrupts::wait_for_interrupt();
         }
     }

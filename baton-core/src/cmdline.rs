@@ -109,11 +109,15 @@ pub enum Key {
     FailbackAt,
     /// `fault=`
     Fault,
+    /// `device=`
+    Device,
+    /// `frames=`
+    Frames,
 }
 
 impl Key {
     /// Every key, in the order [`GuestConfig`]'s `Display` renders them.
-    pub const ALL: [Key; 13] = [
+    pub const ALL: [Key; 15] = [
         Key::Role,
         Key::Vm,
         Key::Blocks,
@@ -127,6 +131,8 @@ impl Key {
         Key::MigrateAt,
         Key::FailbackAt,
         Key::Fault,
+        Key::Device,
+        Key::Frames,
     ];
 
     /// The key as written on the command line.
@@ -146,6 +152,8 @@ impl Key {
             Key::MigrateAt => "migrate_at",
             Key::FailbackAt => "failback_at",
             Key::Fault => "fault",
+            Key::Device => "device",
+            Key::Frames => "frames",
         }
     }
 
@@ -225,6 +233,36 @@ pub struct GuestConfig {
     pub failback_at: u64,
     /// `fault=none|bad-completion` test hook for the peer (default none).
     pub fault: Fault,
+    /// `device=blk|net`: the owner's device class (default blk; issue 11).
+    pub device: DeviceClass,
+    /// `frames=1..=`[`MAX_FRAMES`]: numbered frames the NIC workload sends, and expects from the
+    /// host (default 2048; used with `device=net`).
+    pub frames: u64,
+}
+
+/// The most numbered frames one NIC workload sends (and receives).
+pub const MAX_FRAMES: u64 = 1 << 24;
+/// The default of `frames=`.
+pub const DEFAULT_FRAMES: u64 = 2048;
+
+/// The owner's device class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DeviceClass {
+    /// A virtio-blk disk; the block workload.
+    Blk,
+    /// A virtio-net NIC; the numbered-frame workload ([`crate::net`]).
+    Net,
+}
+
+impl DeviceClass {
+    /// The word used on the command line.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            DeviceClass::Blk => "blk",
+            DeviceClass::Net => "net",
+        }
+    }
 }
 
 /// A deliberate misbehaviour of the peer, for tests of the owner's defences.
@@ -263,6 +301,8 @@ impl Default for GuestConfig {
             migrate_at: 0,
             failback_at: 0,
             fault: Fault::None,
+            device: DeviceClass::Blk,
+            frames: DEFAULT_FRAMES,
         }
     }
 }
@@ -319,6 +359,14 @@ impl GuestConfig {
                         _ => return Err(CmdlineError::BadValue(key)),
                     }
                 }
+                Key::Device => {
+                    cfg.device = match value {
+                        "blk" => DeviceClass::Blk,
+                        "net" => DeviceClass::Net,
+                        _ => return Err(CmdlineError::BadValue(key)),
+                    }
+                }
+                Key::Frames => cfg.frames = ranged(key, value, 1, MAX_FRAMES)?,
             }
         }
         Ok(cfg)
@@ -339,7 +387,9 @@ impl GuestConfig {
 
 impl core::fmt::Display for GuestConfig {
     /// Renders every key, e.g. `role=owner vm=1 blocks=256 passes=4 qd=32 seed=1 first_lba=0
-    /// disk=boot verify=1 panic=0`.
+    /// disk=boot verify=1 panic=0 migrate_at=0 failback_at=0 fault=none`; `device=` and
+    /// `frames=` follow only when either differs from its default (a block guest's command line
+    /// stays as it was before the NIC workload existed).
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
         write!(
             f,
@@ -358,7 +408,11 @@ impl core::fmt::Display for GuestConfig {
             self.migrate_at,
             self.failback_at,
             self.fault.as_str(),
-        )
+        )?;
+        if self.device != DeviceClass::Blk || self.frames != DEFAULT_FRAMES {
+            write!(f, " device={} frames={}", self.device.as_str(), self.frames)?;
+        }
+        Ok(())
     }
 }
 
@@ -402,6 +456,8 @@ mod tests {
                 migrate_at: 0,
                 failback_at: 0,
                 fault: Fault::None,
+                device: DeviceClass::Blk,
+                frames: DEFAULT_FRAMES,
             }
         );
         assert_eq!(c.schedule().total_writes(), 64 << 20);
@@ -430,6 +486,9 @@ mod tests {
             ("verify=2", BadValue(Key::Verify)),
             ("panic=yes", BadValue(Key::Panic)),
             ("vm=1=2", BadValue(Key::Vm)),
+            ("device=nic", BadValue(Key::Device)),
+            ("frames=0", OutOfRange(Key::Frames)),
+            ("frames=16777217", OutOfRange(Key::Frames)),
         ];
         for (line, err) in cases {
             assert_eq!(GuestConfig::parse(line), Err(*err), "{line:?}");
@@ -463,6 +522,10 @@ mod tests {
                 any::<u64>(),
                 prop_oneof![Just(Fault::None), Just(Fault::BadCompletion)],
             ),
+            (
+                prop_oneof![Just(DeviceClass::Blk), Just(DeviceClass::Net)],
+                prop_oneof![Just(DEFAULT_FRAMES), 1..=MAX_FRAMES],
+            ),
         )
             .prop_map(
                 |(
@@ -475,6 +538,7 @@ mod tests {
                     first_lba,
                     disk,
                     (verify, panic, migrate_at, failback_at, fault),
+                    (device, frames),
                 )| {
                     GuestConfig {
                         role,
@@ -490,6 +554,8 @@ mod tests {
                         migrate_at,
                         failback_at,
                         fault,
+                        device,
+                        frames,
                     }
                 },
             )
@@ -521,8 +587,13 @@ mod tests {
                 let field_is_set = kept.contains(w);
                 let expected = if field_is_set { single } else { defaults };
                 // Compare just the field named by the word: render both and pick that word.
+                // (`device=` and `frames=` are rendered only off their defaults: add them.)
                 let pick = |g: &GuestConfig| {
-                    g.to_string().split(' ').find(|x| x.starts_with(&std::format!("{key}="))).unwrap().to_string()
+                    let mut all = g.to_string();
+                    if !all.contains(" device=") {
+                        all += &std::format!(" device={} frames={}", g.device.as_str(), g.frames);
+                    }
+                    all.split(' ').find(|x| x.starts_with(&std::format!("{key}="))).unwrap().to_string()
                 };
                 prop_assert_eq!(pick(&parsed), pick(&expected));
             }

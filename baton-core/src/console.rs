@@ -47,13 +47,15 @@ pub enum Kind {
     Steps,
     /// `result ...`: the workload's report ([`crate::report`]).
     Result,
+    /// `net-result ...`: the NIC workload's counts ([`NetResultLine`], issue 11).
+    NetResult,
     /// `panic <message>`: the guest panicked (it then exits with failure).
     Panic,
 }
 
 impl Kind {
     /// Every kind, in the order docs/guest-interface.md lists them.
-    pub const ALL: [Kind; 11] = [
+    pub const ALL: [Kind; 12] = [
         Kind::Ready,
         Kind::WaitingForDisk,
         Kind::FirstIo,
@@ -64,6 +66,7 @@ impl Kind {
         Kind::Switch,
         Kind::Steps,
         Kind::Result,
+        Kind::NetResult,
         Kind::Panic,
     ];
 
@@ -81,6 +84,7 @@ impl Kind {
             Kind::Switch => "switch",
             Kind::Steps => "steps",
             Kind::Result => "result",
+            Kind::NetResult => "net-result",
             Kind::Panic => "panic",
         }
     }
@@ -126,6 +130,8 @@ pub enum GuestLine<'a> {
     Steps(StepsLine),
     /// `BATON result key=value ...`.
     Result(GuestReport),
+    /// `BATON net-result tx_sent=.. rx_received=.. ...`.
+    NetResult(NetResultLine),
     /// `BATON panic <message>` (the message may be empty).
     Panic(&'a str),
     /// `BATON <word> ...` with a word this version does not know: everything after the prefix.
@@ -172,6 +178,7 @@ impl<'a> GuestLine<'a> {
             Kind::Result => report::parse_line(text)
                 .map(GuestLine::Result)
                 .map_err(LineError::Result),
+            Kind::NetResult => parse_net_result(args).map(GuestLine::NetResult),
             Kind::PeerFault => Ok(GuestLine::PeerFault(args)),
             Kind::Panic => Ok(GuestLine::Panic(args)),
         })
@@ -191,6 +198,7 @@ impl<'a> GuestLine<'a> {
             GuestLine::Switch(_) => Kind::Switch,
             GuestLine::Steps(_) => Kind::Steps,
             GuestLine::Result(_) => Kind::Result,
+            GuestLine::NetResult(_) => Kind::NetResult,
             GuestLine::Panic(_) => Kind::Panic,
             GuestLine::Unknown(_) => return None,
         })
@@ -242,6 +250,38 @@ fn parse_ready(args: &str) -> Result<GuestLine<'static>, LineError> {
             vm_word,
         ))))?;
     Ok(GuestLine::Ready { role, vm })
+}
+
+fn parse_net_result(args: &str) -> Result<NetResultLine, LineError> {
+    let v = key_values(args, NetResultLine::KEYS).map_err(|e| {
+        LineError::NetResult(match e {
+            FieldError::Expected(key) => FieldsError::Expected(key),
+            FieldError::Extra => FieldsError::Extra,
+        })
+    })?;
+    let mut n = [0u64; 7];
+    for (out, w) in n.iter_mut().zip(v) {
+        *out = parse_u64(w)
+            .ok_or_else(|| LineError::NetResult(FieldsError::BadValue(ShortStr::new(w))))?;
+    }
+    let [
+        tx_sent,
+        rx_received,
+        rx_bad,
+        rx_duplicated,
+        rx_reordered,
+        rx_skipped,
+        elapsed_us,
+    ] = n;
+    Ok(NetResultLine {
+        tx_sent,
+        rx_received,
+        rx_bad,
+        rx_duplicated,
+        rx_reordered,
+        rx_skipped,
+        elapsed_us,
+    })
 }
 
 fn parse_switch(args: &str) -> Result<SwitchLine, LineError> {
@@ -319,6 +359,62 @@ impl core::fmt::Display for SwitchLine {
     }
 }
 
+/// `BATON net-result ...`: what the NIC workload did (issue 11). TX is the guest's own numbered
+/// sequence (the host end checks it), RX the host's as the guest checked it
+/// ([`crate::net::SeqCheck`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct NetResultLine {
+    /// Numbered frames the guest sent whose transmission completed.
+    pub tx_sent: u64,
+    /// Numbered frames from the host received in order (the next number expected).
+    pub rx_received: u64,
+    /// Received frames that were not valid numbered frames to the guest.
+    pub rx_bad: u64,
+    /// Received frames whose number had been seen.
+    pub rx_duplicated: u64,
+    /// Received frames that skipped ahead of the next number.
+    pub rx_reordered: u64,
+    /// Numbers skipped over.
+    pub rx_skipped: u64,
+    /// From the first frame sent to the last received, µs.
+    pub elapsed_us: u64,
+}
+
+impl NetResultLine {
+    /// The keys, in the order printed.
+    pub const KEYS: [&'static str; 7] = [
+        "tx_sent",
+        "rx_received",
+        "rx_bad",
+        "rx_duplicated",
+        "rx_reordered",
+        "rx_skipped",
+        "elapsed_us",
+    ];
+}
+
+impl core::fmt::Display for NetResultLine {
+    /// The line as the guest prints it, without the trailing `\n`.
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        let NetResultLine {
+            tx_sent,
+            rx_received,
+            rx_bad,
+            rx_duplicated,
+            rx_reordered,
+            rx_skipped,
+            elapsed_us,
+        } = self;
+        write!(
+            f,
+            "{PREFIX}{} tx_sent={tx_sent} rx_received={rx_received} rx_bad={rx_bad} \
+             rx_duplicated={rx_duplicated} rx_reordered={rx_reordered} rx_skipped={rx_skipped} \
+             elapsed_us={elapsed_us}",
+            Kind::NetResult.word()
+        )
+    }
+}
+
 impl core::fmt::Display for GuestLine<'_> {
     /// The line as the guest prints it, without the trailing `\n`.
     fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
@@ -333,6 +429,7 @@ impl core::fmt::Display for GuestLine<'_> {
             GuestLine::PortStats(s) => write!(f, "{s}"),
             GuestLine::Timeline(t) => write!(f, "{t}"),
             GuestLine::Result(r) => write!(f, "{r}"),
+            GuestLine::NetResult(r) => write!(f, "{r}"),
             GuestLine::PeerFault(m) => write!(f, "{PREFIX}{} {m}", word(Kind::PeerFault)),
             GuestLine::Panic(m) => write!(f, "{PREFIX}{} {m}", word(Kind::Panic)),
             GuestLine::Unknown(rest) => write!(f, "{PREFIX}{rest}"),
@@ -348,6 +445,17 @@ pub enum ReadyError {
     /// Words after `vm=..`.
     Extra,
     /// An unknown role or a VM id that is not a `u32` (the offending text, possibly truncated).
+    BadValue(ShortStr),
+}
+
+/// Why a line of `key=value` words (`BATON net-result`) was rejected.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FieldsError {
+    /// The key expected next is absent or another word is there.
+    Expected(&'static str),
+    /// Words after the last key.
+    Extra,
+    /// A value that is not a `u64` (the offending text, possibly truncated).
     BadValue(ShortStr),
 }
 
@@ -381,6 +489,8 @@ pub enum LineError {
     Timeline(TimelineError),
     /// A malformed `BATON steps` line.
     Steps(StepsError),
+    /// A malformed `BATON net-result` line.
+    NetResult(FieldsError),
 }
 
 impl LineError {
@@ -395,6 +505,7 @@ impl LineError {
             LineError::PortStats(_) => Kind::PortStats,
             LineError::Timeline(_) => Kind::Timeline,
             LineError::Steps(_) => Kind::Steps,
+            LineError::NetResult(_) => Kind::NetResult,
         }
     }
 }
@@ -417,6 +528,15 @@ impl core::fmt::Display for LineError {
             LineError::PortStats(e) => write!(f, "{e}"),
             LineError::Timeline(e) => write!(f, "{e}"),
             LineError::Steps(e) => write!(f, "steps: {e}"),
+            LineError::NetResult(FieldsError::Expected(key)) => {
+                write!(f, "net-result: expected `{key}=` next")
+            }
+            LineError::NetResult(FieldsError::Extra) => {
+                f.write_str("net-result: words after `elapsed_us=`")
+            }
+            LineError::NetResult(FieldsError::BadValue(v)) => {
+                write!(f, "net-result: bad value `{v}`")
+            }
         }
     }
 }

@@ -11,6 +11,7 @@
 //! - [`console`]: every `BATON` line the guest prints, typed, with one parser.
 //! - [`guest_steps`]: the `BATON steps` line: when and how a guest took each step of a switch.
 //! - [`report`]: the guest's `BATON result` line.
+//! - [`net`]: the NIC workload's numbered frames and QEMU's `-netdev stream` framing.
 //! - [`redirector`]: the lock-free port redirector (port 1 = device, port 2 = ring).
 //! - [`stats`]: latency histograms and the per-port `BATON port-stats` line.
 //! - [`timeline`]: completions per millisecond, for the handoff timeline plot.
@@ -23,6 +24,7 @@ pub mod crc32;
 #[doc(hidden)]
 pub mod fuzz_entry;
 pub mod guest_steps;
+pub mod net;
 pub mod redirector;
 pub mod report;
 pub mod ring;

@@ -9,7 +9,10 @@
 use baton_core::cmdline::{GuestConfig, Role as GuestRole};
 use baton_core::console::{GuestLine, SwitchKind, SwitchLine};
 use baton_core::control::{MAX_FRAME_LEN, Message, Role, encode};
-use baton_core::fuzz_entry::{fuzz_control_decoder, fuzz_guest_lines, fuzz_ring_entries};
+use baton_core::fuzz_entry::{
+    fuzz_control_decoder, fuzz_guest_lines, fuzz_net_frames, fuzz_ring_entries,
+};
+use baton_core::net;
 use baton_core::report::GuestReport;
 use baton_core::ring::{
     MIN_REGION_LEN, Op, RingClient, RingLayout, SharedRegion, Submission, offsets,
@@ -55,6 +58,67 @@ fn replay_guest_lines() {
 #[test]
 fn replay_control_decoder() {
     assert!(replay("control_decoder", fuzz_control_decoder) >= 5);
+}
+
+#[test]
+fn replay_net_frames() {
+    assert!(replay("net_frames", fuzz_net_frames) >= 5);
+}
+
+/// A `-netdev stream` byte stream of numbered frames `seqs` (fill from the seed), chunked by the
+/// first byte (`chunk - 1`).
+fn net_stream(chunk: u8, seqs: &[u64], dir: net::Direction) -> Vec<u8> {
+    let mut s = vec![chunk];
+    for &seq in seqs {
+        let mut f = [0u8; net::MAX_FRAME_LEN];
+        let n = net::encode(
+            &mut f,
+            net::HOST_MAC,
+            net::GUEST_MAC,
+            dir,
+            seq,
+            net::fill_for(1, seq),
+        )
+        .unwrap();
+        s.extend_from_slice(&net::stream_prefix(n));
+        s.extend_from_slice(&f[..n]);
+    }
+    s
+}
+
+fn net_seeds() -> Vec<(String, Vec<u8>)> {
+    let to_host = net::Direction::ToHost;
+    let mut seeds = vec![
+        ("in-order".into(), net_stream(255, &[0, 1, 2, 3], to_host)),
+        ("byte-by-byte".into(), net_stream(0, &[0, 1], to_host)),
+        (
+            "dup-and-gap".into(),
+            net_stream(16, &[0, 1, 1, 4, 2], to_host),
+        ),
+        (
+            "wrong-direction".into(),
+            net_stream(64, &[0, 1], net::Direction::ToGuest),
+        ),
+    ];
+    let mut bad_crc = net_stream(255, &[0], to_host);
+    let last = bad_crc.len() - 1;
+    bad_crc[last] ^= 0xff;
+    seeds.push(("bad-crc".into(), bad_crc));
+    let mut zero_len = net_stream(255, &[0], to_host);
+    zero_len.extend_from_slice(&[0, 0, 0, 0, 1, 2, 3]);
+    seeds.push(("zero-length-then-garbage".into(), zero_len));
+    let mut huge = vec![7u8];
+    huge.extend_from_slice(&net::stream_prefix(70_000));
+    huge.extend_from_slice(&[0xaa; 64]);
+    seeds.push(("oversized".into(), huge));
+    let mut other = vec![255u8];
+    let mut arp = [0u8; 42];
+    arp[12] = 0x08;
+    arp[13] = 0x06;
+    other.extend_from_slice(&net::stream_prefix(arp.len()));
+    other.extend_from_slice(&arp);
+    seeds.push(("other-ethertype".into(), other));
+    seeds
 }
 
 fn frame(msg: Message, seq: u32) -> Vec<u8> {
@@ -251,6 +315,7 @@ fn regenerate() {
         ("control_decoder", control_seeds()),
         ("ring_entries", ring_seeds()),
         ("guest_lines", guest_seeds()),
+        ("net_frames", net_seeds()),
     ] {
         let dir = corpus_dir(target);
         fs::create_dir_all(&dir).unwrap();
@@ -350,5 +415,8 @@ fn seeds_run_clean() {
     }
     for (_, data) in ring_seeds() {
         fuzz_ring_entries(&data);
+    }
+    for (_, data) in net_seeds() {
+        fuzz_net_frames(&data);
     }
 }

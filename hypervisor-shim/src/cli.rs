@@ -3,7 +3,9 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use baton_core::cmdline::{MAX_BLOCKS, MAX_PASSES, MAX_QD};
+use baton_core::cmdline::{
+    DEFAULT_FRAMES, DeviceClass, MAX_BLOCKS, MAX_FRAMES, MAX_PASSES, MAX_QD,
+};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
 use crate::bench::BenchConfig;
@@ -145,6 +147,28 @@ pub struct RunArgs {
     /// Test hook: restart the storage daemon this many ms after QEMU started.
     #[arg(long, hide = true, requires = "shared_storage")]
     pub restart_storage_ms: Option<u64>,
+    /// The owner's device: a virtio-blk disk, or a virtio-net NIC whose numbered frames the shim
+    /// sends and checks (issue 11; --qd is then the transmit window, the disk options are
+    /// unused).
+    #[arg(long, value_enum, default_value_t = DeviceArg::Blk)]
+    pub device: DeviceArg,
+    /// Numbered frames each way (--device net).
+    #[arg(long, default_value_t = DEFAULT_FRAMES,
+          value_parser = clap::value_parser!(u64).range(1..=MAX_FRAMES))]
+    pub frames: u64,
+    /// Test hook (--device net): the host end never sends the guest this frame (the run must
+    /// fail, naming one frame lost).
+    #[arg(long, hide = true)]
+    pub nic_skip_frame: Option<u64>,
+}
+
+/// The owner's device class.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DeviceArg {
+    /// A virtio-blk disk.
+    Blk,
+    /// A virtio-net NIC.
+    Net,
 }
 
 impl RunArgs {
@@ -171,6 +195,12 @@ impl RunArgs {
             keep: self.keep,
             shared_storage: self.shared_storage,
             restart_storage_after: self.restart_storage_ms.map(Duration::from_millis),
+            device: match self.device {
+                DeviceArg::Blk => DeviceClass::Blk,
+                DeviceArg::Net => DeviceClass::Net,
+            },
+            frames: self.frames,
+            nic_skip: self.nic_skip_frame,
         }
     }
 }

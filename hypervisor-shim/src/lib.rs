@@ -16,7 +16,8 @@
 //! each handoff (which step happened when) and [`progress`] the timestamped progress display;
 //! [`report`] holds both JSON reports; [`mod@bench`] repeats `run` and `migrate` to measure;
 //! [`cli`] is the command line; [`hosts`] simulates machines as network namespaces and [`storage`]
-//! exports the disk over NBD from one of them (issue 10, across hosts).
+//! exports the disk over NBD from one of them (issue 10, across hosts); [`nic`] is the host end of
+//! a guest's NIC (issue 11).
 
 pub mod bench;
 pub mod channel;
@@ -26,6 +27,7 @@ pub mod cputime;
 pub mod disk;
 pub mod hosts;
 pub mod migrate;
+pub mod nic;
 pub mod progress;
 pub mod qemu;
 pub mod qmp;

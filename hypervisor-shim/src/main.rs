@@ -32,7 +32,11 @@ fn main() -> ExitCode {
 
 fn cmd_run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     setup::install_interrupt_handler();
-    let outcome = run::run(&args.config())?;
+    let cfg = args.config();
+    if cfg.device == baton_core::cmdline::DeviceClass::Net {
+        return cmd_run_net(args, &cfg);
+    }
+    let outcome = run::run(&cfg)?;
     let report = &outcome.report;
     if let Some(path) = &args.report {
         report
@@ -48,6 +52,30 @@ fn cmd_run(args: &RunArgs) -> anyhow::Result<ExitCode> {
             for l in tail.iter().rev() {
                 eprintln!("  {l}");
             }
+        }
+    }
+    Ok(if report.ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}
+
+/// `run --device net`: the NIC scenario ([`run::net`]).
+fn cmd_run_net(args: &RunArgs, cfg: &run::RunConfig) -> anyhow::Result<ExitCode> {
+    let outcome = run::net::run(cfg)?;
+    let report = &outcome.report;
+    if let Some(path) = &args.report {
+        report
+            .write_json(path)
+            .with_context(|| format!("cannot write the report to {}", path.display()))?;
+    }
+    println!("{report}");
+    if !report.ok {
+        let log = std::fs::read_to_string(&report.serial_log).unwrap_or_default();
+        eprintln!("last guest serial lines:");
+        for l in log.lines().rev().take(15).collect::<Vec<_>>().iter().rev() {
+            eprintln!("  {l}");
         }
     }
     Ok(if report.ok {

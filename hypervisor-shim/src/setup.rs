@@ -150,6 +150,7 @@ impl Binaries {
             disk_errors: qemu::DiskErrors::default(),
             disk_fault: None,
             netns: None,
+            nic: None,
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The baton guest's logic, in layers (docs/design.md, "Pieces"):
 //!
+//! - [`nicload`] (issue 11) sends and checks numbered frames through a [`ports::nic::NicPort`];
 //! - [`workload`] (the owner's writes and read-back) sits on the [`stack`] (the block API over
 //!   `baton_core::redirector`, US 20070204265A1 claim 1), which routes requests to
 //! - [`ports`]: port 1, any [`ports::BlockPort`] (the virtio-blk driver [`ports::blk`], generic over
@@ -22,6 +23,7 @@
 //! only for the bare-metal target (`cargo kbuild`).
 #![cfg_attr(target_os = "none", no_std)]
 
+pub mod nicload;
 pub mod platform;
 pub mod ports;
 pub mod roles;

@@ -9,11 +9,11 @@
 
 #[cfg(target_os = "none")]
 mod guest {
-    use baton_core::cmdline::{GuestConfig, Role};
+    use baton_core::cmdline::{DeviceClass, GuestConfig, Role};
     use baton_core::console::{GuestLine, Kind, PREFIX};
     use baton_kernel::platform::exit::{ExitCode, exit};
     use baton_kernel::platform::{boot, clock, gdt, interrupts, memory, serial};
-    use baton_kernel::roles::{owner, peer};
+    use baton_kernel::roles::{nic, owner, peer};
 
     /// Rust entry, called by the boot stub with the physical address of `hvm_start_info`.
     #[unsafe(no_mangle)]
@@ -45,9 +45,10 @@ mod guest {
         if cfg.panic {
             panic!("panic requested on the command line");
         }
-        match cfg.role {
-            Role::Owner => owner::run(&cfg),
-            Role::Peer => peer::run(&cfg),
+        match (cfg.role, cfg.device) {
+            (Role::Owner, DeviceClass::Net) => nic::run(&cfg),
+            (Role::Owner, DeviceClass::Blk) => owner::run(&cfg),
+            (Role::Peer, _) => peer::run(&cfg),
         }
     }
 

@@ -62,6 +62,9 @@ pub(super) fn direct(
                 keep: false,
                 shared_storage: false,
                 restart_storage_after: None,
+                device: baton_core::cmdline::DeviceClass::Blk,
+                frames: baton_core::cmdline::DEFAULT_FRAMES,
+                nic_skip: None,
             };
             let r: RunReport = run::run(&rc)?.report;
             if let Some(v) = &r.qemu_version {

@@ -190,7 +190,10 @@ impl Scenario<'_> {
             // The per-switch blackout; the report does not carry it yet.
             Ok(GuestLine::Switch(l)) => self.on_switch_line(p, l, at),
             Ok(GuestLine::Steps(l)) => self.on_steps_line(l),
-            Ok(l @ (GuestLine::WaitingForDisk | GuestLine::FaultInjected)) => {
+            Ok(
+                l
+                @ (GuestLine::WaitingForDisk | GuestLine::FaultInjected | GuestLine::NetResult(_)),
+            ) => {
                 let word = l.kind().map_or("", Kind::word);
                 self.note(format!("unexpected owner line `BATON {word}`"));
             }

@@ -388,6 +388,7 @@ pub fn migrate(cfg: &MigrateConfig) -> Result<MigrateOutcome, MigrateError> {
         },
         failback_at: cfg.failback_request_at,
         fault: Fault::None,
+        ..GuestConfig::default()
     };
     let peer_guest = GuestConfig {
         role: GuestRole::Peer,

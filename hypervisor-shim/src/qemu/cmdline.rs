@@ -7,8 +7,8 @@ use std::path::PathBuf;
 use serde_json::{Map, Value};
 
 use super::{
-    Accel, BOOT_DISK_SLOT, CONTROL_CHARDEV_ID, DISK_ID, DiskBackend, DiskErrors, ErrorRule,
-    RING_DEVICE_ID, RING_MEMDEV_ID,
+    Accel, BOOT_DISK_SLOT, CONTROL_CHARDEV_ID, DISK_ID, DiskBackend, DiskErrors, ErrorRule, NIC_ID,
+    NIC_NETDEV_ID, NIC_SLOT, RING_DEVICE_ID, RING_MEMDEV_ID,
 };
 
 /// `device_add` properties of a virtio-blk-pci disk on `node` in PCI `slot`. Every virtio-blk
@@ -131,6 +131,38 @@ pub struct MachineSpec {
     /// the shim's own. QMP, COM1 and COM2 are Unix sockets and pipes either way (the file system
     /// is shared).
     pub netns: Option<String>,
+    /// A virtio-net NIC whose backend is a `-netdev stream` socket the shim listens on (issue 11).
+    pub nic: Option<NicSpec>,
+}
+
+/// A virtio-net NIC in [`NIC_SLOT`] with MAC [`baton_core::net::GUEST_MAC`], its backend a
+/// `-netdev stream` client of the Unix socket `socket` (QEMU 7.2 connects at start-up; the
+/// shim's end is [`crate::nic`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NicSpec {
+    /// The host end's listening socket.
+    pub socket: PathBuf,
+}
+
+impl NicSpec {
+    /// The `-netdev` argument.
+    pub fn netdev_arg(&self) -> String {
+        format!(
+            "stream,id={NIC_NETDEV_ID},server=off,addr.type=unix,addr.path={}",
+            escape_opt(&self.socket.to_string_lossy())
+        )
+    }
+
+    /// The `-device` argument: no option ROM (the guest boots by PVH, and the ROM file may not be
+    /// installed).
+    pub fn device_arg(&self) -> String {
+        let m = baton_core::net::GUEST_MAC;
+        format!(
+            "virtio-net-pci,netdev={NIC_NETDEV_ID},id={NIC_ID},addr={NIC_SLOT:#x},romfile=,\
+             mac={:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
 }
 
 impl MachineSpec {
@@ -190,6 +222,12 @@ impl MachineSpec {
             push(&format!(
                 "virtio-blk-pci,drive={DISK_ID},id={DISK_ID},addr={BOOT_DISK_SLOT:#x},share-rw=on"
             ));
+        }
+        if let Some(nic) = &self.nic {
+            push("-netdev");
+            push(&nic.netdev_arg());
+            push("-device");
+            push(&nic.device_arg());
         }
         if let Some(ring) = &self.ring {
             push("-object");
@@ -265,7 +303,26 @@ mod tests {
             disk_errors: DiskErrors::default(),
             disk_fault: None,
             netns: None,
+            nic: None,
         }
+    }
+
+    #[test]
+    fn a_nic_is_a_stream_client_of_the_shims_socket_without_an_option_rom() {
+        let mut s = spec(None);
+        s.nic = Some(NicSpec {
+            socket: "/tmp/a,b/nic.sock".into(),
+        });
+        let a = args(&s);
+        let at = |flag: &str| a.iter().position(|x| x == flag).unwrap();
+        assert_eq!(
+            a[at("-netdev") + 1],
+            "stream,id=net0,server=off,addr.type=unix,addr.path=/tmp/a,,b/nic.sock"
+        );
+        assert_eq!(
+            a[at("-netdev") + 3],
+            "virtio-net-pci,netdev=net0,id=nic0,addr=0x7,romfile=,mac=52:54:00:ba:70:01"
+        );
     }
 
     fn args(s: &MachineSpec) -> Vec<String> {

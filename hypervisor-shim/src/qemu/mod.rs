@@ -17,7 +17,7 @@ mod cmdline;
 mod process;
 
 pub use backend::{DiskBackend, DiskErrors, ErrorRule, NBD_RECONNECT_DELAY_S};
-pub use cmdline::{MachineSpec, RingSpec, escape_opt, virtio_blk_device_props};
+pub use cmdline::{MachineSpec, NicSpec, RingSpec, escape_opt, virtio_blk_device_props};
 pub use process::QemuProcess;
 pub(crate) use process::kill_with_parent;
 
@@ -43,6 +43,12 @@ pub const RING_DEVICE_ID: &str = "ivshmem";
 pub const RING_MEMDEV_ID: &str = "ring";
 /// chardev id of the control channel (COM2).
 pub const CONTROL_CHARDEV_ID: &str = "ctl";
+/// The NIC's PCI slot (issue 11).
+pub const NIC_SLOT: u8 = 0x7;
+/// The NIC's QOM id.
+pub const NIC_ID: &str = "nic0";
+/// The NIC's netdev id.
+pub const NIC_NETDEV_ID: &str = "net0";
 /// How to install QEMU on Debian/Ubuntu.
 pub const INSTALL_HINT: &str = "install it with `apt-get install qemu-system-x86` (as root)";
 

@@ -15,7 +15,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use baton_core::cmdline::{DiskMode, GuestConfig, Role};
+use baton_core::cmdline::{DeviceClass, DiskMode, GuestConfig, Role};
 
 use crate::disk::{self, DiskImage};
 use crate::qemu::{Accel, DiskBackend, MachineSpec};
@@ -23,6 +23,7 @@ use crate::report::RunReport;
 use crate::setup::{self, Binaries, SetupError, Workdir};
 
 mod assemble;
+pub mod net;
 mod session;
 mod shared;
 mod verdict;
@@ -69,6 +70,12 @@ pub struct RunConfig {
     pub shared_storage: bool,
     /// Test hook (with `shared_storage`): restart the storage daemon this long after QEMU started.
     pub restart_storage_after: Option<Duration>,
+    /// The owner's device: a disk (this module's scenario) or a NIC ([`net`]).
+    pub device: DeviceClass,
+    /// Numbered frames each way (NIC only).
+    pub frames: u64,
+    /// Test hook (NIC only): the host end never sends the guest this frame number.
+    pub nic_skip: Option<u64>,
 }
 
 /// A finished run: its report and its working directory (removed when this is dropped, unless kept).
@@ -83,6 +90,11 @@ pub struct RunOutcome {
 /// Runs the scenario. Guest failures end up in the report (`ok: false`); only set-up problems are
 /// errors.
 pub fn run(cfg: &RunConfig) -> Result<RunOutcome, SetupError> {
+    if cfg.device != DeviceClass::Blk {
+        return Err(SetupError::Config(
+            "a NIC run is `run::net::run`, not the disk scenario".into(),
+        ));
+    }
     if cfg.shared_storage {
         crate::hosts::require_root()?;
     }

@@ -4,7 +4,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use baton_core::console::{GuestLine, Kind, LineError};
+use baton_core::console::{GuestLine, Kind, LineError, NetResultLine};
 use baton_core::report::GuestReport;
 
 use crate::console::Recv;
@@ -26,6 +26,8 @@ pub(super) struct GuestLines {
     pub(super) waiting_for_disk: Option<Instant>,
     pub(super) first_io: Option<Instant>,
     pub(super) result: Option<Result<GuestReport, String>>,
+    /// The NIC workload's `BATON net-result` (`run --device net`).
+    pub(super) net_result: Option<NetResultLine>,
     pub(super) panic: Option<String>,
     pub(super) port_stats: Vec<PortStatsReport>,
     pub(super) notes: Vec<String>,
@@ -218,6 +220,13 @@ impl Session {
                 }
             }
             Ok(GuestLine::Result(r)) => lines.on_result(Ok(r)),
+            Ok(GuestLine::NetResult(r)) => {
+                if lines.net_result.is_some() {
+                    lines.note("repeated `BATON net-result` ignored".into());
+                } else {
+                    lines.net_result = Some(r);
+                }
+            }
             Err(e @ LineError::Result(_)) => lines.on_result(Err(e.to_string())),
             Ok(GuestLine::Panic(message)) => {
                 if lines.panic.is_none() {

@@ -249,6 +249,17 @@ pub fn find<C: ConfigurationAccess>(
     root.enumerate_bus(0).find(|(df, info)| pred(*df, info))
 }
 
+/// virtio-net's device ids: transitional (0x1000) and modern (0x1041).
+pub const VIRTIO_NET_DEVICES: [u16; 2] = [0x1000, 0x1041];
+
+/// The first virtio-net function on bus 0.
+pub fn find_net<C: ConfigurationAccess>(root: &PciRoot<C>) -> Option<DeviceFunction> {
+    find(root, |_, i| {
+        i.vendor_id == VIRTIO_VENDOR && VIRTIO_NET_DEVICES.contains(&i.device_id)
+    })
+    .map(|(df, _)| df)
+}
+
 /// The first virtio-blk function on bus 0 (in `slot` if given).
 pub fn find_blk<C: ConfigurationAccess>(
     root: &PciRoot<C>,

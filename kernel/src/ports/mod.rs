@@ -1,12 +1,13 @@
 //! The redirector's ports, hardware-independent: port 1 is any [`BlockPort`] (in the guest the
 //! virtio-blk driver of [`blk`]), port 2 is `baton_core::ring::RingClient` over the shared-memory
-//! ring ([`ring`] holds the stack's glue to it).
+//! ring ([`ring`] holds the stack's glue to it). [`nic`] is a NIC in the same shape (issue 11).
 //!
 //! Everything here builds for the host and is unit-tested there against fakes (`crate::fakes`):
 //! a virtio transport that plays the device, and a DMA `Hal` over the host allocator.
 
 pub mod blk;
 pub mod dma;
+pub mod nic;
 pub mod ring;
 
 /// Bytes per request: one 4 KiB block.

@@ -11,6 +11,8 @@
 pub mod disk;
 pub mod handoff;
 #[cfg(target_os = "none")]
+pub mod nic;
+#[cfg(target_os = "none")]
 pub mod owner;
 pub mod owner_loop;
 #[cfg(target_os = "none")]

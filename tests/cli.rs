@@ -45,6 +45,12 @@ fn bad_input_is_a_clear_error() {
             "--migrate-at",
         ),
         (&["migrate", "--peer-fault", "sometimes"], "sometimes"),
+        (&["run", "--device", "nic"], "nic"),
+        (&["run", "--device", "net", "--frames", "0"], "--frames"),
+        (
+            &["run", "--device", "net", "--hotplug-disk"],
+            "a NIC run has no disk",
+        ),
         (&["frobnicate"], "frobnicate"),
         (&[], "Usage"),
     ] {

@@ -143,6 +143,11 @@ pub struct NetRunOutcome {
 
 /// Runs the NIC scenario. Guest failures end up in the report; only set-up problems are errors.
 pub fn run(cfg: &RunConfig) -> Result<NetRunOutcome, SetupError> {
+    if cfg.hotplug_disk || cfg.shared_storage {
+        return Err(SetupError::Config(
+            "--hotplug-disk and --shared-storage are disk options: a NIC run has no disk".into(),
+        ));
+    }
     let bins = Binaries::locate(&cfg.qemu, cfg.kernel.as_deref())?;
     let (accel, accel_reason) = cfg.accel.resolve()?;
     let guest = GuestConfig {
